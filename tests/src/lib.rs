@@ -1,0 +1,1 @@
+//! Integration tests for heapkeep live in tests/tests/.
