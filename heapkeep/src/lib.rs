@@ -1,9 +1,157 @@
-//! heapkeep — placeholder while the core heap is written (delegates to System).
+//! heapkeep: a fast, thread-caching memory allocator.
+//!
+//! Install it as the global allocator of a Rust program:
+//!
+//! ```
+//! #[global_allocator]
+//! static GLOBAL: heapkeep::HeapKeep = heapkeep::HeapKeep;
+//!
+//! fn main() {
+//!     let v: Vec<u64> = (0..1000).collect();
+//!     assert_eq!(v.iter().sum::<u64>(), 999 * 1000 / 2);
+//! }
+//! ```
+//!
+//! ## Layers (see `docs/ARCHITECTURE.md`)
+//! `os` (the kernel) → `segment` (4 MiB chunks cut into 64 KiB slices) and
+//! `huge` (blocks with a mapping of their own) → `page` (free lists of one
+//! block size) → `heap` (one per thread: size-class queues, fast paths, remote
+//! frees) → `thread` (which heap a thread runs; thread exit; fork) → this file,
+//! the global front. Each layer uses only the ones before it.
+//!
+//! ## Behaviour beyond `GlobalAlloc`'s contract
+//! - A zero-size layout is accepted and gets a unique, non-null pointer.
+//! - Impossible layouts and out-of-memory return null; heapkeep never panics,
+//!   aborts on a valid request, or allocates recursively inside itself.
+//! - Every power-of-two alignment is served.
+//! - Memory from `alloc_zeroed` that comes fresh from the OS is not cleared again.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
 use core::alloc::{GlobalAlloc, Layout};
+
+mod heap;
+mod huge;
+#[cfg(any(test, feature = "invariants"))]
+mod invariants;
+mod os;
+mod page;
+mod segment;
+mod size_class;
+mod sync;
+#[cfg(test)]
+mod tests_internal;
+mod thread;
+
+/// The heapkeep allocator. A unit struct: all state is global and per thread.
+///
+/// ```
+/// use std::alloc::{GlobalAlloc, Layout};
+/// let layout = Layout::from_size_align(100, 8).unwrap();
+/// // SAFETY: the layout has a non-zero size; the block is freed with it.
+/// unsafe {
+///     let p = heapkeep::HeapKeep.alloc(layout);
+///     assert!(!p.is_null());
+///     heapkeep::HeapKeep.dealloc(p, layout);
+/// }
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
 pub struct HeapKeep;
+
+// SAFETY: every method returns blocks that are valid for the layout asked,
+// disjoint from every other live block, and aligned as asked (or null); they
+// stay valid until passed to `dealloc`/`realloc`. See `heap.rs` for how.
 unsafe impl GlobalAlloc for HeapKeep {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 { unsafe { std::alloc::System.alloc(l) } }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) { unsafe { std::alloc::System.dealloc(p, l) } }
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        heap::alloc(layout.size(), layout.align(), false)
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        heap::alloc(layout.size(), layout.align(), true)
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: the caller passes a live block of this allocator.
+        unsafe { heap::free(ptr) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller passes a live block allocated with `layout`.
+        unsafe { heap::realloc(ptr, layout.size(), layout.align(), new_size) }
+    }
 }
-#[cfg(feature = "invariants")]
-pub fn check_invariants() -> Result<(), String> { Ok(()) }
+
+/// The number of bytes usable at `ptr`: at least the size it was allocated
+/// with, and writable in full.
+///
+/// # Safety
+/// `ptr` is a live block returned by [`HeapKeep`].
+pub unsafe fn usable_size(ptr: *const u8) -> usize {
+    // SAFETY: forwarded from the caller.
+    unsafe { heap::usable_size(ptr) }
+}
+
+/// Bytes currently mapped from the OS by heapkeep (resident or not).
+pub fn os_mapped_bytes() -> usize {
+    os::mapped_bytes()
+}
+
+/// The highest [`os_mapped_bytes`] seen since the process started.
+pub fn os_mapped_peak_bytes() -> usize {
+    os::mapped_peak_bytes()
+}
+
+/// Walks the heap and checks its invariants: the calling thread's heap, every
+/// retired heap, and the global caches. Returns a description of the first
+/// broken invariant. Slow; for tests and fuzzing (feature `invariants`).
+#[cfg(any(test, feature = "invariants"))]
+pub fn check_invariants() -> Result<(), String> {
+    invariants::check()
+}
+
+/// Writes `v` in hexadecimal into `out`; returns the number of bytes written.
+pub(crate) fn fmt_hex(v: usize, out: &mut [u8]) -> usize {
+    let digits = b"0123456789abcdef";
+    let n = (usize::BITS as usize / 4 - v.leading_zeros() as usize / 4).max(1);
+    for i in 0..n.min(out.len()) {
+        out[i] = digits[(v >> (4 * (n - 1 - i))) & 15];
+    }
+    n.min(out.len())
+}
+
+/// Reports a pointer heapkeep cannot accept and aborts.
+#[cold]
+#[inline(never)]
+pub(crate) fn fatal_pointer(what: &[u8], p: *const u8) -> ! {
+    let mut buf = [0u8; 160];
+    let head = b"heapkeep: fatal: ";
+    let mut n = 0;
+    for part in [&head[..], what, b" at 0x"] {
+        let m = part.len().min(buf.len() - n - 20);
+        buf[n..n + m].copy_from_slice(&part[..m]);
+        n += m;
+    }
+    n += fmt_hex(p as usize, &mut buf[n..]);
+    buf[n] = b'\n';
+    os::write_stderr(&buf[..=n]);
+    // SAFETY: abort has no preconditions.
+    unsafe { libc::abort() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex() {
+        let mut b = [0u8; 20];
+        let n = fmt_hex(0xdead_beef, &mut b);
+        assert_eq!(&b[..n], b"deadbeef");
+        let n = fmt_hex(0, &mut b);
+        assert_eq!(&b[..n], b"0");
+    }
+}

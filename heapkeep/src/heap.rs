@@ -1,0 +1,869 @@
+//! Thread heaps: the per-thread part of the allocator.
+//!
+//! Each thread runs one `Heap` (see `thread.rs` for how it gets one). The heap
+//! owns segments (`segment.rs`), the pages cut from them (`page.rs`), and a
+//! queue of non-full pages per size class. Only the thread running a heap
+//! touches its queues, pages and segments, so the fast paths take no lock and
+//! do no atomic read-modify-write.
+//!
+//! ## Paths
+//! - **alloc fast path** (`alloc`): `direct[(size + 7) / 8]` is a page of the
+//!   right class; pop its `free` list. One branch to the cold path.
+//! - **local free** (`free`): the block's page is found by masking; if the page's
+//!   `owner` equals this thread's heap (no flag set), push on `local_free` and
+//!   decrement `used`; when `used` reaches 0 the page may be given back.
+//! - **remote free** (`free_slow`): another thread's block is pushed on its
+//!   owner heap's `inbox` (one CAS). The owner drains the inbox in its slow path.
+//!   Heaps are never destroyed (`thread.rs`), so the push is always to live memory.
+//! - **slow path** (`alloc_slow`): drain the inbox, do time-based upkeep
+//!   (purging), find or make a page with free blocks, serve large blocks from
+//!   page spans and huge ones from `huge.rs`.
+//!
+//! ## Invariants
+//! - `direct[i]` is the first page of the queue of the class serving sizes
+//!   `8(i-1)+1 ..= 8i`, or the static empty page when that queue is empty.
+//! - a page is in `queues[class]` iff its `owner` is exactly this heap and it
+//!   is not a large page; a full page is out of the queue with `OWNER_FULL` set.
+//! - `dirty_free` is the sum of `dirty_free_bytes()` over `segments`.
+//! - `empty_segments` counts segments in `segments` with every slice free.
+
+use core::ptr;
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+use crate::huge;
+use crate::os;
+use crate::page::{
+    next_of, set_next, Block, Page, LARGE_CLASS, OWNER_FULL, OWNER_HUGE, OWNER_NONE,
+};
+use crate::segment::{
+    self, page_of, segment_of, span_mask, Segment, ALL_FREE, PURGE_DELAY_MS, SLICE_SHIFT,
+    SLICE_SIZE,
+};
+use crate::size_class::{
+    class_page_slices, class_to_size, size_align_to_class, CLASS_COUNT, DIRECT_COUNT, DIRECT_MAX,
+    MEDIUM_MAX,
+};
+use crate::thread;
+
+/// Largest request served from a span in a segment; above it, `huge.rs`.
+pub(crate) const LARGE_MAX: usize = 2 << 20;
+/// Largest alignment served from a span in a segment.
+pub(crate) const LARGE_ALIGN_MAX: usize = 2 << 20;
+/// Resident free bytes a heap keeps before purging them at once.
+const DIRTY_MAX: usize = 16 << 20;
+/// Minimum time between two upkeep passes of one heap (ms).
+const DECAY_INTERVAL_MS: u64 = 5;
+/// Empty segments a running heap keeps for reuse.
+const SPARE_SEGMENTS: usize = 1;
+
+/// The heap is the static empty heap (a thread without a heap points to it).
+pub(crate) const STATE_EMPTY: u32 = 0;
+/// A thread runs the heap.
+pub(crate) const STATE_ACTIVE: u32 = 1;
+/// No thread runs the heap; it waits in the pool to be adopted.
+pub(crate) const STATE_RETIRED: u32 = 2;
+/// A thread is collecting a retired heap's inbox without adopting it.
+pub(crate) const STATE_CLAIMED: u32 = 3;
+
+/// A doubly linked queue of pages of one class.
+#[derive(Clone, Copy)]
+pub(crate) struct PageQueue {
+    pub(crate) first: *mut Page,
+    pub(crate) last: *mut Page,
+}
+
+/// A thread heap. See the module docs for the invariants.
+#[repr(C)]
+pub(crate) struct Heap {
+    pub(crate) direct: [*mut Page; DIRECT_COUNT],
+    pub(crate) queues: [PageQueue; CLASS_COUNT],
+    /// Blocks freed by other threads (links are `next ^ key`).
+    pub(crate) inbox: AtomicUsize,
+    pub(crate) state: AtomicU32,
+    /// Remote frees into this heap while retired (to pace reclaiming).
+    pub(crate) retired_frees: AtomicU32,
+    /// Normal segments owned by this heap.
+    pub(crate) segments: *mut Segment,
+    pub(crate) empty_segments: usize,
+    pub(crate) dirty_free: usize,
+    /// Secret for page keys and inbox links.
+    pub(crate) key: usize,
+    pub(crate) next_decay: u64,
+    /// Registry of all heaps ever made (never unlinked).
+    pub(crate) all_next: *mut Heap,
+    /// Link in the pool of retired heaps.
+    pub(crate) pool_next: *mut Heap,
+}
+
+impl Heap {
+    /// A heap with no pages whose direct table points at `empty_page`.
+    pub(crate) const fn new(empty_page: *mut Page, state: u32) -> Heap {
+        Heap {
+            direct: [empty_page; DIRECT_COUNT],
+            queues: [PageQueue {
+                first: ptr::null_mut(),
+                last: ptr::null_mut(),
+            }; CLASS_COUNT],
+            inbox: AtomicUsize::new(0),
+            state: AtomicU32::new(state),
+            retired_frees: AtomicU32::new(0),
+            segments: ptr::null_mut(),
+            empty_segments: 0,
+            dirty_free: 0,
+            key: 0,
+            next_decay: 0,
+            all_next: ptr::null_mut(),
+            pool_next: ptr::null_mut(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Fast paths
+
+/// Allocates `size` bytes aligned to `align` from the calling thread's heap.
+/// Returns null when out of memory or when the request is impossible.
+#[inline(always)]
+pub(crate) fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
+    let heap = thread::current();
+    if size <= DIRECT_MAX && align <= 16 {
+        let idx = (size.max(align) + 7) >> 3;
+        // SAFETY: `heap` is this thread's heap (or the static empty heap) and
+        // only this thread touches it; `idx < DIRECT_COUNT` because
+        // `size, align <= DIRECT_MAX`; direct entries always point to a valid
+        // page (a queue head of this heap or the static empty page, whose
+        // `free` is null), whose free blocks are owned by this heap.
+        unsafe {
+            let page = *(*heap).direct.get_unchecked(idx);
+            let block = (*page).free;
+            if !block.is_null() {
+                (*page).free = next_of(block, (*page).key);
+                (*page).used += 1;
+                if zero {
+                    ptr::write_bytes(block.cast::<u8>(), 0, size);
+                }
+                return block.cast();
+            }
+        }
+    }
+    // SAFETY: `heap` is the current thread's heap.
+    unsafe { alloc_slow(heap, size, align, zero) }
+}
+
+/// Frees the block at `p`.
+///
+/// # Safety
+/// `p` was returned by this allocator and is not freed yet.
+#[inline(always)]
+pub(crate) unsafe fn free(p: *mut u8) {
+    let heap = thread::current();
+    let seg = segment_of(p);
+    // SAFETY: `p` is a live heapkeep block (caller), so its segment header is mapped.
+    let page = unsafe { page_of(seg, p) };
+    let block = p.cast::<Block>();
+    // SAFETY: if the owner is this thread's heap, the page's lists are ours to
+    // change; `block` is live and becomes free here.
+    unsafe {
+        if (*page).owner.load(Ordering::Relaxed) == heap as usize {
+            set_next(block, (*page).local_free, (*page).key);
+            (*page).local_free = block;
+            (*page).used -= 1;
+            if (*page).used == 0 {
+                page_empty(heap, page);
+            }
+        } else {
+            free_slow(heap, page, block);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Freeing, cold parts
+
+/// Frees a block whose page is not simply "ours": a full page of ours, a page
+/// of another heap, or a huge block.
+///
+/// # Safety
+/// As for [`free`]; `page` is the block's page.
+#[cold]
+#[inline(never)]
+unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
+    // SAFETY: the page entry is mapped (the block is live).
+    let owner = unsafe { (*page).owner.load(Ordering::Acquire) };
+    if owner == OWNER_HUGE {
+        // SAFETY: a live huge block; freeing it frees its segment.
+        unsafe { huge::free(segment_of(block.cast())) };
+        return;
+    }
+    if owner == OWNER_NONE {
+        crate::fatal_pointer(
+            b"free of a pointer heapkeep does not own (double free?)",
+            block.cast(),
+        );
+    }
+    let target = (owner & !OWNER_FULL) as *mut Heap;
+    if target == heap {
+        // SAFETY: our own (full) page.
+        unsafe { free_local(heap, page, block) };
+    } else {
+        // SAFETY: heaps are never destroyed, so `target` is valid memory.
+        unsafe { push_remote(target, block) };
+    }
+}
+
+/// Frees a block of a page owned by `heap`, which the calling thread runs.
+///
+/// # Safety
+/// `page` is owned by `heap`, run by this thread; `block` is a live block of it.
+unsafe fn free_local(heap: *mut Heap, page: *mut Page, block: *mut Block) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let p = &mut *page;
+        set_next(block, p.local_free, p.key);
+        p.local_free = block;
+        p.used -= 1;
+        let owner = p.owner.load(Ordering::Relaxed);
+        if owner & OWNER_FULL != 0 {
+            // Back into its queue, at the end: it has few free blocks.
+            p.owner.store(owner & !OWNER_FULL, Ordering::Relaxed);
+            queue_push_back(heap, page);
+        }
+        if p.used == 0 {
+            page_empty(heap, page);
+        }
+    }
+}
+
+/// Pushes `block` on `target`'s inbox.
+///
+/// # Safety
+/// `target` is a heap; `block` is a live block of one of its pages, owned by
+/// the caller and given up here.
+unsafe fn push_remote(target: *mut Heap, block: *mut Block) {
+    // SAFETY: heaps are never freed; the block is ours to write until pushed.
+    unsafe {
+        let t = &*target;
+        let mut old = t.inbox.load(Ordering::Relaxed);
+        loop {
+            (*block).next = old ^ t.key;
+            match t.inbox.compare_exchange_weak(
+                old,
+                block as usize,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(cur) => old = cur,
+            }
+        }
+        if t.state.load(Ordering::Relaxed) == STATE_RETIRED
+            && t.retired_frees.fetch_add(1, Ordering::Relaxed) % 64 == 63
+        {
+            reclaim(target);
+        }
+    }
+}
+
+/// Collects the inbox of a retired heap from another thread, so memory freed
+/// into a heap whose thread has exited is not held until some thread adopts it.
+#[cold]
+fn reclaim(heap: *mut Heap) {
+    // SAFETY: heaps are never freed.
+    let h = unsafe { &*heap };
+    if h.state
+        .compare_exchange(
+            STATE_RETIRED,
+            STATE_CLAIMED,
+            Ordering::Acquire,
+            Ordering::Relaxed,
+        )
+        .is_err()
+    {
+        return;
+    }
+    // SAFETY: CLAIMED gives us the heap exclusively until we store RETIRED.
+    unsafe { collect(heap, true) };
+    h.state.store(STATE_RETIRED, Ordering::Release);
+}
+
+/// Drains the inbox: frees every block in it locally.
+///
+/// # Safety
+/// The calling thread runs (or has claimed) `heap`.
+unsafe fn drain_inbox(heap: *mut Heap) {
+    // SAFETY: heap is ours (caller).
+    let h = unsafe { &*heap };
+    if h.inbox.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    let mut b = h.inbox.swap(0, Ordering::Acquire) as *mut Block;
+    while !b.is_null() {
+        // SAFETY: every inbox block is a live block of one of our pages, given
+        // up by its freer; the acquire swap orders its link write before us.
+        unsafe {
+            let next = ((*b).next ^ h.key) as *mut Block;
+            let page = page_of(segment_of(b.cast()), b.cast());
+            debug_assert_eq!(
+                (*page).owner.load(Ordering::Relaxed) & !OWNER_FULL,
+                heap as usize
+            );
+            free_local(heap, page, b);
+            b = next;
+        }
+    }
+}
+
+/// A page of `heap` has no block in use: keep it if it is the only page of its
+/// class (so alloc/free pairs do not thrash), else give its slices back.
+///
+/// # Safety
+/// The calling thread runs `heap`; `page` is its page with `used == 0`.
+#[cold]
+#[inline(never)]
+unsafe fn page_empty(heap: *mut Heap, page: *mut Page) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let class = (*page).class;
+        if class != LARGE_CLASS {
+            let q = &(*heap).queues[class as usize];
+            if q.first == page
+                && q.last == page
+                && (*heap).state.load(Ordering::Relaxed) == STATE_ACTIVE
+            {
+                return;
+            }
+            queue_remove(heap, page);
+        }
+        free_page(heap, page);
+    }
+}
+
+/// Gives the slices of `page` back to its segment.
+///
+/// # Safety
+/// The calling thread runs `heap`; `page` is an empty page of it, out of any queue.
+unsafe fn free_page(heap: *mut Heap, page: *mut Page) {
+    // SAFETY: page entries live in their segment's header.
+    unsafe {
+        let seg = segment_of(page.cast());
+        let s = &mut *seg;
+        let idx = s.page_index(page);
+        let n = (*page).slice_count as usize;
+        let dirty_before = s.dirty_free_bytes();
+        s.release_span(idx, n);
+        let h = &mut *heap;
+        h.dirty_free += s.dirty_free_bytes() - dirty_before;
+        if s.free_mask == ALL_FREE {
+            h.empty_segments += 1;
+            if h.empty_segments > SPARE_SEGMENTS || h.state.load(Ordering::Relaxed) != STATE_ACTIVE
+            {
+                release_segment(heap, seg);
+            }
+        } else if s.purge_at == 0 {
+            s.purge_at = os::now_ms() + PURGE_DELAY_MS;
+        }
+        if h.dirty_free > DIRTY_MAX {
+            purge_all(heap);
+        }
+    }
+}
+
+/// Takes an empty segment out of `heap` and gives it to the global cache.
+///
+/// # Safety
+/// The calling thread runs `heap`; `seg` is an empty segment in its list.
+unsafe fn release_segment(heap: *mut Heap, seg: *mut Segment) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let h = &mut *heap;
+        let s = &mut *seg;
+        h.dirty_free -= s.dirty_free_bytes();
+        h.empty_segments -= 1;
+        if s.prev.is_null() {
+            h.segments = s.next;
+        } else {
+            (*s.prev).next = s.next;
+        }
+        if !s.next.is_null() {
+            (*s.next).prev = s.prev;
+        }
+        segment::release(seg);
+    }
+}
+
+/// Purges every free resident slice of `heap`'s segments.
+///
+/// # Safety
+/// The calling thread runs `heap`.
+unsafe fn purge_all(heap: *mut Heap) {
+    // SAFETY: forwarded; the segment list is ours.
+    unsafe {
+        let h = &mut *heap;
+        let mut s = h.segments;
+        while !s.is_null() {
+            h.dirty_free -= (*s).purge_free();
+            s = (*s).next;
+        }
+    }
+}
+
+/// Time-based upkeep: purge slices that have been free for a while, and let
+/// the global caches age.
+///
+/// # Safety
+/// The calling thread runs `heap`.
+unsafe fn decay(heap: *mut Heap, now: u64) {
+    // SAFETY: forwarded; the segment list is ours.
+    unsafe {
+        let h = &mut *heap;
+        let mut s = h.segments;
+        while !s.is_null() {
+            if (*s).purge_at != 0 && now >= (*s).purge_at {
+                h.dirty_free -= (*s).purge_free();
+            }
+            s = (*s).next;
+        }
+    }
+    segment::decay(now);
+    huge::decay(now);
+}
+
+/// Frees what can be freed: drains the inbox; with `all`, also gives back
+/// every empty page and every empty segment, and purges resident free memory.
+/// Used when a thread exits and when a retired heap is reclaimed.
+///
+/// # Safety
+/// The calling thread runs or has claimed `heap`.
+pub(crate) unsafe fn collect(heap: *mut Heap, all: bool) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        drain_inbox(heap);
+        if !all {
+            return;
+        }
+        for class in 0..CLASS_COUNT {
+            let mut p = (*heap).queues[class].first;
+            while !p.is_null() {
+                let next = (*p).next;
+                if (*p).used == 0 {
+                    queue_remove(heap, p);
+                    free_page(heap, p);
+                }
+                p = next;
+            }
+        }
+        let mut s = (*heap).segments;
+        while !s.is_null() {
+            let next = (*s).next;
+            if (*s).free_mask == ALL_FREE {
+                release_segment(heap, s);
+            }
+            s = next;
+        }
+        purge_all(heap);
+        segment::decay(os::now_ms());
+        huge::decay(os::now_ms());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Page queues
+
+/// Points the direct entries of `class` at its queue head (or the empty page).
+///
+/// # Safety
+/// The calling thread runs `heap`.
+unsafe fn update_direct(heap: *mut Heap, class: usize) {
+    let size = class_to_size(class);
+    if size > DIRECT_MAX {
+        return;
+    }
+    let lo = if class == 0 {
+        0
+    } else {
+        class_to_size(class - 1) / 8 + 1
+    };
+    let hi = size / 8;
+    // SAFETY: the heap is ours; indices are within the direct table.
+    unsafe {
+        let first = (*heap).queues[class].first;
+        let target = if first.is_null() {
+            thread::empty_page()
+        } else {
+            first
+        };
+        for i in lo..=hi {
+            (*heap).direct[i] = target;
+        }
+    }
+}
+
+/// # Safety
+/// The calling thread runs `heap`; `page` is in its class queue.
+unsafe fn queue_remove(heap: *mut Heap, page: *mut Page) {
+    // SAFETY: forwarded; links of pages in a queue are valid.
+    unsafe {
+        let class = (*page).class as usize;
+        let q = &mut (*heap).queues[class];
+        let p = &mut *page;
+        if p.prev.is_null() {
+            q.first = p.next;
+        } else {
+            (*p.prev).next = p.next;
+        }
+        if p.next.is_null() {
+            q.last = p.prev;
+        } else {
+            (*p.next).prev = p.prev;
+        }
+        p.next = ptr::null_mut();
+        p.prev = ptr::null_mut();
+        update_direct(heap, class);
+    }
+}
+
+/// # Safety
+/// The calling thread runs `heap`; `page` is its page, in no queue.
+unsafe fn queue_push_front(heap: *mut Heap, page: *mut Page) {
+    // SAFETY: forwarded.
+    unsafe {
+        let class = (*page).class as usize;
+        let q = &mut (*heap).queues[class];
+        (*page).prev = ptr::null_mut();
+        (*page).next = q.first;
+        if q.first.is_null() {
+            q.last = page;
+        } else {
+            (*q.first).prev = page;
+        }
+        q.first = page;
+        update_direct(heap, class);
+    }
+}
+
+/// # Safety
+/// The calling thread runs `heap`; `page` is its page, in no queue.
+unsafe fn queue_push_back(heap: *mut Heap, page: *mut Page) {
+    // SAFETY: forwarded.
+    unsafe {
+        let class = (*page).class as usize;
+        let q = &mut (*heap).queues[class];
+        (*page).next = ptr::null_mut();
+        (*page).prev = q.last;
+        if q.last.is_null() {
+            q.first = page;
+            q.last = page;
+            update_direct(heap, class);
+        } else {
+            (*q.last).next = page;
+            q.last = page;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The slow path
+
+/// Everything the fast path does not do. Returns null when out of memory.
+///
+/// # Safety
+/// `heap` is the calling thread's current heap (possibly the empty heap).
+#[cold]
+#[inline(never)]
+unsafe fn alloc_slow(mut heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
+    // SAFETY: `heap` is this thread's (caller); the empty heap is replaced first.
+    unsafe {
+        if (*heap).state.load(Ordering::Relaxed) == STATE_EMPTY {
+            heap = thread::init_current();
+            if heap.is_null() {
+                return ptr::null_mut();
+            }
+        }
+        drain_inbox(heap);
+        let now = os::now_ms();
+        if now >= (*heap).next_decay {
+            (*heap).next_decay = now + DECAY_INTERVAL_MS;
+            decay(heap, now);
+        }
+        if let Some(class) = size_align_to_class(size, align) {
+            let page = find_page(heap, class);
+            if page.is_null() {
+                return ptr::null_mut();
+            }
+            let p = &mut *page;
+            let block = p.free;
+            p.free = next_of(block, p.key);
+            p.used += 1;
+            if zero {
+                ptr::write_bytes(block.cast::<u8>(), 0, size);
+            }
+            return block.cast();
+        }
+        if size <= LARGE_MAX && align <= LARGE_ALIGN_MAX {
+            return alloc_large(heap, size, align, zero);
+        }
+        huge::alloc(size, align, zero)
+    }
+}
+
+/// A page of `class` with a free block, at the head of its queue.
+///
+/// # Safety
+/// The calling thread runs `heap`.
+unsafe fn find_page(heap: *mut Heap, class: usize) -> *mut Page {
+    // SAFETY: the queues and pages are ours.
+    unsafe {
+        let mut page = (*heap).queues[class].first;
+        while !page.is_null() {
+            let next = (*page).next;
+            if (*page).refill() {
+                if page != (*heap).queues[class].first {
+                    queue_remove(heap, page);
+                    queue_push_front(heap, page);
+                }
+                return page;
+            }
+            // Full: take it out of the queue until a block comes back.
+            queue_remove(heap, page);
+            (*page)
+                .owner
+                .store(heap as usize | OWNER_FULL, Ordering::Relaxed);
+            page = next;
+        }
+        let page = new_page(heap, class);
+        if !page.is_null() {
+            let ok = (*page).refill();
+            debug_assert!(ok);
+        }
+        page
+    }
+}
+
+/// Takes `n` slices (start a multiple of `align_slices`) from the heap's
+/// segments, getting a new segment if needed.
+///
+/// # Safety
+/// The calling thread runs `heap`.
+unsafe fn take_span(
+    heap: *mut Heap,
+    n: usize,
+    align_slices: usize,
+) -> Option<(*mut Segment, usize)> {
+    // SAFETY: the segment list is ours.
+    unsafe {
+        let h = &mut *heap;
+        let mut s = h.segments;
+        while !s.is_null() {
+            let was_empty = (*s).free_mask == ALL_FREE;
+            if let Some(idx) = (*s).take_span(n, align_slices) {
+                if was_empty {
+                    h.empty_segments -= 1;
+                }
+                h.dirty_free -=
+                    ((*s).dirty_mask & span_mask(idx, n)).count_ones() as usize * SLICE_SIZE;
+                return Some((s, idx));
+            }
+            s = (*s).next;
+        }
+        let s = segment::acquire(heap);
+        if s.is_null() {
+            return None;
+        }
+        // A cached segment may come with resident free slices.
+        h.dirty_free += (*s).dirty_free_bytes();
+        (*s).next = h.segments;
+        if !h.segments.is_null() {
+            (*h.segments).prev = s;
+        }
+        h.segments = s;
+        let idx = (*s).take_span(n, align_slices)?;
+        h.dirty_free -= ((*s).dirty_mask & span_mask(idx, n)).count_ones() as usize * SLICE_SIZE;
+        Some((s, idx))
+    }
+}
+
+/// Points the page entries of slices `idx+1 .. idx+n` at the head `idx`.
+fn link_span(seg: &mut Segment, idx: usize, n: usize) {
+    for k in 1..n {
+        seg.pages[idx + k].slice_offset = k as u32;
+    }
+}
+
+/// A new page of `class`, in front of its queue.
+///
+/// # Safety
+/// The calling thread runs `heap`.
+unsafe fn new_page(heap: *mut Heap, class: usize) -> *mut Page {
+    let n = class_page_slices(class);
+    // SAFETY: the heap is ours.
+    let Some((seg, idx)) = (unsafe { take_span(heap, n, 1) }) else {
+        return ptr::null_mut();
+    };
+    // SAFETY: the span is ours now; its head entry is unused.
+    unsafe {
+        let s = &mut *seg;
+        s.mark_dirty(idx, n);
+        link_span(s, idx, n);
+        let area = s.slice_addr(idx);
+        let page = &mut s.pages[idx] as *mut Page;
+        (*page).init(
+            area,
+            n,
+            class_to_size(class),
+            class as u32,
+            heap as usize,
+            (*heap).key,
+        );
+        queue_push_front(heap, page);
+        page
+    }
+}
+
+/// A large block: a span of its own in one of the heap's segments.
+///
+/// # Safety
+/// The calling thread runs `heap`; `size <= LARGE_MAX`, `align <= LARGE_ALIGN_MAX`.
+unsafe fn alloc_large(heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
+    let n = size.max(1).div_ceil(SLICE_SIZE);
+    let a = (align >> SLICE_SHIFT).max(1);
+    // SAFETY: the heap is ours.
+    let Some((seg, idx)) = (unsafe { take_span(heap, n, a) }) else {
+        return ptr::null_mut();
+    };
+    // SAFETY: the span is ours now.
+    unsafe {
+        let s = &mut *seg;
+        let clean = s.span_is_clean(idx, n);
+        s.mark_dirty(idx, n);
+        link_span(s, idx, n);
+        let area = s.slice_addr(idx);
+        let page = &mut s.pages[idx];
+        page.init(
+            area,
+            n,
+            n * SLICE_SIZE,
+            LARGE_CLASS,
+            heap as usize,
+            (*heap).key,
+        );
+        page.reserved = 1;
+        page.capacity = 1;
+        page.used = 1;
+        if zero && !clean {
+            ptr::write_bytes(area, 0, size);
+        }
+        area
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Sizes and realloc
+
+/// Usable bytes of the live block at `p`.
+///
+/// # Safety
+/// `p` is a live block of this allocator.
+pub(crate) unsafe fn usable_size(p: *const u8) -> usize {
+    let seg = segment_of(p);
+    // SAFETY: the block is live, so its headers are mapped.
+    unsafe {
+        let page = page_of(seg, p);
+        if (*page).owner.load(Ordering::Relaxed) == OWNER_HUGE {
+            huge::usable(&*seg)
+        } else {
+            (*page).block_size
+        }
+    }
+}
+
+/// Resizes the block at `p` (old size `old_size`, alignment `align`) to
+/// `new_size`, in place when it can. Null when out of memory (the old block
+/// is then untouched).
+///
+/// # Safety
+/// `p` is a live block of this allocator allocated with alignment `align`.
+pub(crate) unsafe fn realloc(
+    p: *mut u8,
+    old_size: usize,
+    align: usize,
+    new_size: usize,
+) -> *mut u8 {
+    let seg = segment_of(p);
+    // SAFETY: the block is live.
+    unsafe {
+        let page = page_of(seg, p);
+        let owner = (*page).owner.load(Ordering::Relaxed);
+        if owner == OWNER_HUGE {
+            let usable = huge::usable(&*seg);
+            if new_size > LARGE_MAX {
+                let q = huge::resize(seg, new_size);
+                if !q.is_null() {
+                    return q;
+                }
+            } else if new_size <= usable && new_size >= usable / 2 {
+                return p;
+            }
+        } else {
+            let usable = (*page).block_size;
+            if (*page).class == LARGE_CLASS {
+                if new_size <= LARGE_MAX
+                    && new_size > MEDIUM_MAX
+                    && owner == thread::current() as usize
+                    && resize_large(seg, page, new_size)
+                {
+                    return p;
+                }
+            } else if new_size <= usable && (new_size >= usable / 2 || usable <= 64) {
+                return p;
+            }
+        }
+        let q = alloc(new_size, align, false);
+        if q.is_null() {
+            return q;
+        }
+        ptr::copy_nonoverlapping(p, q, old_size.min(new_size));
+        free(p);
+        q
+    }
+}
+
+/// Grows or shrinks a large page in place to hold `new_size` bytes.
+///
+/// # Safety
+/// The calling thread runs the page's heap; the page is large with a live block.
+unsafe fn resize_large(seg: *mut Segment, page: *mut Page, new_size: usize) -> bool {
+    // SAFETY: forwarded; the segment belongs to the calling thread's heap.
+    unsafe {
+        let s = &mut *seg;
+        let heap = s.heap;
+        let idx = s.page_index(page);
+        let n = (*page).slice_count as usize;
+        let n2 = new_size.div_ceil(SLICE_SIZE);
+        if n2 == n {
+            return true;
+        }
+        if n2 < n {
+            let dirty_before = s.dirty_free_bytes();
+            s.release_span(idx + n2, n - n2);
+            (*heap).dirty_free += s.dirty_free_bytes() - dirty_before;
+            if s.purge_at == 0 {
+                s.purge_at = os::now_ms() + PURGE_DELAY_MS;
+            }
+        } else {
+            if idx + n2 > segment::SLICE_COUNT {
+                return false;
+            }
+            let grow = span_mask(idx + n, n2 - n);
+            if s.free_mask & grow != grow {
+                return false;
+            }
+            (*heap).dirty_free -= (s.dirty_mask & grow).count_ones() as usize * SLICE_SIZE;
+            s.free_mask &= !grow;
+            s.mark_dirty(idx + n, n2 - n);
+            link_span(s, idx, n2);
+        }
+        (*page).slice_count = n2 as u32;
+        (*page).block_size = n2 * SLICE_SIZE;
+        true
+    }
+}

@@ -1,0 +1,239 @@
+//! Linux implementation of the OS layer contract (see `os/mod.rs`).
+//!
+//! Uses `mmap`/`munmap`/`madvise`/`mremap` through the `libc` crate. All
+//! functions are safe to call from any thread at any time and never allocate.
+
+use super::{note_mapped, note_unmapped, PAGE_SIZE};
+use core::ptr;
+
+/// Maps `size` bytes (a multiple of the page size) aligned to `align`.
+/// Returns null when the kernel refuses.
+pub(crate) fn map_aligned(size: usize, align: usize) -> *mut u8 {
+    debug_assert!(align.is_power_of_two() && align >= PAGE_SIZE);
+    debug_assert!(size % PAGE_SIZE == 0 && size > 0);
+    // First try the exact size: the kernel often hands out aligned addresses
+    // for large requests, and then there is nothing to trim.
+    let p = raw_map(size);
+    if p.is_null() {
+        return ptr::null_mut();
+    }
+    if (p as usize) & (align - 1) == 0 {
+        note_mapped(size);
+        return p;
+    }
+    // SAFETY: `p` is a mapping of `size` bytes we just made and nobody else knows.
+    unsafe { raw_unmap(p, size) };
+    // Over-map by `align` and trim both ends to the aligned window.
+    let Some(total) = size.checked_add(align) else {
+        return ptr::null_mut();
+    };
+    let p = raw_map(total);
+    if p.is_null() {
+        return ptr::null_mut();
+    }
+    let start = (p as usize + align - 1) & !(align - 1);
+    let head = start - p as usize;
+    let tail = total - head - size;
+    // SAFETY: both ranges lie inside the mapping `[p, p + total)` we own and
+    // are outside the window we keep.
+    unsafe {
+        if head > 0 {
+            raw_unmap(p, head);
+        }
+        if tail > 0 {
+            raw_unmap((start + size) as *mut u8, tail);
+        }
+    }
+    note_mapped(size);
+    start as *mut u8
+}
+
+fn raw_map(size: usize) -> *mut u8 {
+    // SAFETY: an anonymous private mapping at a kernel-chosen address touches
+    // no existing memory.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        ptr::null_mut()
+    } else {
+        p.cast()
+    }
+}
+
+/// # Safety
+/// `[p, p + size)` must be mapped by this layer and unused by anyone.
+unsafe fn raw_unmap(p: *mut u8, size: usize) {
+    // SAFETY: the caller owns the range. munmap of a valid range cannot fail
+    // except for bad arguments, which the debug assertion catches.
+    let rc = unsafe { libc::munmap(p.cast(), size) };
+    debug_assert_eq!(rc, 0, "munmap failed");
+}
+
+/// Returns `[p, p + size)` to the OS.
+///
+/// # Safety
+/// The range was obtained from this layer and nothing uses it any more.
+pub(crate) unsafe fn unmap(p: *mut u8, size: usize) {
+    // SAFETY: forwarded from the caller.
+    unsafe { raw_unmap(p, size) };
+    note_unmapped(size);
+}
+
+/// Drops the contents of `[p, p + size)`: not resident, reads as zero after.
+///
+/// # Safety
+/// The range lies in a mapping of this layer and holds no live data.
+pub(crate) unsafe fn purge(p: *mut u8, size: usize) {
+    debug_assert!(p as usize % PAGE_SIZE == 0 && size % PAGE_SIZE == 0);
+    // SAFETY: MADV_DONTNEED on private anonymous memory we own only discards
+    // contents the caller says are dead.
+    unsafe { libc::madvise(p.cast(), size, libc::MADV_DONTNEED) };
+}
+
+/// Grows or shrinks a mapping without moving it.
+///
+/// # Safety
+/// `[p, p + old)` is a whole mapping of this layer.
+pub(crate) unsafe fn remap_in_place(p: *mut u8, old: usize, new: usize) -> bool {
+    // SAFETY: without MREMAP_MAYMOVE the kernel either resizes in place or fails.
+    let q = unsafe { libc::mremap(p.cast(), old, new, 0) };
+    if q == libc::MAP_FAILED {
+        return false;
+    }
+    if new > old {
+        note_mapped(new - old);
+    } else {
+        note_unmapped(old - new);
+    }
+    true
+}
+
+/// Moves a mapping to a fresh `align`-aligned address of size `new`, keeping
+/// its pages (no copy). Returns null on failure; the old mapping is then intact.
+///
+/// # Safety
+/// `[p, p + old)` is a whole mapping of this layer; on success it is gone.
+pub(crate) unsafe fn remap_aligned(p: *mut u8, old: usize, new: usize, align: usize) -> *mut u8 {
+    // Reserve an aligned window first, then move the pages onto it.
+    let Some(total) = new.checked_add(align) else {
+        return ptr::null_mut();
+    };
+    let r = raw_map(total);
+    if r.is_null() {
+        return ptr::null_mut();
+    }
+    let dest = (r as usize + align - 1) & !(align - 1);
+    // SAFETY: `dest..dest+new` lies inside our reservation `r`, which MREMAP_FIXED
+    // replaces; `p` is the caller's mapping.
+    let q = unsafe {
+        libc::mremap(
+            p.cast(),
+            old,
+            new,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            dest as *mut libc::c_void,
+        )
+    };
+    let head = dest - r as usize;
+    let tail = total - head - new;
+    // SAFETY: the trimmed ranges are parts of our reservation outside `dest..dest+new`.
+    unsafe {
+        if head > 0 {
+            raw_unmap(r, head);
+        }
+        if tail > 0 {
+            raw_unmap((dest + new) as *mut u8, tail);
+        }
+    }
+    if q == libc::MAP_FAILED {
+        // SAFETY: the aligned window still belongs to our reservation.
+        unsafe { raw_unmap(dest as *mut u8, new) };
+        return ptr::null_mut();
+    }
+    if new > old {
+        note_mapped(new - old);
+    } else {
+        note_unmapped(old - new);
+    }
+    q.cast()
+}
+
+/// Milliseconds from a coarse monotonic clock (vDSO, no system call).
+pub(crate) fn now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// A 64-bit secret from the kernel (falls back to address and time entropy).
+pub(crate) fn random_u64() -> u64 {
+    let mut v: u64 = 0;
+    // SAFETY: writes at most 8 bytes into `v`.
+    let n = unsafe { libc::getrandom((&mut v as *mut u64).cast(), 8, libc::GRND_NONBLOCK) };
+    if n != 8 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid out-pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        v = (ts.tv_nsec as u64) ^ ((&v as *const u64 as u64) << 17) ^ 0x9e37_79b9_7f4a_7c15;
+    }
+    v | 1
+}
+
+/// Writes a message to standard error without allocating.
+pub(crate) fn write_stderr(msg: &[u8]) {
+    // SAFETY: writes from a valid slice; a short write only truncates a message.
+    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+}
+
+/// Registers `dtor` to run with a thread's value when that thread exits.
+/// Returns the key to pass to [`set_thread_value`], or `None`.
+pub(crate) fn create_thread_exit_key(dtor: unsafe extern "C" fn(*mut libc::c_void)) -> Option<u32> {
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: `key` is a valid out-pointer; glibc does not allocate here.
+    let rc = unsafe { libc::pthread_key_create(&mut key, Some(dtor)) };
+    (rc == 0).then_some(key)
+}
+
+/// Sets this thread's value for `key`; the destructor runs at exit if non-null.
+pub(crate) fn set_thread_value(key: u32, value: *mut u8) {
+    // SAFETY: `key` came from `create_thread_exit_key`.
+    unsafe { libc::pthread_setspecific(key, value.cast()) };
+}
+
+/// Installs fork handlers. They run around `fork()` in the forking thread.
+pub(crate) fn register_fork_handlers(
+    prepare: unsafe extern "C" fn(),
+    parent: unsafe extern "C" fn(),
+    child: unsafe extern "C" fn(),
+) {
+    // SAFETY: registering plain function pointers.
+    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+}
+
+/// Yields the processor to another thread (used by spin locks under contention).
+pub(crate) fn yield_now() {
+    // SAFETY: no preconditions.
+    unsafe { libc::sched_yield() };
+}
+
+/// Checks the platform assumptions the layout arithmetic relies on.
+pub(crate) fn page_size_ok() -> bool {
+    // SAFETY: no preconditions.
+    let ps = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    ps > 0 && (ps as usize) <= PAGE_SIZE * 16 && (ps as usize).is_power_of_two()
+}

@@ -1,0 +1,63 @@
+//! The OS layer: the only module that talks to the kernel.
+//!
+//! Everything above asks this layer for address space and gives it back; nothing
+//! above calls `libc` for memory. A new platform is one new file beside
+//! `linux.rs` implementing the same functions.
+//!
+//! ## Contract (what every platform file provides)
+//! - `map_aligned(size, align)`: a fresh read-write mapping of `size` bytes whose
+//!   address is a multiple of `align` (a power of two ≥ the OS page size). The
+//!   memory reads as zero and is not resident until touched. Null on failure.
+//! - `unmap(ptr, size)`: returns a range previously obtained from this layer
+//!   (or a page-aligned sub-range of one) to the OS.
+//! - `purge(ptr, size)`: the range stays mapped but its contents are dropped:
+//!   it stops counting as resident and reads as zero the next time it is touched.
+//! - `remap_in_place(ptr, old, new)`: grow or shrink a mapping without moving it;
+//!   false when the neighbouring address space is taken.
+//! - `remap_aligned(ptr, old, new, align)`: move a mapping to a new `align`-aligned
+//!   address without copying its pages; null on failure (the old mapping is intact).
+//! - `now_ms()`: a cheap monotonic clock in milliseconds (coarse is fine).
+//! - `random_u64()`: a secret from the kernel's random source.
+//! - thread-exit and fork hooks; `write_stderr` for messages without allocating.
+//!
+//! No function here allocates from the heap, so the heap can call any of them
+//! at any time, including during its own initialisation.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+pub(crate) use linux::*;
+
+/// Bytes currently mapped from the OS by heapkeep (all mappings, resident or not).
+static MAPPED: AtomicUsize = AtomicUsize::new(0);
+/// The highest value `MAPPED` has reached.
+static MAPPED_PEAK: AtomicUsize = AtomicUsize::new(0);
+
+/// Records `size` more bytes mapped.
+#[inline]
+pub(crate) fn note_mapped(size: usize) {
+    let now = MAPPED.fetch_add(size, Ordering::Relaxed) + size;
+    MAPPED_PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+/// Records `size` bytes given back.
+#[inline]
+pub(crate) fn note_unmapped(size: usize) {
+    MAPPED.fetch_sub(size, Ordering::Relaxed);
+}
+
+/// Bytes currently mapped from the OS.
+pub(crate) fn mapped_bytes() -> usize {
+    MAPPED.load(Ordering::Relaxed)
+}
+
+/// The peak of [`mapped_bytes`] since the process started.
+pub(crate) fn mapped_peak_bytes() -> usize {
+    MAPPED_PEAK.load(Ordering::Relaxed)
+}
+
+/// Size of an OS page; heapkeep assumes 4 KiB pages at most for its layout
+/// arithmetic and checks the real value at start-up.
+pub(crate) const PAGE_SIZE: usize = 4096;

@@ -1,0 +1,247 @@
+//! Pages: a run of slices that serves blocks of one size from free lists.
+//!
+//! A page belongs to one thread heap (its `owner`), and only the thread that
+//! currently runs that heap touches the page's lists. Other threads never
+//! touch a page: their frees go to the owner heap's inbox (see `heap.rs`).
+//!
+//! ## Free lists (owner thread only)
+//! - `free`: blocks the fast path pops from.
+//! - `local_free`: blocks freed by the owner. They are moved onto `free` only
+//!   when `free` runs dry, so the fast path runs dry at a steady cadence and
+//!   the slow path gets its chance to do upkeep.
+//!
+//! Links are stored encoded: `stored = rotl(next ^ key, 23) + slot` where `key`
+//! is the page's secret (process secret mixed with the page address) and `slot`
+//! the address of the word holding the link. A heap overflow that overwrites a
+//! link therefore cannot choose where the list goes, and a decoded link that
+//! leaves the block's segment is reported as corruption instead of followed.
+//!
+//! ## Counts
+//! `used` = blocks handed out and not yet back on `free`/`local_free`
+//! (blocks waiting in an inbox count as used). `capacity` blocks have been
+//! carved from the page so far (carving is lazy to keep resident memory low);
+//! `reserved` blocks fit in the page. Invariant:
+//! `used + len(free) + len(local_free) == capacity <= reserved`.
+
+use core::ptr;
+use core::sync::atomic::AtomicUsize;
+
+use crate::segment::SEGMENT_SHIFT;
+
+/// A free block: its first word holds the encoded link to the next one.
+#[repr(C)]
+pub(crate) struct Block {
+    pub(crate) next: usize,
+}
+
+/// `owner` value of a slice that belongs to no page.
+pub(crate) const OWNER_NONE: usize = 0;
+/// `owner` value of the page of a huge block (one block, no heap).
+pub(crate) const OWNER_HUGE: usize = 2;
+/// Flag in `owner`: the page is full and out of its class queue.
+pub(crate) const OWNER_FULL: usize = 1;
+
+/// Largest number of bytes carved at once when a page is extended.
+const EXTEND_BYTES: usize = 4096;
+
+/// Metadata of a page. Lives in the segment header (one per slice; only the
+/// first slice of a page, its head, is used as the page).
+#[repr(C)]
+pub(crate) struct Page {
+    // -- hot: read by the fast paths --
+    /// Allocation list (encoded links). Owner only.
+    pub(crate) free: *mut Block,
+    /// See the module docs.
+    pub(crate) used: u32,
+    /// Number of `Page` entries back to this slice's page head (0 for a head).
+    pub(crate) slice_offset: u32,
+    /// Owning heap address, `| OWNER_FULL` while full; `OWNER_NONE` for a free
+    /// slice; `OWNER_HUGE` for a huge block. Written only by the owner thread
+    /// (or while no thread can reach the page); read by any thread.
+    pub(crate) owner: AtomicUsize,
+    /// Blocks freed by the owner (encoded links). Owner only.
+    pub(crate) local_free: *mut Block,
+    /// Secret for link encoding.
+    pub(crate) key: usize,
+    /// Bytes per block.
+    pub(crate) block_size: usize,
+    // -- cold --
+    pub(crate) capacity: u32,
+    pub(crate) reserved: u32,
+    /// Size class, or `LARGE_CLASS` for a single-block page.
+    pub(crate) class: u32,
+    /// Slices this page spans (head only).
+    pub(crate) slice_count: u32,
+    /// First block.
+    pub(crate) start: *mut u8,
+    /// Links in the heap's class queue.
+    pub(crate) next: *mut Page,
+    pub(crate) prev: *mut Page,
+}
+
+/// `class` of a page holding one large block.
+pub(crate) const LARGE_CLASS: u32 = u32::MAX;
+
+impl Page {
+    /// A page that serves nothing: the direct table of a thread without a heap
+    /// points here, so the fast path fails over to the slow path without a
+    /// separate check.
+    #[allow(clippy::declare_interior_mutable_const)] // only used to initialise statics
+    pub(crate) const EMPTY: Page = Page {
+        free: ptr::null_mut(),
+        used: 0,
+        slice_offset: 0,
+        owner: AtomicUsize::new(OWNER_NONE),
+        local_free: ptr::null_mut(),
+        key: 0,
+        block_size: 0,
+        capacity: 0,
+        reserved: 0,
+        class: 0,
+        slice_count: 0,
+        start: ptr::null_mut(),
+        next: ptr::null_mut(),
+        prev: ptr::null_mut(),
+    };
+}
+
+/// Encodes a link to `next` stored at `slot`.
+#[inline(always)]
+pub(crate) fn encode(next: *mut Block, slot: *mut Block, key: usize) -> usize {
+    ((next as usize) ^ key)
+        .rotate_left(23)
+        .wrapping_add(slot as usize)
+}
+
+/// Decodes the link stored at `slot`.
+#[inline(always)]
+pub(crate) fn decode(stored: usize, slot: *mut Block, key: usize) -> *mut Block {
+    (stored.wrapping_sub(slot as usize).rotate_right(23) ^ key) as *mut Block
+}
+
+/// Reads the next link of `block`, checking that it stays in the block's segment.
+///
+/// # Safety
+/// `block` is a free block of a page whose links were encoded with `key`.
+#[inline(always)]
+pub(crate) unsafe fn next_of(block: *mut Block, key: usize) -> *mut Block {
+    // SAFETY: the caller guarantees `block` is a free block we own, so its
+    // first word is readable and holds a link.
+    let next = decode(unsafe { (*block).next }, block, key);
+    if ((next as usize) ^ (block as usize)) >> SEGMENT_SHIFT != 0 && !next.is_null() {
+        corrupt_list(block);
+    }
+    next
+}
+
+/// Stores the link `block -> next`.
+///
+/// # Safety
+/// `block` is a block the caller owns and is putting on a list encoded with `key`.
+#[inline(always)]
+pub(crate) unsafe fn set_next(block: *mut Block, next: *mut Block, key: usize) {
+    // SAFETY: the caller owns `block`, which is at least one word long.
+    unsafe { (*block).next = encode(next, block, key) };
+}
+
+/// A decoded link left its segment: the heap was overwritten. Stop the process
+/// with a clear message rather than hand out memory an attacker may choose.
+#[cold]
+#[inline(never)]
+fn corrupt_list(block: *mut Block) -> ! {
+    let mut buf = [0u8; 96];
+    let msg = b"heapkeep: fatal: corrupted free list at 0x";
+    buf[..msg.len()].copy_from_slice(msg);
+    let mut n = msg.len();
+    n += crate::fmt_hex(block as usize, &mut buf[n..]);
+    buf[n] = b'\n';
+    crate::os::write_stderr(&buf[..=n]);
+    // SAFETY: abort has no preconditions.
+    unsafe { libc::abort() }
+}
+
+impl Page {
+    /// Prepares this head entry as a fresh page of `class` over `slices`
+    /// slices starting at `area` (the page memory).
+    ///
+    /// # Safety
+    /// `area` is the page memory, unused by anyone; the caller owns the entry.
+    pub(crate) unsafe fn init(
+        &mut self,
+        area: *mut u8,
+        slices: usize,
+        block_size: usize,
+        class: u32,
+        owner: usize,
+        key: usize,
+    ) {
+        let bytes = slices << crate::segment::SLICE_SHIFT;
+        self.free = ptr::null_mut();
+        self.local_free = ptr::null_mut();
+        self.used = 0;
+        self.slice_offset = 0;
+        self.key = key ^ (area as usize).rotate_left(7);
+        self.block_size = block_size;
+        self.capacity = 0;
+        self.reserved = (bytes / block_size) as u32;
+        self.class = class;
+        self.slice_count = slices as u32;
+        self.start = area;
+        self.next = ptr::null_mut();
+        self.prev = ptr::null_mut();
+        self.owner
+            .store(owner, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Makes free blocks available on `free`: first from `local_free`, then by
+    /// carving more of the page. Returns false when the page is full.
+    ///
+    /// # Safety
+    /// Called by the owner thread on an initialised page.
+    pub(crate) unsafe fn refill(&mut self) -> bool {
+        if !self.free.is_null() {
+            return true;
+        }
+        if !self.local_free.is_null() {
+            self.free = self.local_free;
+            self.local_free = ptr::null_mut();
+            return true;
+        }
+        if self.capacity < self.reserved {
+            // SAFETY: forwarded; capacity < reserved.
+            unsafe { self.extend() };
+            return true;
+        }
+        false
+    }
+
+    /// Carves up to `EXTEND_BYTES` worth of new blocks onto `free`.
+    ///
+    /// # Safety
+    /// Owner thread; `capacity < reserved`; `free` is empty.
+    unsafe fn extend(&mut self) {
+        let bs = self.block_size;
+        let left = (self.reserved - self.capacity) as usize;
+        let n = (EXTEND_BYTES / bs).clamp(1, left);
+        // SAFETY: blocks `capacity .. capacity + n` lie inside the page memory
+        // (capacity + n <= reserved) and were never handed out.
+        unsafe {
+            let first = self.start.add(self.capacity as usize * bs);
+            let mut b = first;
+            for _ in 1..n {
+                let nb = b.add(bs);
+                set_next(b.cast(), nb.cast(), self.key);
+                b = nb;
+            }
+            set_next(b.cast(), ptr::null_mut(), self.key);
+            self.free = first.cast();
+        }
+        self.capacity += n as u32;
+    }
+
+    /// Bytes of page memory.
+    #[cfg(any(test, feature = "invariants"))]
+    pub(crate) fn area_bytes(&self) -> usize {
+        (self.slice_count as usize) << crate::segment::SLICE_SHIFT
+    }
+}

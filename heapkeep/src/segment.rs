@@ -1,0 +1,391 @@
+//! Segments: 4 MiB, 4 MiB-aligned chunks of address space cut into 64 slices
+//! of 64 KiB. Slice 0 holds this header; slices 1..63 are handed out as page
+//! spans (one slice for a small page, eight for a medium page, up to 32 for a
+//! large block).
+//!
+//! The header is found from any block pointer `p` by masking:
+//! `segment = (p - 1) & !(SEGMENT_SIZE - 1)`. The `- 1` lets a huge block with
+//! an alignment above 4 MiB start exactly one segment size after its header
+//! (see `huge.rs`); an ordinary block never starts at a segment base because
+//! the header is there. The page of `p` is `pages[(p - segment) >> 16]`
+//! minus that entry's `slice_offset`.
+//!
+//! A normal segment belongs to one heap (`heap`), fixed while it is in that
+//! heap; all its slice bookkeeping is touched only by the thread running that
+//! heap. Empty segments go to a small global cache (spin lock) that purges
+//! them after a delay and unmaps them after a longer one.
+//!
+//! Invariants (normal segments):
+//! - bit `i` of `free_mask` is set iff slice `i` belongs to no page
+//!   (`pages[i].owner == OWNER_NONE`); bit 0 is never set;
+//! - a page head at slice `i` spanning `n` slices has `pages[i + k].slice_offset
+//!   == k` for `k < n`, and none of those slices is free;
+//! - bit `i` of `dirty_mask` is clear only if slice `i` reads as zero and is
+//!   not resident (never touched since mapping, or purged).
+
+use core::ptr;
+
+use crate::os;
+use crate::page::{Page, OWNER_NONE};
+use crate::sync::SpinLock;
+
+pub(crate) const SLICE_SHIFT: usize = 16;
+pub(crate) const SLICE_SIZE: usize = 1 << SLICE_SHIFT;
+pub(crate) const SEGMENT_SHIFT: usize = 22;
+pub(crate) const SEGMENT_SIZE: usize = 1 << SEGMENT_SHIFT;
+pub(crate) const SLICE_COUNT: usize = SEGMENT_SIZE / SLICE_SIZE;
+/// All slices but the header.
+pub(crate) const ALL_FREE: u64 = !1u64;
+
+/// How long a freed, still-resident span may wait before it is purged.
+pub(crate) const PURGE_DELAY_MS: u64 = 10;
+/// How long an empty cached segment stays mapped.
+const UNMAP_DELAY_MS: u64 = 1000;
+/// Empty segments the global cache keeps.
+const CACHE_SLOTS: usize = 16;
+/// Resident bytes the segment cache may hold before purging at once.
+const CACHE_DIRTY_MAX: usize = 8 << 20;
+
+/// What a segment is used for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u32)]
+pub(crate) enum Kind {
+    /// Cut into page spans owned by one heap.
+    Normal = 0,
+    /// One huge block (see `huge.rs`).
+    Huge = 1,
+}
+
+/// The header at the start of every segment.
+#[repr(C)]
+pub(crate) struct Segment {
+    pub(crate) kind: Kind,
+    /// Heap owning every page of this segment (normal segments).
+    pub(crate) heap: *mut crate::heap::Heap,
+    /// See the module docs.
+    pub(crate) free_mask: u64,
+    pub(crate) dirty_mask: u64,
+    /// When the free dirty slices should be purged (ms; 0: nothing pending).
+    pub(crate) purge_at: u64,
+    /// When this segment entered a cache (ms).
+    pub(crate) cached_at: u64,
+    /// Bytes mapped for this segment (huge segments can be larger).
+    pub(crate) map_size: usize,
+    /// Huge segments: offset of the block from the segment base.
+    pub(crate) block_offset: usize,
+    /// Links in the owning heap's segment list.
+    pub(crate) next: *mut Segment,
+    pub(crate) prev: *mut Segment,
+    /// One entry per slice, plus one for a huge block placed at `SEGMENT_SIZE`.
+    pub(crate) pages: [Page; SLICE_COUNT + 1],
+}
+
+const _: () = assert!(core::mem::size_of::<Segment>() <= SLICE_SIZE);
+
+/// The segment holding the block at `p`.
+#[inline(always)]
+pub(crate) fn segment_of(p: *const u8) -> *mut Segment {
+    ((p as usize).wrapping_sub(1) & !(SEGMENT_SIZE - 1)) as *mut Segment
+}
+
+/// The page holding the block at `p`.
+///
+/// # Safety
+/// `p` is a block heapkeep handed out (so its segment header is mapped).
+#[inline(always)]
+pub(crate) unsafe fn page_of(seg: *mut Segment, p: *const u8) -> *mut Page {
+    let idx = (p as usize - seg as usize) >> SLICE_SHIFT;
+    // SAFETY: `p` lies in the first SEGMENT_SIZE bytes after `seg` (or exactly
+    // at SEGMENT_SIZE for an over-aligned huge block), so `idx <= SLICE_COUNT`
+    // is inside `pages`, and the entry's `slice_offset` leads to its head.
+    unsafe {
+        let entry = ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(idx);
+        entry.sub((*entry).slice_offset as usize)
+    }
+}
+
+impl Segment {
+    /// Address of slice `idx`.
+    #[inline]
+    pub(crate) fn slice_addr(&self, idx: usize) -> *mut u8 {
+        (self as *const Segment as usize + (idx << SLICE_SHIFT)) as *mut u8
+    }
+
+    /// Index of the page entry `page` within this header.
+    #[inline]
+    pub(crate) fn page_index(&self, page: *const Page) -> usize {
+        (page as usize - self.pages.as_ptr() as usize) / core::mem::size_of::<Page>()
+    }
+
+    /// Finds `n` contiguous free slices whose start is a multiple of
+    /// `align_slices`, preferring ones still resident (no page faults), and
+    /// takes them. Returns the first slice index.
+    pub(crate) fn take_span(&mut self, n: usize, align_slices: usize) -> Option<usize> {
+        debug_assert!((1..SLICE_COUNT).contains(&n));
+        if (self.free_mask.count_ones() as usize) < n {
+            return None;
+        }
+        let mut starts = run_starts(self.free_mask, n);
+        if align_slices > 1 {
+            starts &= multiples_mask(align_slices);
+        }
+        if starts == 0 {
+            return None;
+        }
+        let warm = starts & run_starts(self.free_mask & self.dirty_mask, n);
+        let idx = if warm != 0 { warm } else { starts }.trailing_zeros() as usize;
+        let m = span_mask(idx, n);
+        self.free_mask &= !m;
+        Some(idx)
+    }
+
+    /// True when slices `idx..idx + n` read as zero (never used or purged).
+    pub(crate) fn span_is_clean(&self, idx: usize, n: usize) -> bool {
+        self.dirty_mask & span_mask(idx, n) == 0
+    }
+
+    /// Marks slices `idx..idx + n` as possibly holding data.
+    pub(crate) fn mark_dirty(&mut self, idx: usize, n: usize) {
+        self.dirty_mask |= span_mask(idx, n);
+    }
+
+    /// Gives slices `idx..idx + n` back (their page entries are reset).
+    pub(crate) fn release_span(&mut self, idx: usize, n: usize) {
+        for i in idx..idx + n {
+            let e = &mut self.pages[i];
+            e.owner
+                .store(OWNER_NONE, core::sync::atomic::Ordering::Relaxed);
+            e.slice_offset = 0;
+            e.free = ptr::null_mut();
+            e.local_free = ptr::null_mut();
+            e.used = 0;
+        }
+        self.free_mask |= span_mask(idx, n);
+    }
+
+    /// Purges every free slice that is still resident. Returns bytes purged.
+    pub(crate) fn purge_free(&mut self) -> usize {
+        let mut m = self.free_mask & self.dirty_mask;
+        let total = m.count_ones() as usize * SLICE_SIZE;
+        while m != 0 {
+            let start = m.trailing_zeros() as usize;
+            let len = (!(m >> start)).trailing_zeros() as usize;
+            // SAFETY: the slices are free (no live data) and inside our mapping.
+            unsafe { os::purge(self.slice_addr(start), len << SLICE_SHIFT) };
+            m &= !span_mask(start, len);
+        }
+        self.dirty_mask &= !self.free_mask;
+        self.purge_at = 0;
+        total
+    }
+
+    /// Free slices still resident, in bytes.
+    pub(crate) fn dirty_free_bytes(&self) -> usize {
+        (self.free_mask & self.dirty_mask).count_ones() as usize * SLICE_SIZE
+    }
+}
+
+/// Bits `idx..idx + n`.
+#[inline]
+pub(crate) fn span_mask(idx: usize, n: usize) -> u64 {
+    let ones = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+    ones << idx
+}
+
+/// Bit `i` set iff bits `i..i + n` of `free` are all set.
+fn run_starts(free: u64, n: usize) -> u64 {
+    let mut r = free;
+    let mut len = 1;
+    while len * 2 <= n {
+        r &= r >> len;
+        len *= 2;
+    }
+    if len < n {
+        r &= r >> (n - len);
+    }
+    r
+}
+
+/// Bits at multiples of `a` (a power of two).
+fn multiples_mask(a: usize) -> u64 {
+    let mut m = 0u64;
+    let mut i = 0;
+    while i < 64 {
+        m |= 1 << i;
+        i += a;
+    }
+    m
+}
+
+// ---------------------------------------------------------------------------
+// Getting and returning whole segments
+
+struct Cache {
+    slots: [*mut Segment; CACHE_SLOTS],
+    len: usize,
+}
+
+// SAFETY: the cached segments belong to no thread; the lock serialises access.
+unsafe impl Send for Cache {}
+
+static CACHE: SpinLock<Cache> = SpinLock::new(Cache {
+    slots: [ptr::null_mut(); CACHE_SLOTS],
+    len: 0,
+});
+
+/// A normal segment for `heap`, from the cache or the OS. Null when out of memory.
+pub(crate) fn acquire(heap: *mut crate::heap::Heap) -> *mut Segment {
+    let seg = {
+        let mut c = CACHE.lock();
+        if c.len > 0 {
+            c.len -= 1;
+            let i = c.len;
+            c.slots[i]
+        } else {
+            ptr::null_mut()
+        }
+    };
+    let seg = if seg.is_null() {
+        let p = os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE) as *mut Segment;
+        if p.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: fresh zeroed mapping; an all-zero `Segment` is valid (every
+        // page entry zero means "no page", the lists are null). Set the rest.
+        unsafe {
+            (*p).kind = Kind::Normal;
+            (*p).map_size = SEGMENT_SIZE;
+            (*p).free_mask = ALL_FREE;
+            (*p).dirty_mask = 1;
+        }
+        p
+    } else {
+        seg
+    };
+    // SAFETY: the segment is ours alone now (fresh, or popped from the cache).
+    unsafe {
+        (*seg).heap = heap;
+        (*seg).next = ptr::null_mut();
+        (*seg).prev = ptr::null_mut();
+        (*seg).purge_at = 0;
+    }
+    seg
+}
+
+/// Returns an empty normal segment to the cache (or the OS).
+///
+/// # Safety
+/// `seg` is a normal segment with every slice free, out of any heap list.
+pub(crate) unsafe fn release(seg: *mut Segment) {
+    // SAFETY: the caller gives us the segment whole.
+    let s = unsafe { &mut *seg };
+    debug_assert_eq!(s.free_mask, ALL_FREE);
+    s.heap = ptr::null_mut();
+    s.cached_at = os::now_ms();
+    let evicted = {
+        let mut c = CACHE.lock();
+        let dirty: usize = c.slots[..c.len]
+            .iter()
+            // SAFETY: cached segments stay mapped while in the cache.
+            .map(|&x| unsafe { (*x).dirty_free_bytes() })
+            .sum();
+        if dirty + s.dirty_free_bytes() > CACHE_DIRTY_MAX {
+            s.purge_free();
+        }
+        if c.len < CACHE_SLOTS {
+            let i = c.len;
+            c.slots[i] = seg;
+            c.len += 1;
+            ptr::null_mut()
+        } else {
+            seg
+        }
+    };
+    if !evicted.is_null() {
+        // SAFETY: not in the cache, not in a heap: nobody can reach it.
+        unsafe { os::unmap(evicted.cast(), SEGMENT_SIZE) };
+    }
+}
+
+/// Purges cached segments that waited `PURGE_DELAY_MS` and unmaps those that
+/// waited `UNMAP_DELAY_MS`. Skips the work if another thread holds the lock.
+pub(crate) fn decay(now: u64) {
+    let mut unmap: [*mut Segment; CACHE_SLOTS] = [ptr::null_mut(); CACHE_SLOTS];
+    let mut n_unmap = 0;
+    {
+        let mut c = CACHE.lock();
+        let mut i = 0;
+        while i < c.len {
+            let seg = c.slots[i];
+            // SAFETY: cached segments stay mapped while in the cache; we hold the lock.
+            let s = unsafe { &mut *seg };
+            if now >= s.cached_at + UNMAP_DELAY_MS {
+                unmap[n_unmap] = seg;
+                n_unmap += 1;
+                c.len -= 1;
+                let last = c.len;
+                c.slots[i] = c.slots[last];
+                continue;
+            }
+            if now >= s.cached_at + PURGE_DELAY_MS && s.dirty_free_bytes() > 0 {
+                s.purge_free();
+            }
+            i += 1;
+        }
+    }
+    for &seg in &unmap[..n_unmap] {
+        // SAFETY: removed from the cache above; nobody else can reach it.
+        unsafe { os::unmap(seg.cast(), SEGMENT_SIZE) };
+    }
+}
+
+/// Fork support: hold the cache lock across `fork()`.
+pub(crate) fn fork_prepare() {
+    CACHE.raw_lock();
+}
+
+/// Fork support: release the lock in parent and child.
+///
+/// # Safety
+/// Only from the fork handlers, after `fork_prepare`.
+pub(crate) unsafe fn fork_release() {
+    // SAFETY: `fork_prepare` took the lock in this (or the parent) thread.
+    unsafe { CACHE.raw_unlock() };
+}
+
+/// Calls `f` on every cached segment (invariant walk).
+#[cfg(any(test, feature = "invariants"))]
+pub(crate) fn for_each_cached(mut f: impl FnMut(&Segment)) {
+    let c = CACHE.lock();
+    for &s in &c.slots[..c.len] {
+        // SAFETY: cached segments stay mapped while in the cache.
+        f(unsafe { &*s });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_starts_finds_runs() {
+        let free = 0b0111_0110u64;
+        assert_eq!(run_starts(free, 1), free);
+        assert_eq!(run_starts(free, 2), 0b0011_0010);
+        assert_eq!(run_starts(free, 3), 0b0001_0000);
+        assert_eq!(run_starts(free, 4), 0);
+        assert_eq!(run_starts(ALL_FREE, 63), 0b10);
+    }
+
+    #[test]
+    fn multiples() {
+        assert_eq!(multiples_mask(32), 1 | 1 << 32);
+        assert_eq!(multiples_mask(1), u64::MAX);
+    }
+
+    #[test]
+    fn span_masks() {
+        assert_eq!(span_mask(1, 63), ALL_FREE);
+        assert_eq!(span_mask(3, 2), 0b11000);
+    }
+}

@@ -1,0 +1,281 @@
+//! Unit tests of the heap's internals: pages and free lists, segments and
+//! spans, remote frees, thread exit, with the invariant walk after each step.
+
+use core::alloc::{GlobalAlloc, Layout};
+use std::vec::Vec;
+
+use crate::heap::{self, LARGE_MAX};
+use crate::page::{self, Block, Page, LARGE_CLASS, OWNER_FULL, OWNER_HUGE};
+use crate::segment::{page_of, segment_of, SEGMENT_SIZE, SLICE_SIZE};
+use crate::size_class::{class_to_size, size_to_class};
+use crate::{check_invariants, thread, HeapKeep};
+
+fn lay(size: usize, align: usize) -> Layout {
+    Layout::from_size_align(size, align).unwrap()
+}
+
+fn page_at(p: *mut u8) -> &'static Page {
+    // SAFETY: tests pass live blocks.
+    unsafe { &*page_of(segment_of(p), p) }
+}
+
+#[test]
+fn encoded_links_round_trip_and_hide_the_pointer() {
+    let key = 0x1234_5678_9abc_def1usize;
+    let slot = 0x7000_0000_1000usize as *mut Block;
+    let next = 0x7000_0000_2000usize as *mut Block;
+    let stored = page::encode(next, slot, key);
+    assert_ne!(stored, next as usize);
+    assert_eq!(page::decode(stored, slot, key), next);
+    // the same stored word at another slot decodes elsewhere
+    let other = (slot as usize + 16) as *mut Block;
+    assert_ne!(page::decode(stored, other, key), next);
+}
+
+#[test]
+fn small_blocks_come_from_one_page_of_their_class() {
+    let l = lay(40, 8);
+    let mut ps = Vec::new();
+    for _ in 0..100 {
+        // SAFETY: non-zero layout.
+        let p = unsafe { HeapKeep.alloc(l) };
+        assert!(!p.is_null());
+        ps.push(p);
+    }
+    let pg = page_at(ps[0]);
+    assert_eq!(pg.block_size, class_to_size(size_to_class(40)));
+    assert_eq!(
+        pg.owner.load(core::sync::atomic::Ordering::Relaxed),
+        thread::current() as usize
+    );
+    for w in ps.windows(2) {
+        assert!(!core::ptr::eq(w[1], w[0]));
+    }
+    check_invariants().unwrap();
+    for p in ps {
+        // SAFETY: allocated above with `l`.
+        unsafe { HeapKeep.dealloc(p, l) };
+    }
+    check_invariants().unwrap();
+}
+
+#[test]
+fn freed_blocks_are_reused_after_the_free_list_runs_dry() {
+    let l = lay(24, 8);
+    // SAFETY: plain allocations and frees of blocks we own.
+    unsafe {
+        let a = HeapKeep.alloc(l);
+        let pg = page_at(a);
+        let used = pg.used;
+        HeapKeep.dealloc(a, l);
+        assert_eq!(page_at(a).used, used - 1);
+        let mut seen = false;
+        let mut held = Vec::new();
+        for _ in 0..(pg.reserved as usize + 10) {
+            let b = HeapKeep.alloc(l);
+            if b == a {
+                seen = true;
+            }
+            held.push(b);
+        }
+        assert!(seen, "a freed block was never handed out again");
+        check_invariants().unwrap();
+        for b in held {
+            HeapKeep.dealloc(b, l);
+        }
+    }
+    check_invariants().unwrap();
+}
+
+#[test]
+fn full_pages_leave_the_queue_and_come_back() {
+    let l = lay(4096, 8);
+    // SAFETY: blocks we own.
+    unsafe {
+        let mut ps = Vec::new();
+        for _ in 0..64 {
+            ps.push(HeapKeep.alloc(l));
+        }
+        let first = page_at(ps[0]);
+        let owner = first.owner.load(core::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            owner & OWNER_FULL,
+            OWNER_FULL,
+            "first page should be full and out of the queue"
+        );
+        check_invariants().unwrap();
+        HeapKeep.dealloc(ps[0], l);
+        let owner = first.owner.load(core::sync::atomic::Ordering::Relaxed);
+        assert_eq!(owner & OWNER_FULL, 0);
+        check_invariants().unwrap();
+        for p in &ps[1..] {
+            HeapKeep.dealloc(*p, l);
+        }
+    }
+    check_invariants().unwrap();
+}
+
+#[test]
+fn large_blocks_are_spans_and_resize_in_place() {
+    // SAFETY: blocks we own, sizes within bounds.
+    unsafe {
+        let l = lay(300 * 1024, 8);
+        let p = HeapKeep.alloc(l);
+        assert!(!p.is_null());
+        let pg = page_at(p);
+        assert_eq!(pg.class, LARGE_CLASS);
+        assert_eq!(pg.block_size, 320 * 1024);
+        p.write_bytes(0xab, l.size());
+        check_invariants().unwrap();
+        // grow within the segment: the next slices are free
+        let q = HeapKeep.realloc(p, l, 900 * 1024);
+        assert_eq!(
+            q, p,
+            "large realloc should grow in place when the neighbours are free"
+        );
+        assert!(crate::usable_size(q) >= 900 * 1024);
+        assert_eq!(*q.add(300 * 1024 - 1), 0xab);
+        check_invariants().unwrap();
+        let r = HeapKeep.realloc(q, lay(900 * 1024, 8), 200 * 1024);
+        assert_eq!(r, q);
+        assert_eq!(crate::usable_size(r), 256 * 1024);
+        check_invariants().unwrap();
+        HeapKeep.dealloc(r, lay(200 * 1024, 8));
+    }
+    check_invariants().unwrap();
+}
+
+#[test]
+fn huge_blocks_have_their_own_segment_and_remap() {
+    // SAFETY: blocks we own.
+    unsafe {
+        let l = lay(LARGE_MAX + 1, 8);
+        let p = HeapKeep.alloc(l);
+        assert!(!p.is_null());
+        assert_eq!(
+            page_at(p).owner.load(core::sync::atomic::Ordering::Relaxed),
+            OWNER_HUGE
+        );
+        *p = 7;
+        *p.add(l.size() - 1) = 9;
+        let q = HeapKeep.realloc(p, l, 64 << 20);
+        assert!(!q.is_null());
+        assert_eq!((*q, *q.add(l.size() - 1)), (7, 9));
+        assert_eq!(segment_of(q) as usize % SEGMENT_SIZE, 0);
+        *q.add((64 << 20) - 1) = 1;
+        HeapKeep.dealloc(q, lay(64 << 20, 8));
+    }
+}
+
+#[test]
+fn zeroed_memory_is_zero_after_reuse() {
+    // SAFETY: blocks we own.
+    unsafe {
+        for size in [8usize, 100, 5000, 70_000, 500_000, 3 << 20] {
+            let l = lay(size, 8);
+            let p = HeapKeep.alloc(l);
+            p.write_bytes(0xff, size);
+            HeapKeep.dealloc(p, l);
+            let z = HeapKeep.alloc_zeroed(l);
+            assert!(
+                (0..size)
+                    .step_by(61)
+                    .chain([size - 1])
+                    .all(|i| *z.add(i) == 0),
+                "size {size}"
+            );
+            HeapKeep.dealloc(z, l);
+        }
+    }
+    check_invariants().unwrap();
+}
+
+#[test]
+fn alignments_up_to_huge() {
+    let mut align = 1usize;
+    while align <= 64 << 20 {
+        for size in [0usize, 1, 48, 4000, 100_000, 3 << 20] {
+            let l = lay(size, align);
+            // SAFETY: blocks we own.
+            unsafe {
+                let p = HeapKeep.alloc(l);
+                assert!(!p.is_null(), "size {size} align {align}");
+                assert_eq!(p as usize % align, 0, "size {size} align {align}");
+                assert!(crate::usable_size(p) >= size);
+                if size > 0 {
+                    *p.add(size - 1) = 1;
+                }
+                HeapKeep.dealloc(p, l);
+            }
+        }
+        align *= 2;
+    }
+    check_invariants().unwrap();
+}
+
+#[test]
+fn impossible_sizes_return_null() {
+    // SAFETY: requests that must fail cleanly.
+    unsafe {
+        let l = lay(isize::MAX as usize - 4096, 8);
+        assert!(HeapKeep.alloc(l).is_null());
+        let l = lay(1 << 62, 4096);
+        assert!(HeapKeep.alloc(l).is_null());
+        let p = HeapKeep.alloc(lay(16, 8));
+        assert!(HeapKeep
+            .realloc(p, lay(16, 8), isize::MAX as usize - 8)
+            .is_null());
+        HeapKeep.dealloc(p, lay(16, 8));
+    }
+}
+
+#[test]
+fn remote_frees_reach_the_owner() {
+    let l = lay(64, 8);
+    let ptrs: Vec<usize> = (0..1000)
+        // SAFETY: non-zero layout.
+        .map(|_| unsafe { HeapKeep.alloc(l) } as usize)
+        .collect();
+    let used_before = page_at(ptrs[0] as *mut u8).used;
+    std::thread::spawn(move || {
+        for p in ptrs {
+            // SAFETY: blocks allocated by the main test thread, freed here once.
+            unsafe { HeapKeep.dealloc(p as *mut u8, l) };
+        }
+    })
+    .join()
+    .unwrap();
+    // The owner drains its inbox in its slow path: allocate until it does.
+    let mut held = Vec::new();
+    for _ in 0..5000 {
+        // SAFETY: non-zero layout.
+        held.push(unsafe { HeapKeep.alloc(l) });
+    }
+    check_invariants().unwrap();
+    let _ = used_before;
+    for p in held {
+        // SAFETY: ours.
+        unsafe { HeapKeep.dealloc(p, l) };
+    }
+    check_invariants().unwrap();
+}
+
+#[test]
+fn exited_threads_heaps_are_retired_clean_and_adopted() {
+    for _ in 0..20 {
+        std::thread::spawn(|| {
+            let v: Vec<Vec<u8>> = (0..200).map(|i| std::vec![i as u8; i * 10]).collect();
+            assert_eq!(v[199][0], 199);
+        })
+        .join()
+        .unwrap();
+    }
+    check_invariants().unwrap();
+}
+
+#[test]
+fn slice_size_is_what_the_docs_say() {
+    assert_eq!(SLICE_SIZE, 64 * 1024);
+    assert_eq!(SEGMENT_SIZE, 4 << 20);
+    let _ = heap::STATE_ACTIVE;
+}

@@ -1,0 +1,257 @@
+//! Threads and their heaps: which heap the calling thread runs, how a thread
+//! gets one, and what happens to it when the thread exits or the process forks.
+//!
+//! - A thread starts with its thread-local pointer on the static empty heap,
+//!   whose direct table points at an empty page, so its first allocation takes
+//!   the slow path, which calls [`init_current`].
+//! - `init_current` adopts a retired heap from the pool (with every block and
+//!   pending remote free it holds) or makes a new one, and registers a
+//!   thread-exit destructor (a `pthread` key) for it.
+//! - At thread exit the destructor collects the heap (drains its inbox, gives
+//!   back empty pages and segments, purges) and retires it into the pool.
+//!   Its live blocks stay where they are; frees of them from other threads go
+//!   to its inbox, which the next adopter drains (or a freeing thread reclaims,
+//!   see `heap::reclaim`).
+//! - Heaps are never destroyed, so a pointer to a heap is always valid memory;
+//!   their number is bounded by the peak number of threads.
+//! - Fork: handlers take every global lock before `fork()` and release them in
+//!   parent and child. The child keeps the forking thread's heap; other
+//!   threads' heaps stay allocated but unused (their blocks can still be freed:
+//!   frees go to those heaps' inboxes).
+
+use core::cell::{Cell, UnsafeCell};
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+
+use crate::heap::{self, Heap, STATE_ACTIVE, STATE_EMPTY, STATE_RETIRED};
+use crate::os;
+use crate::page::Page;
+use crate::sync::SpinLock;
+
+/// A static that threads share read-only (the empty heap and page).
+struct Shared<T>(UnsafeCell<T>);
+// SAFETY: the empty page and heap are never written: the fast paths only write
+// a page after popping a block, and the empty page has none; the slow path
+// replaces the empty heap before touching heap state.
+unsafe impl<T> Sync for Shared<T> {}
+
+static EMPTY_PAGE: Shared<Page> = Shared(UnsafeCell::new(Page::EMPTY));
+static EMPTY_HEAP: Shared<Heap> =
+    Shared(UnsafeCell::new(Heap::new(EMPTY_PAGE.0.get(), STATE_EMPTY)));
+
+thread_local! {
+    /// The heap this thread runs (the empty heap until its first allocation).
+    static HEAP: Cell<*mut Heap> = const { Cell::new(EMPTY_HEAP.0.get()) };
+}
+
+/// The static page with no blocks.
+#[inline]
+pub(crate) fn empty_page() -> *mut Page {
+    EMPTY_PAGE.0.get()
+}
+
+/// The calling thread's heap (the static empty heap if it has none yet).
+#[inline(always)]
+pub(crate) fn current() -> *mut Heap {
+    HEAP.with(|h| h.get())
+}
+
+const UNINIT: u8 = 0;
+const RUNNING: u8 = 1;
+const READY: u8 = 2;
+const FAILED: u8 = 3;
+
+static INIT: AtomicU8 = AtomicU8::new(UNINIT);
+/// The process secret for free-list encoding.
+static SECRET: AtomicUsize = AtomicUsize::new(0);
+static EXIT_KEY: AtomicU32 = AtomicU32::new(0);
+/// Every heap ever made (linked through `all_next`; never unlinked).
+static ALL_HEAPS: AtomicPtr<Heap> = AtomicPtr::new(ptr::null_mut());
+/// Retired heaps waiting for a thread (linked through `pool_next`).
+static POOL: SpinLock<PoolList> = SpinLock::new(PoolList(ptr::null_mut()));
+/// Memory heaps are carved from: `(next, end)`.
+static ARENA: SpinLock<(usize, usize)> = SpinLock::new((0, 0));
+
+struct PoolList(*mut Heap);
+// SAFETY: retired heaps belong to no thread; the lock serialises access.
+unsafe impl Send for PoolList {}
+
+/// One-time process set-up. False if the platform cannot run heapkeep.
+#[cold]
+fn global_init() -> bool {
+    loop {
+        match INIT.load(Ordering::Acquire) {
+            READY => return true,
+            FAILED => return false,
+            UNINIT => {
+                if INIT
+                    .compare_exchange(UNINIT, RUNNING, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+            _ => os::yield_now(),
+        }
+    }
+    let ok = os::page_size_ok();
+    let key = if ok {
+        os::create_thread_exit_key(thread_exit)
+    } else {
+        None
+    };
+    let Some(key) = key else {
+        INIT.store(FAILED, Ordering::Release);
+        return false;
+    };
+    SECRET.store(os::random_u64() as usize, Ordering::Relaxed);
+    EXIT_KEY.store(key, Ordering::Relaxed);
+    INIT.store(READY, Ordering::Release);
+    // After READY: registering may allocate (glibc), which must find us ready.
+    os::register_fork_handlers(fork_prepare, fork_parent, fork_child);
+    true
+}
+
+/// Gives the calling thread a heap (adopted or new). Null when out of memory.
+#[cold]
+#[inline(never)]
+pub(crate) fn init_current() -> *mut Heap {
+    if !global_init() {
+        return ptr::null_mut();
+    }
+    let heap = match pool_take() {
+        Some(h) => h,
+        None => new_heap(),
+    };
+    if heap.is_null() {
+        return heap;
+    }
+    HEAP.with(|h| h.set(heap));
+    os::set_thread_value(EXIT_KEY.load(Ordering::Relaxed), heap.cast());
+    heap
+}
+
+/// Takes a retired heap from the pool, making it active.
+fn pool_take() -> Option<*mut Heap> {
+    let mut pool = POOL.lock();
+    let mut prev: *mut Heap = ptr::null_mut();
+    let mut h = pool.0;
+    while !h.is_null() {
+        // SAFETY: heaps in the pool are valid; the lock guards the links.
+        unsafe {
+            let next = (*h).pool_next;
+            if (*h)
+                .state
+                .compare_exchange(
+                    STATE_RETIRED,
+                    STATE_ACTIVE,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                if prev.is_null() {
+                    pool.0 = next;
+                } else {
+                    (*prev).pool_next = next;
+                }
+                (*h).pool_next = ptr::null_mut();
+                return Some(h);
+            }
+            prev = h;
+            h = next;
+        }
+    }
+    None
+}
+
+/// Makes a new active heap from the heap arena.
+fn new_heap() -> *mut Heap {
+    let size = core::mem::size_of::<Heap>().next_multiple_of(64);
+    let mem = {
+        let mut a = ARENA.lock();
+        if a.1 - a.0 < size {
+            const CHUNK: usize = 256 * 1024;
+            let p = os::map_aligned(CHUNK, os::PAGE_SIZE);
+            if p.is_null() {
+                return ptr::null_mut();
+            }
+            *a = (p as usize, p as usize + CHUNK);
+        }
+        let m = a.0;
+        a.0 += size;
+        m as *mut Heap
+    };
+    // SAFETY: `mem` is fresh, suitably aligned (64) memory of `size` bytes that
+    // no one else has.
+    unsafe {
+        mem.write(Heap::new(empty_page(), STATE_ACTIVE));
+        (*mem).key = SECRET.load(Ordering::Relaxed) ^ (mem as usize).rotate_left(29);
+        let mut head = ALL_HEAPS.load(Ordering::Relaxed);
+        loop {
+            (*mem).all_next = head;
+            match ALL_HEAPS.compare_exchange_weak(head, mem, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(h) => head = h,
+            }
+        }
+    }
+    mem
+}
+
+/// Thread-exit destructor: collect the heap and retire it into the pool.
+unsafe extern "C" fn thread_exit(value: *mut libc::c_void) {
+    let heap = value as *mut Heap;
+    if heap.is_null() {
+        return;
+    }
+    HEAP.with(|h| h.set(EMPTY_HEAP.0.get()));
+    // SAFETY: the exiting thread ran `heap` and stopped running it just now.
+    unsafe {
+        heap::collect(heap, true);
+        (*heap).retired_frees.store(0, Ordering::Relaxed);
+        (*heap).state.store(STATE_RETIRED, Ordering::Release);
+    }
+    let mut pool = POOL.lock();
+    // SAFETY: the heap is not in the pool (it was active); the lock guards links.
+    unsafe { (*heap).pool_next = pool.0 };
+    pool.0 = heap;
+}
+
+unsafe extern "C" fn fork_prepare() {
+    POOL.raw_lock();
+    ARENA.raw_lock();
+    crate::segment::fork_prepare();
+    crate::huge::fork_prepare();
+}
+
+unsafe extern "C" fn fork_parent() {
+    // SAFETY: `fork_prepare` took these locks in this thread.
+    unsafe {
+        crate::huge::fork_release();
+        crate::segment::fork_release();
+        ARENA.raw_unlock();
+        POOL.raw_unlock();
+    }
+}
+
+unsafe extern "C" fn fork_child() {
+    // SAFETY: the child's only thread is the one that took the locks.
+    unsafe {
+        crate::huge::fork_release();
+        crate::segment::fork_release();
+        ARENA.force_unlock();
+        POOL.force_unlock();
+    }
+}
+
+/// Calls `f` on every heap ever made (invariant walk).
+#[cfg(any(test, feature = "invariants"))]
+pub(crate) fn for_each_heap(mut f: impl FnMut(*mut Heap)) {
+    let mut h = ALL_HEAPS.load(Ordering::Acquire);
+    while !h.is_null() {
+        f(h);
+        // SAFETY: heaps are never freed; `all_next` is written before publication.
+        h = unsafe { (*h).all_next };
+    }
+}
