@@ -25,7 +25,7 @@ use crate::sync::SpinLock;
 /// How long a cached huge segment stays mapped.
 const UNMAP_DELAY_MS: u64 = 1000;
 /// Huge segments the cache keeps.
-const CACHE_SLOTS: usize = 8;
+const CACHE_SLOTS: usize = 16;
 /// Resident bytes the cache may hold before purging at once.
 const CACHE_DIRTY_MAX: usize = 64 << 20;
 /// Mapped bytes the cache may hold.
@@ -105,6 +105,7 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     // SAFETY: a fresh zeroed mapping large enough for the header; all-zero is
     // a valid header, then we set the fields that differ.
     unsafe {
+        os::advise_huge_pages(base, map_size);
         (*seg).kind = Kind::Huge;
         (*seg).map_size = map_size;
         (*seg).block_offset = offset;
@@ -241,23 +242,28 @@ unsafe fn purge_block(seg: *mut Segment) {
     }
 }
 
-/// Takes a cached segment of at least `map_size` bytes (best fit), trimming a
-/// much larger one. Returns it and whether its block area may be dirty.
+/// Takes a cached segment for a block needing `map_size` bytes of mapping:
+/// the best fit of at least that size (trimming one more than twice too big),
+/// else the largest smaller one grown with `mremap` (its resident pages are
+/// kept, so fewer page faults than a fresh mapping). Returns the segment and
+/// whether its block area may hold old data.
 fn take_cached(map_size: usize) -> Option<(*mut Segment, bool)> {
     let (seg, dirty) = {
         let mut c = CACHE.lock();
-        let mut best: Option<usize> = None;
+        let mut best: Option<(usize, usize)> = None; // (slot, size) of the best fit
+        let mut biggest_below: Option<(usize, usize)> = None;
         for i in 0..c.len {
             // SAFETY: cached segments stay mapped while cached.
             let m = unsafe { (*c.slots[i].seg).map_size };
             if m >= map_size {
-                // SAFETY: as above.
-                if best.is_none_or(|b| m < unsafe { (*c.slots[b].seg).map_size }) {
-                    best = Some(i);
+                if best.is_none_or(|(_, b)| m < b) {
+                    best = Some((i, m));
                 }
+            } else if biggest_below.is_none_or(|(_, b)| m > b) {
+                biggest_below = Some((i, m));
             }
         }
-        let i = best?;
+        let (i, _) = best.or(biggest_below)?;
         let e = c.slots[i];
         c.slots.copy_within(i + 1.., i);
         c.len -= 1;
@@ -265,13 +271,30 @@ fn take_cached(map_size: usize) -> Option<(*mut Segment, bool)> {
     };
     // SAFETY: the segment is ours now.
     let s = unsafe { &mut *seg };
-    if s.map_size - map_size > map_size / 4 {
-        // Too big: give the tail back instead of wasting it.
+    if s.map_size > map_size.saturating_mul(2) {
+        // Far too big: give the tail back instead of holding it.
         // SAFETY: the tail is page-aligned, inside the mapping and dead.
         unsafe { os::unmap(s.slice_addr(0).add(map_size), s.map_size - map_size) };
         s.map_size = map_size;
+    } else if s.map_size < map_size {
+        // SAFETY: the segment is a whole mapping of ours with a dead block.
+        let grown = unsafe { resize(seg, map_size - s.block_offset) };
+        if grown.is_null() {
+            // SAFETY: not in the cache any more; nobody can reach it.
+            unsafe { os::unmap(seg.cast(), s.map_size) };
+            return None;
+        }
+        let ns = segment_of_block(grown);
+        // SAFETY: the moved header is ours.
+        unsafe { os::advise_huge_pages(ns.cast(), (*ns).map_size) };
+        return Some((ns, dirty));
     }
     Some((seg, dirty))
+}
+
+/// The header of a huge block at the standard offset.
+fn segment_of_block(p: *mut u8) -> *mut Segment {
+    crate::segment::segment_of(p)
 }
 
 /// Resizes the huge block of `seg` to `new_size` without copying its bytes.
