@@ -72,16 +72,26 @@ pub(crate) struct PageQueue {
     pub(crate) last: *mut Page,
 }
 
-/// A thread heap. See the module docs for the invariants.
-#[repr(C)]
-pub(crate) struct Heap {
-    pub(crate) direct: [*mut Page; DIRECT_COUNT],
-    pub(crate) queues: [PageQueue; CLASS_COUNT],
+/// The part of a heap that other threads write.
+#[repr(C, align(64))]
+pub(crate) struct Remote {
     /// Blocks freed by other threads (links are `next ^ key`).
     pub(crate) inbox: AtomicUsize,
     pub(crate) state: AtomicU32,
     /// Remote frees into this heap while retired (to pace reclaiming).
     pub(crate) retired_frees: AtomicU32,
+    /// Copy of the heap's key (read by remote freers).
+    pub(crate) key: usize,
+}
+
+/// A thread heap. See the module docs for the invariants.
+#[repr(C)]
+pub(crate) struct Heap {
+    pub(crate) direct: [*mut Page; DIRECT_COUNT],
+    pub(crate) queues: [PageQueue; CLASS_COUNT],
+    /// The fields other threads touch, on a cache line of their own so remote
+    /// frees do not fight the owner's writes to its bookkeeping.
+    pub(crate) remote: Remote,
     /// Normal segments owned by this heap.
     pub(crate) segments: *mut Segment,
     pub(crate) empty_segments: usize,
@@ -104,9 +114,12 @@ impl Heap {
                 first: ptr::null_mut(),
                 last: ptr::null_mut(),
             }; CLASS_COUNT],
-            inbox: AtomicUsize::new(0),
-            state: AtomicU32::new(state),
-            retired_frees: AtomicU32::new(0),
+            remote: Remote {
+                inbox: AtomicUsize::new(0),
+                state: AtomicU32::new(state),
+                retired_frees: AtomicU32::new(0),
+                key: 0,
+            },
             segments: ptr::null_mut(),
             empty_segments: 0,
             dirty_free: 0,
@@ -242,7 +255,7 @@ unsafe fn free_local(heap: *mut Heap, page: *mut Page, block: *mut Block) {
 unsafe fn push_remote(target: *mut Heap, block: *mut Block) {
     // SAFETY: heaps are never freed; the block is ours to write until pushed.
     unsafe {
-        let t = &*target;
+        let t = &(*target).remote;
         let mut old = t.inbox.load(Ordering::Relaxed);
         loop {
             (*block).next = old ^ t.key;
@@ -269,7 +282,7 @@ unsafe fn push_remote(target: *mut Heap, block: *mut Block) {
 #[cold]
 fn reclaim(heap: *mut Heap) {
     // SAFETY: heaps are never freed.
-    let h = unsafe { &*heap };
+    let h = unsafe { &(*heap).remote };
     if h.state
         .compare_exchange(
             STATE_RETIRED,
@@ -292,7 +305,7 @@ fn reclaim(heap: *mut Heap) {
 /// The calling thread runs (or has claimed) `heap`.
 unsafe fn drain_inbox(heap: *mut Heap) {
     // SAFETY: heap is ours (caller).
-    let h = unsafe { &*heap };
+    let h = unsafe { &(*heap).remote };
     if h.inbox.load(Ordering::Relaxed) == 0 {
         return;
     }
@@ -328,7 +341,7 @@ unsafe fn page_empty(heap: *mut Heap, page: *mut Page) {
             let q = &(*heap).queues[class as usize];
             if q.first == page
                 && q.last == page
-                && (*heap).state.load(Ordering::Relaxed) == STATE_ACTIVE
+                && (*heap).remote.state.load(Ordering::Relaxed) == STATE_ACTIVE
             {
                 return;
             }
@@ -355,7 +368,8 @@ unsafe fn free_page(heap: *mut Heap, page: *mut Page) {
         h.dirty_free += s.dirty_free_bytes() - dirty_before;
         if s.free_mask == ALL_FREE {
             h.empty_segments += 1;
-            if h.empty_segments > SPARE_SEGMENTS || h.state.load(Ordering::Relaxed) != STATE_ACTIVE
+            if h.empty_segments > SPARE_SEGMENTS
+                || h.remote.state.load(Ordering::Relaxed) != STATE_ACTIVE
             {
                 release_segment(heap, seg);
             }
@@ -573,7 +587,7 @@ unsafe fn queue_push_back(heap: *mut Heap, page: *mut Page) {
 unsafe fn alloc_slow(mut heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
     // SAFETY: `heap` is this thread's (caller); the empty heap is replaced first.
     unsafe {
-        if (*heap).state.load(Ordering::Relaxed) == STATE_EMPTY {
+        if (*heap).remote.state.load(Ordering::Relaxed) == STATE_EMPTY {
             heap = thread::init_current();
             if heap.is_null() {
                 return ptr::null_mut();

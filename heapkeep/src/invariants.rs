@@ -20,7 +20,7 @@ type Res = Result<(), String>;
 pub(crate) fn check() -> Res {
     let me = thread::current();
     // SAFETY: the current heap is run by this thread.
-    if unsafe { (*me).state.load(Ordering::Relaxed) } == STATE_ACTIVE {
+    if unsafe { (*me).remote.state.load(Ordering::Relaxed) } == STATE_ACTIVE {
         check_heap(me)?;
     }
     let mut result = Ok(());
@@ -31,6 +31,7 @@ pub(crate) fn check() -> Res {
         // SAFETY: heaps are never freed; CLAIMED gives exclusive access.
         let hr = unsafe { &*h };
         if hr
+            .remote
             .state
             .compare_exchange(
                 STATE_RETIRED,
@@ -41,7 +42,7 @@ pub(crate) fn check() -> Res {
             .is_ok()
         {
             result = check_heap(h);
-            hr.state.store(STATE_RETIRED, Ordering::Release);
+            hr.remote.state.store(STATE_RETIRED, Ordering::Release);
         }
     });
     result?;

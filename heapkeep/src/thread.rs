@@ -141,6 +141,7 @@ fn pool_take() -> Option<*mut Heap> {
         unsafe {
             let next = (*h).pool_next;
             if (*h)
+                .remote
                 .state
                 .compare_exchange(
                     STATE_RETIRED,
@@ -187,6 +188,7 @@ fn new_heap() -> *mut Heap {
     unsafe {
         mem.write(Heap::new(empty_page(), STATE_ACTIVE));
         (*mem).key = SECRET.load(Ordering::Relaxed) ^ (mem as usize).rotate_left(29);
+        (*mem).remote.key = (*mem).key;
         let mut head = ALL_HEAPS.load(Ordering::Relaxed);
         loop {
             (*mem).all_next = head;
@@ -209,8 +211,8 @@ unsafe extern "C" fn thread_exit(value: *mut libc::c_void) {
     // SAFETY: the exiting thread ran `heap` and stopped running it just now.
     unsafe {
         heap::collect(heap, true);
-        (*heap).retired_frees.store(0, Ordering::Relaxed);
-        (*heap).state.store(STATE_RETIRED, Ordering::Release);
+        (*heap).remote.retired_frees.store(0, Ordering::Relaxed);
+        (*heap).remote.state.store(STATE_RETIRED, Ordering::Release);
     }
     let mut pool = POOL.lock();
     // SAFETY: the heap is not in the pool (it was active); the lock guards links.
