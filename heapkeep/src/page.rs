@@ -46,7 +46,8 @@ const EXTEND_BYTES: usize = 4096;
 
 /// Metadata of a page. Lives in the segment header (one per slice; only the
 /// first slice of a page, its head, is used as the page).
-#[repr(C)]
+/// 128 bytes (`align(64)` rounds it up), so indexing is a shift.
+#[repr(C, align(64))]
 pub(crate) struct Page {
     // -- hot: read by the fast paths --
     /// Allocation list (encoded links). Owner only.
@@ -78,6 +79,8 @@ pub(crate) struct Page {
     pub(crate) next: *mut Page,
     pub(crate) prev: *mut Page,
 }
+
+const _: () = assert!(core::mem::size_of::<Page>() == 128);
 
 /// `class` of a page holding one large block.
 pub(crate) const LARGE_CLASS: u32 = u32::MAX;
