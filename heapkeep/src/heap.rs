@@ -40,8 +40,8 @@ use crate::segment::{
     SLICE_SIZE,
 };
 use crate::size_class::{
-    class_page_slices, class_to_size, size_align_to_class, CLASS_COUNT, DIRECT_COUNT, DIRECT_MAX,
-    MEDIUM_MAX,
+    bin_class, bin_stride, class_page_slices, class_to_size, size_align_to_bin, BIN_COUNT,
+    CLASS_COUNT, DIRECT_COUNT, DIRECT_MAX, MEDIUM_MAX,
 };
 use crate::thread;
 
@@ -88,7 +88,7 @@ pub(crate) struct Remote {
 #[repr(C)]
 pub(crate) struct Heap {
     pub(crate) direct: [*mut Page; DIRECT_COUNT],
-    pub(crate) queues: [PageQueue; CLASS_COUNT],
+    pub(crate) queues: [PageQueue; BIN_COUNT],
     /// The fields other threads touch, on a cache line of their own so remote
     /// frees do not fight the owner's writes to its bookkeeping.
     pub(crate) remote: Remote,
@@ -99,6 +99,8 @@ pub(crate) struct Heap {
     /// Secret for page keys and inbox links.
     pub(crate) key: usize,
     pub(crate) next_decay: u64,
+    /// Rotates the cache colour of new pages.
+    pub(crate) color: usize,
     /// Registry of all heaps ever made (never unlinked).
     pub(crate) all_next: *mut Heap,
     /// Link in the pool of retired heaps.
@@ -113,7 +115,7 @@ impl Heap {
             queues: [PageQueue {
                 first: ptr::null_mut(),
                 last: ptr::null_mut(),
-            }; CLASS_COUNT],
+            }; BIN_COUNT],
             remote: Remote {
                 inbox: AtomicUsize::new(0),
                 state: AtomicU32::new(state),
@@ -125,6 +127,7 @@ impl Heap {
             dirty_free: 0,
             key: 0,
             next_decay: 0,
+            color: 0,
             all_next: ptr::null_mut(),
             pool_next: ptr::null_mut(),
         }
@@ -455,8 +458,8 @@ pub(crate) unsafe fn collect(heap: *mut Heap, all: bool) {
         if !all {
             return;
         }
-        for class in 0..CLASS_COUNT {
-            let mut p = (*heap).queues[class].first;
+        for bin in 0..BIN_COUNT {
+            let mut p = (*heap).queues[bin].first;
             while !p.is_null() {
                 let next = (*p).next;
                 if (*p).used == 0 {
@@ -488,6 +491,9 @@ pub(crate) unsafe fn collect(heap: *mut Heap, all: bool) {
 /// # Safety
 /// The calling thread runs `heap`.
 unsafe fn update_direct(heap: *mut Heap, class: usize) {
+    if class >= CLASS_COUNT {
+        return; // plain bins are not in the direct table
+    }
     let size = class_to_size(class);
     if size > DIRECT_MAX {
         return;
@@ -599,8 +605,8 @@ unsafe fn alloc_slow(mut heap: *mut Heap, size: usize, align: usize, zero: bool)
             (*heap).next_decay = now + DECAY_INTERVAL_MS;
             decay(heap, now);
         }
-        if let Some(class) = size_align_to_class(size, align) {
-            let page = find_page(heap, class);
+        if let Some(bin) = size_align_to_bin(size, align) {
+            let page = find_page(heap, bin);
             if page.is_null() {
                 return ptr::null_mut();
             }
@@ -620,7 +626,7 @@ unsafe fn alloc_slow(mut heap: *mut Heap, size: usize, align: usize, zero: bool)
     }
 }
 
-/// A page of `class` with a free block, at the head of its queue.
+/// A page of bin `class` with a free block, at the head of its queue.
 ///
 /// # Safety
 /// The calling thread runs `heap`.
@@ -703,18 +709,29 @@ fn link_span(seg: &mut Segment, idx: usize, n: usize) {
     }
 }
 
-/// A new page of `class`, in front of its queue.
+/// A new page of bin `bin`, in front of its queue.
 ///
 /// # Safety
 /// The calling thread runs `heap`.
-unsafe fn new_page(heap: *mut Heap, class: usize) -> *mut Page {
-    let n = class_page_slices(class);
+unsafe fn new_page(heap: *mut Heap, bin: usize) -> *mut Page {
+    let n = class_page_slices(bin_class(bin));
     // SAFETY: the heap is ours.
     let Some((seg, idx)) = (unsafe { take_span(heap, n, 1) }) else {
         return ptr::null_mut();
     };
+    let stride = bin_stride(bin);
+    let bytes = n * SLICE_SIZE;
     // SAFETY: the span is ours now; its head entry is unused.
     unsafe {
+        // Coloured bins start a rotating number of cache lines into the page
+        // (within the slack the blocks leave), see `size_class::BIN_COUNT`.
+        let offset = if bin < CLASS_COUNT {
+            let colors = (bytes % stride) / 64 + 1;
+            (*heap).color = (*heap).color.wrapping_add(1);
+            ((*heap).color % colors) * 64
+        } else {
+            0
+        };
         let s = &mut *seg;
         s.mark_dirty(idx, n);
         link_span(s, idx, n);
@@ -722,9 +739,10 @@ unsafe fn new_page(heap: *mut Heap, class: usize) -> *mut Page {
         let page = &mut s.pages[idx] as *mut Page;
         (*page).init(
             area,
+            offset,
             n,
-            class_to_size(class),
-            class as u32,
+            stride,
+            bin as u32,
             heap as usize,
             (*heap).key,
         );
@@ -754,6 +772,7 @@ unsafe fn alloc_large(heap: *mut Heap, size: usize, align: usize, zero: bool) ->
         let page = &mut s.pages[idx];
         page.init(
             area,
+            0,
             n,
             n * SLICE_SIZE,
             LARGE_CLASS,

@@ -10,7 +10,7 @@ use std::string::String;
 use crate::heap::{Heap, STATE_ACTIVE, STATE_CLAIMED, STATE_RETIRED};
 use crate::page::{next_of, Block, Page, LARGE_CLASS, OWNER_FULL, OWNER_NONE};
 use crate::segment::{self, Kind, Segment, ALL_FREE, SLICE_COUNT, SLICE_SIZE};
-use crate::size_class::{class_to_size, CLASS_COUNT, DIRECT_COUNT};
+use crate::size_class::{bin_stride, class_to_size, BIN_COUNT, CLASS_COUNT, DIRECT_COUNT};
 use crate::thread;
 
 type Res = Result<(), String>;
@@ -66,7 +66,7 @@ fn check_heap(heap: *mut Heap) -> Res {
     // SAFETY: the caller has exclusive access to the heap.
     let h = unsafe { &*heap };
     let mut queued: HashSet<usize> = HashSet::new();
-    for class in 0..CLASS_COUNT {
+    for class in 0..BIN_COUNT {
         let q = h.queues[class];
         let mut prev: *mut Page = core::ptr::null_mut();
         let mut p = q.first;
@@ -99,7 +99,11 @@ fn check_heap(heap: *mut Heap) -> Res {
         } else {
             q.first
         };
-        let size = class_to_size(class);
+        let size = if class < CLASS_COUNT {
+            class_to_size(class)
+        } else {
+            usize::MAX
+        };
         if size <= 1024 {
             let lo = if class == 0 {
                 0
@@ -243,10 +247,11 @@ fn count_list(page: &Page, mut b: *mut Block, what: &str) -> Result<usize, Strin
 
 fn check_page(s: &Segment, p: &Page, owner: usize) -> Res {
     let idx = s.page_index(p);
-    if p.start != s.slice_addr(idx) {
-        return Err(format!("page {:p}: start is not its slice", p));
+    let offset = (p.start as usize).wrapping_sub(s.slice_addr(idx) as usize);
+    if offset % 64 != 0 || offset >= p.area_bytes() {
+        return Err(format!("page {:p}: start is not in its slice", p));
     }
-    if p.block_size == 0 || p.reserved as usize * p.block_size > p.area_bytes() {
+    if p.block_size == 0 || offset + p.reserved as usize * p.block_size > p.area_bytes() {
         return Err(format!("page {:p}: reserved blocks exceed the page", p));
     }
     if p.capacity > p.reserved {
@@ -261,7 +266,7 @@ fn check_page(s: &Segment, p: &Page, owner: usize) -> Res {
         }
         return Ok(());
     }
-    if class_to_size(p.class as usize) != p.block_size {
+    if bin_stride(p.class as usize) != p.block_size {
         return Err(format!("page {:p}: block size does not match class", p));
     }
     let nf = count_list(p, p.free, "free")?;

@@ -69,7 +69,7 @@ pub(crate) struct Page {
     // -- cold --
     pub(crate) capacity: u32,
     pub(crate) reserved: u32,
-    /// Size class, or `LARGE_CLASS` for a single-block page.
+    /// Bin (see `size_class::BIN_COUNT`), or `LARGE_CLASS` for a single-block page.
     pub(crate) class: u32,
     /// Slices this page spans (head only).
     pub(crate) slice_count: u32,
@@ -164,14 +164,17 @@ fn corrupt_list(block: *mut Block) -> ! {
 }
 
 impl Page {
-    /// Prepares this head entry as a fresh page of `class` over `slices`
-    /// slices starting at `area` (the page memory).
+    /// Prepares this head entry as a fresh page of bin `class` over `slices`
+    /// slices starting at `area` (the page memory), its first block `offset`
+    /// bytes in.
     ///
     /// # Safety
     /// `area` is the page memory, unused by anyone; the caller owns the entry.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn init(
         &mut self,
         area: *mut u8,
+        offset: usize,
         slices: usize,
         block_size: usize,
         class: u32,
@@ -186,10 +189,10 @@ impl Page {
         self.key = key ^ (area as usize).rotate_left(7);
         self.block_size = block_size;
         self.capacity = 0;
-        self.reserved = (bytes / block_size) as u32;
+        self.reserved = ((bytes - offset) / block_size) as u32;
         self.class = class;
         self.slice_count = slices as u32;
-        self.start = area;
+        self.start = area.wrapping_add(offset);
         self.next = ptr::null_mut();
         self.prev = ptr::null_mut();
         self.owner

@@ -72,6 +72,53 @@ pub(crate) const fn size_align_to_class(size: usize, align: usize) -> Option<usi
     None
 }
 
+/// Bins: the queues a heap keeps. Bin `c < CLASS_COUNT` holds *coloured*
+/// pages of class `c`: the first block sits a few cache lines into the page
+/// and classes that are multiples of 1 KiB (from 2 KiB) get one cache line of
+/// padding per block, so same-sized blocks in many pages do not all map to
+/// the same cache sets (power-of-two strides on 64 KiB-aligned pages would).
+/// Blocks of coloured pages are 16-byte aligned. Bin `CLASS_COUNT + c` holds
+/// *plain* pages of class `c` (stride = class size, first block at the page
+/// start) for requests aligned above 16 bytes.
+pub(crate) const BIN_COUNT: usize = 2 * CLASS_COUNT;
+
+/// The class of bin `bin`.
+#[inline]
+pub(crate) const fn bin_class(bin: usize) -> usize {
+    if bin >= CLASS_COUNT {
+        bin - CLASS_COUNT
+    } else {
+        bin
+    }
+}
+
+/// Distance between blocks of a page of bin `bin` (the usable block size).
+#[inline]
+pub(crate) const fn bin_stride(bin: usize) -> usize {
+    let size = class_to_size(bin_class(bin));
+    if bin < CLASS_COUNT && size >= 2048 && size % 1024 == 0 {
+        size + 64
+    } else {
+        size
+    }
+}
+
+/// The bin serving `size` bytes at alignment `align`, `None` above the
+/// classes (large spans and huge blocks take over).
+#[inline]
+pub(crate) const fn size_align_to_bin(size: usize, align: usize) -> Option<usize> {
+    if align <= 16 {
+        if size > MEDIUM_MAX {
+            return None;
+        }
+        return Some(size_to_class(if size < align { align } else { size }));
+    }
+    match size_align_to_class(size, align) {
+        Some(c) => Some(c + CLASS_COUNT),
+        None => None,
+    }
+}
+
 /// Slices (64 KiB units) per page of class `class`.
 #[inline]
 pub(crate) const fn class_page_slices(class: usize) -> usize {
@@ -141,6 +188,30 @@ mod tests {
             align *= 2;
         }
         assert!(size_align_to_class(MEDIUM_MAX + 1, 8).is_none());
+    }
+
+    #[test]
+    fn bins_cover_requests_with_their_alignment() {
+        for align in [1usize, 8, 16, 32, 64, 4096, PAGE_ALIGN] {
+            for size in [0usize, 1, 8, 24, 1000, 4096, 5000, 65536, MEDIUM_MAX] {
+                let Some(bin) = size_align_to_bin(size, align) else {
+                    assert!(align > PAGE_ALIGN || size > MEDIUM_MAX);
+                    continue;
+                };
+                assert!(bin < BIN_COUNT);
+                assert!(bin_stride(bin) >= size);
+                if align > 16 {
+                    assert!(bin >= CLASS_COUNT);
+                    assert_eq!(bin_stride(bin) % align, 0);
+                } else {
+                    assert_eq!(bin_stride(bin) % 16 % align.max(1), 0);
+                }
+            }
+        }
+        // coloured power-of-two classes are padded by a cache line
+        assert_eq!(bin_stride(size_to_class(4096)), 4096 + 64);
+        assert_eq!(bin_stride(size_to_class(4096) + CLASS_COUNT), 4096);
+        assert_eq!(bin_stride(size_to_class(1024)), 1024);
     }
 
     #[test]
