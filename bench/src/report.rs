@@ -1,0 +1,661 @@
+//! Aggregation and reporting of benchmark samples.
+//!
+//! Turns the raw [`Sample`]s of a run into medians per workload and
+//! allocator, heapkeep/peer ratios and their geometric means, checks the
+//! performance "bar" heapkeep is held to, and renders everything as a
+//! markdown summary (printed and written to `summary.md`), CSV and JSON.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::UNDER_TEST;
+
+/// Bar: geomean time heapkeep/mimalloc at most this.
+pub const MAX_GEOMEAN_TIME_VS_MIMALLOC: f64 = 1.10;
+/// Bar: geomean peak RSS heapkeep/mimalloc at most this.
+pub const MAX_GEOMEAN_RSS_VS_MIMALLOC: f64 = 1.10;
+/// Bar: no workload slower than this factor times the best peer.
+pub const MAX_SLOWDOWN_VS_BEST: f64 = 1.5;
+
+/// One measurement: one worker process.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Sample {
+    /// Round number, from 1.
+    pub round: usize,
+    /// Workload name.
+    pub workload: String,
+    /// Allocator name.
+    pub allocator: String,
+    /// Whether the worker succeeded.
+    pub ok: bool,
+    /// Workload wall time, seconds.
+    pub seconds: Option<f64>,
+    /// Peak RSS (VmHWM), KiB.
+    pub peak_rss_kib: Option<u64>,
+    /// RSS at the end (memreturn: after the frees), KiB.
+    pub rss_after_kib: Option<u64>,
+    /// Work checksum reported by the worker.
+    pub checksum: Option<u64>,
+    /// Failure description when `ok` is false.
+    pub error: Option<String>,
+}
+
+/// Medians of one workload/allocator cell.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Median {
+    /// Workload name.
+    pub workload: String,
+    /// Allocator name.
+    pub allocator: String,
+    /// Successful runs.
+    pub ok_runs: usize,
+    /// Failed runs.
+    pub failed_runs: usize,
+    /// Median time, seconds.
+    pub seconds: Option<f64>,
+    /// Median peak RSS, KiB.
+    pub peak_rss_kib: Option<f64>,
+    /// Median RSS at the end, KiB.
+    pub rss_after_kib: Option<f64>,
+}
+
+/// Outcome of one criterion of the bar.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Check {
+    /// What is checked.
+    pub criterion: String,
+    /// `Some(true)` pass, `Some(false)` fail, `None` could not be evaluated.
+    pub pass: Option<bool>,
+    /// Measured value / explanation.
+    pub detail: String,
+}
+
+impl Check {
+    /// `PASS`, `FAIL` or `SKIP`.
+    pub fn verdict(&self) -> &'static str {
+        match self.pass {
+            Some(true) => "PASS",
+            Some(false) => "FAIL",
+            None => "SKIP",
+        }
+    }
+}
+
+/// Facts about the run, stored with the results.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Meta {
+    /// `quick` or `full`.
+    pub scale: String,
+    /// Rounds run.
+    pub rounds: usize,
+    /// Workloads, in order.
+    pub workloads: Vec<String>,
+    /// Allocators, in order.
+    pub allocators: Vec<String>,
+    /// Start time, seconds since the Unix epoch.
+    pub started_unix: u64,
+    /// Wall time of the whole run, seconds.
+    pub duration_seconds: f64,
+    /// CPU model name.
+    pub cpu: String,
+    /// Logical CPUs available.
+    pub cpus: usize,
+    /// Kernel release.
+    pub kernel: String,
+    /// `git describe` of the workspace, if available.
+    pub git: Option<String>,
+}
+
+/// Everything computed from a run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    /// Run facts.
+    pub meta: Meta,
+    /// Raw samples.
+    pub samples: Vec<Sample>,
+    /// Medians per workload and allocator.
+    pub medians: Vec<Median>,
+    /// The bar.
+    pub checks: Vec<Check>,
+    /// Workloads whose checksum differed between runs (work not identical).
+    pub checksum_mismatches: Vec<String>,
+}
+
+/// Which measured quantity a table shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// Median seconds.
+    Time,
+    /// Median peak RSS.
+    PeakRss,
+    /// Median RSS at the end.
+    RssAfter,
+}
+
+impl Metric {
+    fn of(self, m: &Median) -> Option<f64> {
+        match self {
+            Metric::Time => m.seconds,
+            Metric::PeakRss => m.peak_rss_kib,
+            Metric::RssAfter => m.rss_after_kib,
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// Geometric mean of positive values (`None` if empty).
+pub fn geomean(v: &[f64]) -> Option<f64> {
+    if v.is_empty() || v.iter().any(|&x| x <= 0.0 || !x.is_finite()) {
+        return None;
+    }
+    Some((v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp())
+}
+
+impl Report {
+    /// Builds the report from raw samples.
+    pub fn new(meta: Meta, samples: Vec<Sample>) -> Report {
+        let mut medians = Vec::new();
+        for w in &meta.workloads {
+            for a in &meta.allocators {
+                let cell: Vec<&Sample> = samples
+                    .iter()
+                    .filter(|s| &s.workload == w && &s.allocator == a)
+                    .collect();
+                let ok: Vec<&&Sample> = cell.iter().filter(|s| s.ok).collect();
+                medians.push(Median {
+                    workload: w.clone(),
+                    allocator: a.clone(),
+                    ok_runs: ok.len(),
+                    failed_runs: cell.len() - ok.len(),
+                    seconds: median(ok.iter().filter_map(|s| s.seconds).collect()),
+                    peak_rss_kib: median(
+                        ok.iter()
+                            .filter_map(|s| s.peak_rss_kib.map(|v| v as f64))
+                            .collect(),
+                    ),
+                    rss_after_kib: median(
+                        ok.iter()
+                            .filter_map(|s| s.rss_after_kib.map(|v| v as f64))
+                            .collect(),
+                    ),
+                });
+            }
+        }
+        let checksum_mismatches = meta
+            .workloads
+            .iter()
+            .filter(|w| {
+                let sums: BTreeSet<u64> = samples
+                    .iter()
+                    .filter(|s| &s.workload == *w && s.ok)
+                    .filter_map(|s| s.checksum)
+                    .collect();
+                sums.len() > 1
+            })
+            .cloned()
+            .collect();
+        let mut report = Report {
+            meta,
+            samples,
+            medians,
+            checks: Vec::new(),
+            checksum_mismatches,
+        };
+        report.checks = report.bar();
+        report
+    }
+
+    /// Median cell for a workload and allocator.
+    pub fn cell(&self, workload: &str, allocator: &str) -> Option<&Median> {
+        self.medians
+            .iter()
+            .find(|m| m.workload == workload && m.allocator == allocator)
+    }
+
+    /// Median value of `metric`.
+    pub fn value(&self, workload: &str, allocator: &str, metric: Metric) -> Option<f64> {
+        self.cell(workload, allocator).and_then(|m| metric.of(m))
+    }
+
+    /// Whether heapkeep is part of the run.
+    pub fn has_under_test(&self) -> bool {
+        self.meta.allocators.iter().any(|a| a == UNDER_TEST)
+    }
+
+    /// Peers of heapkeep in this run.
+    pub fn peers(&self) -> Vec<&str> {
+        self.meta
+            .allocators
+            .iter()
+            .map(String::as_str)
+            .filter(|&a| a != UNDER_TEST)
+            .collect()
+    }
+
+    /// heapkeep/peer ratio of `metric` on a workload.
+    pub fn ratio(&self, workload: &str, peer: &str, metric: Metric) -> Option<f64> {
+        let hk = self.value(workload, UNDER_TEST, metric)?;
+        let p = self.value(workload, peer, metric)?;
+        (p > 0.0).then(|| hk / p)
+    }
+
+    /// Geomean over `workloads` of heapkeep/peer ratios, with the number of
+    /// workloads that had both values.
+    pub fn geomean_ratio(
+        &self,
+        workloads: &[String],
+        peer: &str,
+        metric: Metric,
+    ) -> (Option<f64>, usize) {
+        let r: Vec<f64> = workloads
+            .iter()
+            .filter_map(|w| self.ratio(w, peer, metric))
+            .collect();
+        (geomean(&r), r.len())
+    }
+
+    fn bar(&self) -> Vec<Check> {
+        let mut checks = Vec::new();
+        let skip = |criterion: &str, why: &str| Check {
+            criterion: criterion.to_string(),
+            pass: None,
+            detail: why.to_string(),
+        };
+        let c1 = "heapkeep faster than system on every workload";
+        let c2 = format!("geomean time heapkeep/mimalloc <= {MAX_GEOMEAN_TIME_VS_MIMALLOC:.2}");
+        let c3 = format!("geomean peak RSS heapkeep/mimalloc <= {MAX_GEOMEAN_RSS_VS_MIMALLOC:.2}");
+        let c4 = format!("no workload slower than {MAX_SLOWDOWN_VS_BEST}x the best peer");
+        if !self.has_under_test() {
+            for c in [c1.to_string(), c2, c3, c4] {
+                checks.push(skip(&c, "heapkeep not in this run"));
+            }
+            return checks;
+        }
+        let ws = &self.meta.workloads;
+        let has = |a: &str| self.meta.allocators.iter().any(|x| x == a);
+
+        // 1. Faster than system everywhere.
+        if has("system") {
+            let mut bad = Vec::new();
+            let mut unknown = Vec::new();
+            for w in ws {
+                match (
+                    self.value(w, UNDER_TEST, Metric::Time),
+                    self.value(w, "system", Metric::Time),
+                ) {
+                    (None, _) => bad.push(format!("{w} (heapkeep failed)")),
+                    (Some(_), None) => unknown.push(w.clone()),
+                    (Some(h), Some(s)) if h >= s => bad.push(format!("{w} ({:.2}x)", h / s)),
+                    _ => {}
+                }
+            }
+            let mut detail = if bad.is_empty() {
+                "faster on all".to_string()
+            } else {
+                format!("not faster on: {}", bad.join(", "))
+            };
+            if !unknown.is_empty() {
+                let _ = write!(detail, "; system failed on: {}", unknown.join(", "));
+            }
+            let compared = bad.len() + unknown.len() < ws.len() || !bad.is_empty();
+            checks.push(Check {
+                criterion: c1.to_string(),
+                // Nothing to compare with (system failed everywhere): SKIP.
+                pass: compared.then_some(bad.is_empty()),
+                detail,
+            });
+        } else {
+            checks.push(skip(c1, "system not in this run"));
+        }
+
+        // 2 and 3. Geomeans against mimalloc.
+        for (criterion, metric, limit) in [
+            (c2, Metric::Time, MAX_GEOMEAN_TIME_VS_MIMALLOC),
+            (c3, Metric::PeakRss, MAX_GEOMEAN_RSS_VS_MIMALLOC),
+        ] {
+            if !has("mimalloc") {
+                checks.push(skip(&criterion, "mimalloc not in this run"));
+                continue;
+            }
+            let failed_hk: Vec<&str> = ws
+                .iter()
+                .filter(|w| self.value(w, UNDER_TEST, metric).is_none())
+                .map(String::as_str)
+                .collect();
+            let (g, n) = self.geomean_ratio(ws, "mimalloc", metric);
+            checks.push(match g {
+                Some(g) if failed_hk.is_empty() => Check {
+                    criterion,
+                    pass: Some(g <= limit),
+                    detail: format!("{g:.3} over {n} workloads"),
+                },
+                Some(g) => Check {
+                    criterion,
+                    pass: Some(false),
+                    detail: format!(
+                        "{g:.3} over {n} workloads; heapkeep failed on {}",
+                        failed_hk.join(", ")
+                    ),
+                },
+                None => Check {
+                    criterion,
+                    pass: Some(false),
+                    detail: "no comparable workloads".to_string(),
+                },
+            });
+        }
+
+        // 4. Never much slower than the best peer.
+        let peers = self.peers();
+        if peers.is_empty() {
+            checks.push(skip(&c4, "no peers in this run"));
+        } else {
+            let mut bad = Vec::new();
+            let mut worst: Option<(f64, String)> = None;
+            for w in ws {
+                let best = peers
+                    .iter()
+                    .filter_map(|p| self.value(w, p, Metric::Time).map(|t| (t, *p)))
+                    .min_by(|a, b| a.0.total_cmp(&b.0));
+                match (self.value(w, UNDER_TEST, Metric::Time), best) {
+                    (None, _) => bad.push(format!("{w} (heapkeep failed)")),
+                    (Some(_), None) => {}
+                    (Some(h), Some((t, p))) => {
+                        let r = h / t;
+                        if worst.as_ref().is_none_or(|(x, _)| r > *x) {
+                            worst = Some((r, format!("{w}: {r:.2}x {p}")));
+                        }
+                        if r > MAX_SLOWDOWN_VS_BEST {
+                            bad.push(format!("{w} ({r:.2}x {p})"));
+                        }
+                    }
+                }
+            }
+            let detail = match (&worst, bad.is_empty()) {
+                (Some((_, wd)), true) => format!("worst {wd}"),
+                (_, false) => format!("too slow on: {}", bad.join(", ")),
+                (None, true) => "no comparable workloads".to_string(),
+            };
+            checks.push(Check {
+                criterion: c4,
+                pass: Some(bad.is_empty() && worst.is_some()),
+                detail,
+            });
+        }
+        checks
+    }
+
+    /// The markdown summary (tables, bar check, failures).
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let m = &self.meta;
+        let _ = writeln!(
+            s,
+            "## heapkeep benchmark results ({} scale, {} rounds, medians)\n",
+            m.scale, m.rounds
+        );
+        let _ = writeln!(
+            s,
+            "Machine: {} ({} CPUs), Linux {}{}. Each measurement is one process; \
+             allocators alternate, order rotated every round. Run took {:.0} s.\n",
+            m.cpu,
+            m.cpus,
+            m.kernel,
+            m.git
+                .as_ref()
+                .map(|g| format!(", workspace at `{g}`"))
+                .unwrap_or_default(),
+            m.duration_seconds
+        );
+        let ratio_note = if self.has_under_test() {
+            " `hk/X` is heapkeep divided by X: below 1.00 heapkeep is better."
+        } else {
+            ""
+        };
+        let _ = writeln!(s, "### Time (seconds, lower is better)\n");
+        if !ratio_note.is_empty() {
+            let _ = writeln!(s, "{}\n", ratio_note.trim());
+        }
+        self.table(&mut s, Metric::Time, &m.workloads);
+        let _ = writeln!(s, "\n### Peak RSS (MiB, VmHWM, lower is better)\n");
+        self.table(&mut s, Metric::PeakRss, &m.workloads);
+        if m.workloads.iter().any(|w| w == "memreturn") {
+            let _ = writeln!(
+                s,
+                "\n### memreturn: resident memory after freeing 90% (MiB, from /proc/self/statm)\n"
+            );
+            self.table(&mut s, Metric::RssAfter, &["memreturn".to_string()]);
+        }
+        let _ = writeln!(s, "\n### Bar check\n");
+        let _ = writeln!(s, "| criterion | result | detail |\n|---|---|---|");
+        for c in &self.checks {
+            let _ = writeln!(
+                s,
+                "| {} | **{}** | {} |",
+                c.criterion,
+                c.verdict(),
+                c.detail
+            );
+        }
+        let failures: Vec<&Sample> = self.samples.iter().filter(|x| !x.ok).collect();
+        if !failures.is_empty() {
+            let _ = writeln!(s, "\n### Failures\n");
+            for f in failures {
+                let _ = writeln!(
+                    s,
+                    "- round {}, {} / {}: {}",
+                    f.round,
+                    f.workload,
+                    f.allocator,
+                    f.error.as_deref().unwrap_or("failed")
+                );
+            }
+        }
+        let _ = writeln!(s, "\n### Workloads\n");
+        for w in &self.meta.workloads {
+            if let Some(wl) = crate::workloads::find(w) {
+                let _ = writeln!(s, "- `{}`: {}", wl.name, wl.about);
+            }
+        }
+        if !self.checksum_mismatches.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n**Warning:** checksums differ between runs of: {} (the work was not identical).",
+                self.checksum_mismatches.join(", ")
+            );
+        }
+        s
+    }
+
+    fn table(&self, s: &mut String, metric: Metric, workloads: &[String]) {
+        let allocs = &self.meta.allocators;
+        let peers = if self.has_under_test() {
+            self.peers()
+        } else {
+            Vec::new()
+        };
+        let _ = write!(s, "| workload |");
+        for a in allocs {
+            let _ = write!(s, " {a} |");
+        }
+        for p in &peers {
+            let _ = write!(s, " hk/{p} |");
+        }
+        let _ = write!(s, "\n|---|");
+        for _ in 0..allocs.len() + peers.len() {
+            let _ = write!(s, "---:|");
+        }
+        s.push('\n');
+        for w in workloads {
+            let label = if metric == Metric::RssAfter {
+                format!("{w} (after)")
+            } else {
+                w.clone()
+            };
+            let _ = write!(s, "| {label} |");
+            for a in allocs {
+                let _ = write!(s, " {} |", self.fmt_cell(w, a, metric));
+            }
+            for p in &peers {
+                let r = self.ratio(w, p, metric);
+                let _ = write!(s, " {} |", r.map_or("–".to_string(), |r| format!("{r:.2}")));
+            }
+            s.push('\n');
+        }
+        if !peers.is_empty() && workloads.len() > 1 {
+            let _ = write!(s, "| **geomean** |");
+            for _ in allocs {
+                let _ = write!(s, " |");
+            }
+            for p in &peers {
+                let (g, n) = self.geomean_ratio(workloads, p, metric);
+                let cell = match g {
+                    Some(g) if n == workloads.len() => format!("**{g:.2}**"),
+                    Some(g) => format!("**{g:.2}** ({n}/{})", workloads.len()),
+                    None => "–".to_string(),
+                };
+                let _ = write!(s, " {cell} |");
+            }
+            s.push('\n');
+        }
+    }
+
+    fn fmt_cell(&self, workload: &str, allocator: &str, metric: Metric) -> String {
+        let Some(m) = self.cell(workload, allocator) else {
+            return "–".to_string();
+        };
+        let v = match metric.of(m) {
+            None if m.failed_runs > 0 => return "FAILED".to_string(),
+            None => return "–".to_string(),
+            Some(v) => v,
+        };
+        let mut out = match metric {
+            Metric::Time => fmt_seconds(v),
+            Metric::PeakRss | Metric::RssAfter => fmt_mib(v),
+        };
+        if m.failed_runs > 0 {
+            let _ = write!(out, " ({} failed)", m.failed_runs);
+        }
+        out
+    }
+
+    /// Raw samples as CSV.
+    pub fn csv(&self) -> String {
+        let mut s = String::from(
+            "round,workload,allocator,ok,seconds,peak_rss_kib,rss_after_kib,checksum,error\n",
+        );
+        for x in &self.samples {
+            let opt = |v: Option<String>| v.unwrap_or_default();
+            let err = x
+                .error
+                .as_deref()
+                .map(|e| format!("\"{}\"", e.replace('"', "\"\"")))
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{},{},{},{},{}",
+                x.round,
+                x.workload,
+                x.allocator,
+                x.ok,
+                opt(x.seconds.map(|v| format!("{v:.6}"))),
+                opt(x.peak_rss_kib.map(|v| v.to_string())),
+                opt(x.rss_after_kib.map(|v| v.to_string())),
+                opt(x.checksum.map(|v| format!("{v:016x}"))),
+                err
+            );
+        }
+        s
+    }
+}
+
+/// Seconds with three significant digits or so.
+pub fn fmt_seconds(v: f64) -> String {
+    if v < 1.0 {
+        format!("{v:.3}")
+    } else if v < 10.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// KiB shown as MiB.
+pub fn fmt_mib(kib: f64) -> String {
+    let mib = kib / 1024.0;
+    if mib < 100.0 {
+        format!("{mib:.1}")
+    } else {
+        format!("{mib:.0}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(w: &str, a: &str, secs: f64, round: usize) -> Sample {
+        Sample {
+            round,
+            workload: w.into(),
+            allocator: a.into(),
+            ok: true,
+            seconds: Some(secs),
+            peak_rss_kib: Some(1024),
+            rss_after_kib: Some(512),
+            checksum: Some(1),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn medians_ratios_and_bar() {
+        let meta = Meta {
+            scale: "quick".into(),
+            rounds: 3,
+            workloads: vec!["small".into(), "large".into()],
+            allocators: vec!["heapkeep".into(), "system".into(), "mimalloc".into()],
+            started_unix: 0,
+            duration_seconds: 1.0,
+            cpu: "test".into(),
+            cpus: 2,
+            kernel: "x".into(),
+            git: None,
+        };
+        let mut samples = Vec::new();
+        for r in 1..=3 {
+            samples.push(sample("small", "heapkeep", 1.0 + r as f64 * 0.01, r));
+            samples.push(sample("small", "system", 2.0, r));
+            samples.push(sample("small", "mimalloc", 1.0, r));
+            samples.push(sample("large", "heapkeep", 1.0, r));
+            samples.push(sample("large", "system", 1.5, r));
+            samples.push(sample("large", "mimalloc", 0.5, r));
+        }
+        samples[0].ok = false;
+        samples[0].error = Some("killed by signal 11".into());
+        let rep = Report::new(meta, samples);
+        let t = rep.value("small", "heapkeep", Metric::Time).unwrap();
+        assert!((t - 1.025).abs() < 1e-9, "median of two = {t}");
+        assert!((rep.ratio("large", "mimalloc", Metric::Time).unwrap() - 2.0).abs() < 1e-9);
+        let verdicts: Vec<_> = rep.checks.iter().map(Check::verdict).collect();
+        assert_eq!(verdicts, ["PASS", "FAIL", "PASS", "FAIL"]);
+        let md = rep.markdown();
+        assert!(md.contains("(1 failed)"));
+        assert!(md.contains("killed by signal 11"));
+        assert!(rep.csv().lines().count() == 19);
+    }
+}
