@@ -34,6 +34,7 @@ use crate::huge;
 use crate::os;
 use crate::page::{
     next_of, set_next, Block, Page, LARGE_CLASS, OWNER_FULL, OWNER_HUGE, OWNER_NONE,
+    XT_COUNT_SHIFT, XT_INBOX, XT_PTR_MASK,
 };
 use crate::segment::{
     self, page_of, segment_of, span_mask, Segment, ALL_FREE, PURGE_DELAY_MS, SLICE_SHIFT,
@@ -218,12 +219,46 @@ unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
         );
     }
     let target = (owner & !OWNER_FULL) as *mut Heap;
-    if target == heap {
-        // SAFETY: our own (full) page.
-        unsafe { free_local(heap, page, block) };
-    } else {
-        // SAFETY: heaps are never destroyed, so `target` is valid memory.
-        unsafe { push_remote(target, block) };
+    // SAFETY: our own (full) page, or another heap's page whose block we give
+    // up; heaps are never destroyed, so `target` is valid memory.
+    unsafe {
+        if target == heap {
+            free_local(heap, page, block);
+        } else if (*page).class == LARGE_CLASS {
+            push_remote(target, block);
+        } else {
+            push_page_remote(target, page, block);
+        }
+    }
+}
+
+/// Pushes `block` on its page's `xthread` list, or on the owner's inbox when
+/// the page says so (`XT_INBOX`: full, or its heap retired).
+///
+/// # Safety
+/// `page` is a live page of `target` (it holds `block`, a live block the
+/// caller gives up).
+unsafe fn push_page_remote(target: *mut Heap, page: *mut Page, block: *mut Block) {
+    // SAFETY: the page cannot be freed while `block` is live; `key` is fixed
+    // for the page's life; the block is ours to write until pushed.
+    unsafe {
+        let p = &*page;
+        let mut old = p.xthread.load(Ordering::Relaxed);
+        loop {
+            if old & XT_INBOX != 0 {
+                push_remote(target, block);
+                return;
+            }
+            set_next(block, (old & XT_PTR_MASK) as *mut Block, p.key);
+            let new = block as usize | (((old >> XT_COUNT_SHIFT) + 1) << XT_COUNT_SHIFT);
+            match p
+                .xthread
+                .compare_exchange_weak(old, new, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(cur) => old = cur,
+            }
+        }
     }
 }
 
@@ -240,8 +275,11 @@ unsafe fn free_local(heap: *mut Heap, page: *mut Page, block: *mut Block) {
         p.used -= 1;
         let owner = p.owner.load(Ordering::Relaxed);
         if owner & OWNER_FULL != 0 {
-            // Back into its queue, at the end: it has few free blocks.
+            // Back into its queue, at the end: it has few free blocks. Remote
+            // frees may use the page list again (while `XT_INBOX` was set no
+            // freer changed the word, so storing is safe).
             p.owner.store(owner & !OWNER_FULL, Ordering::Relaxed);
+            p.xthread.store(0, Ordering::Release);
             queue_push_back(heap, page);
         }
         if p.used == 0 {
@@ -436,7 +474,7 @@ unsafe fn decay(heap: *mut Heap, now: u64) {
         let mut s = h.segments;
         while !s.is_null() {
             if (*s).purge_at != 0 && now >= (*s).purge_at {
-                h.dirty_free -= (*s).purge_free();
+                h.dirty_free -= (*s).purge_aged();
             }
             s = (*s).next;
         }
@@ -462,6 +500,9 @@ pub(crate) unsafe fn collect(heap: *mut Heap, all: bool) {
             let mut p = (*heap).queues[bin].first;
             while !p.is_null() {
                 let next = (*p).next;
+                // From now on remote frees of this page go to the inbox, where
+                // a reclaiming thread (or the next adopter) finds them.
+                close_page_remote(p);
                 if (*p).used == 0 {
                     queue_remove(heap, p);
                     free_page(heap, p);
@@ -480,6 +521,60 @@ pub(crate) unsafe fn collect(heap: *mut Heap, all: bool) {
         purge_all(heap);
         segment::decay(os::now_ms());
         huge::decay(os::now_ms());
+    }
+}
+
+/// Frees the blocks on `page`'s `xthread` list locally and sets `XT_INBOX`,
+/// so later remote frees of the page go to the heap inbox.
+///
+/// # Safety
+/// The calling thread runs or has claimed `heap`; `page` is queued in it.
+unsafe fn close_page_remote(page: *mut Page) {
+    // SAFETY: forwarded; blocks on the list are live blocks of the page given
+    // up by their freers (acquire swap orders their link writes before us).
+    unsafe {
+        loop {
+            let x = (*page).xthread.load(Ordering::Relaxed);
+            if x & XT_INBOX != 0 {
+                return;
+            }
+            if (*page)
+                .xthread
+                .compare_exchange(x, XT_INBOX, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            let mut b = (x & XT_PTR_MASK) as *mut Block;
+            let key = (*page).key;
+            while !b.is_null() {
+                let next = next_of(b, key);
+                set_next(b, (*page).local_free, key);
+                (*page).local_free = b;
+                (*page).used -= 1;
+                b = next;
+            }
+            return;
+        }
+    }
+}
+
+/// Lets remote frees of `heap`'s queued pages use the page lists again (after
+/// a thread adopts the heap).
+///
+/// # Safety
+/// The calling thread has just adopted `heap`.
+pub(crate) unsafe fn open_pages_remote(heap: *mut Heap) {
+    // SAFETY: the heap is ours; queued pages are not full, so their `XT_INBOX`
+    // was set by `close_page_remote` and no freer changes the word while set.
+    unsafe {
+        for bin in 0..BIN_COUNT {
+            let mut p = (*heap).queues[bin].first;
+            while !p.is_null() {
+                (*p).xthread.store(0, Ordering::Release);
+                p = (*p).next;
+            }
+        }
     }
 }
 
@@ -547,6 +642,10 @@ unsafe fn queue_remove(heap: *mut Heap, page: *mut Page) {
 unsafe fn queue_push_front(heap: *mut Heap, page: *mut Page) {
     // SAFETY: forwarded.
     unsafe {
+        debug_assert!(
+            (*page).xthread.load(Ordering::Relaxed) & XT_INBOX == 0
+                || (*heap).remote.state.load(Ordering::Relaxed) != STATE_ACTIVE
+        );
         let class = (*page).class as usize;
         let q = &mut (*heap).queues[class];
         (*page).prev = ptr::null_mut();
@@ -643,7 +742,18 @@ unsafe fn find_page(heap: *mut Heap, class: usize) -> *mut Page {
                 }
                 return page;
             }
-            // Full: take it out of the queue until a block comes back.
+            // Full, unless a remote free lands right now: the CAS decides.
+            if let Err(x) =
+                (*page)
+                    .xthread
+                    .compare_exchange(0, XT_INBOX, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                if x & XT_PTR_MASK != 0 {
+                    continue; // a remote free arrived: `refill` will take it
+                }
+                debug_assert_eq!(x, XT_INBOX);
+            }
+            // Out of the queue until a block comes back (through the inbox).
             queue_remove(heap, page);
             (*page)
                 .owner

@@ -8,7 +8,10 @@ use std::format;
 use std::string::String;
 
 use crate::heap::{Heap, STATE_ACTIVE, STATE_CLAIMED, STATE_RETIRED};
-use crate::page::{next_of, Block, Page, LARGE_CLASS, OWNER_FULL, OWNER_NONE};
+use crate::page::{
+    next_of, Block, Page, LARGE_CLASS, OWNER_FULL, OWNER_NONE, XT_COUNT_SHIFT, XT_INBOX,
+    XT_PTR_MASK,
+};
 use crate::segment::{self, Kind, Segment, ALL_FREE, SLICE_COUNT, SLICE_SIZE};
 use crate::size_class::{bin_stride, class_to_size, BIN_COUNT, CLASS_COUNT, DIRECT_COUNT};
 use crate::thread;
@@ -271,6 +274,31 @@ fn check_page(s: &Segment, p: &Page, owner: usize) -> Res {
     }
     let nf = count_list(p, p.free, "free")?;
     let nl = count_list(p, p.local_free, "local_free")?;
+    let x = p.xthread.load(Ordering::Acquire);
+    if x & XT_INBOX != 0 {
+        if x != XT_INBOX {
+            return Err(format!(
+                "page {:p}: xthread has blocks and the inbox flag",
+                p
+            ));
+        }
+    } else {
+        let nx = count_list(p, (x & XT_PTR_MASK) as *mut Block, "xthread")?;
+        if nx != x >> XT_COUNT_SHIFT || nx > p.used as usize {
+            return Err(format!(
+                "page {:p}: xthread count {} but {nx} blocks, used {}",
+                p,
+                x >> XT_COUNT_SHIFT,
+                p.used
+            ));
+        }
+        if owner & OWNER_FULL != 0 {
+            return Err(format!(
+                "page {:p}: full but remote frees may use its list",
+                p
+            ));
+        }
+    }
     if p.used as usize + nf + nl != p.capacity as usize {
         return Err(format!(
             "page {:p}: used {} + free {nf} + local {nl} != capacity {}",

@@ -1,14 +1,19 @@
 //! Pages: a run of slices that serves blocks of one size from free lists.
 //!
 //! A page belongs to one thread heap (its `owner`), and only the thread that
-//! currently runs that heap touches the page's lists. Other threads never
-//! touch a page: their frees go to the owner heap's inbox (see `heap.rs`).
+//! currently runs that heap touches the page's lists, except `xthread`,
+//! where other threads push the blocks they free.
 //!
-//! ## Free lists (owner thread only)
-//! - `free`: blocks the fast path pops from.
-//! - `local_free`: blocks freed by the owner. They are moved onto `free` only
-//!   when `free` runs dry, so the fast path runs dry at a steady cadence and
-//!   the slow path gets its chance to do upkeep.
+//! ## Free lists
+//! - `free` (owner only): blocks the fast path pops from.
+//! - `local_free` (owner only): blocks freed by the owner. They are moved onto
+//!   `free` only when `free` runs dry, so the fast path runs dry at a steady
+//!   cadence and the slow path gets its chance to do upkeep.
+//! - `xthread` (atomic): blocks freed by other threads, pushed with one CAS;
+//!   the word also carries their count, so the owner takes the whole list in
+//!   one swap without walking it. A full page is out of its queue where the
+//!   owner would not look, so its `xthread` holds the flag `XT_INBOX` instead
+//!   and remote frees go to the owner heap's inbox (see `heap.rs`).
 //!
 //! Links are stored encoded: `stored = rotl(next ^ key, 23) + slot` where `key`
 //! is the page's secret (process secret mixed with the page address) and `slot`
@@ -18,13 +23,13 @@
 //!
 //! ## Counts
 //! `used` = blocks handed out and not yet back on `free`/`local_free`
-//! (blocks waiting in an inbox count as used). `capacity` blocks have been
+//! (blocks waiting in `xthread` or an inbox count as used). `capacity` blocks have been
 //! carved from the page so far (carving is lazy to keep resident memory low);
 //! `reserved` blocks fit in the page. Invariant:
 //! `used + len(free) + len(local_free) == capacity <= reserved`.
 
 use core::ptr;
-use core::sync::atomic::AtomicUsize;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::segment::SEGMENT_SHIFT;
 
@@ -66,7 +71,13 @@ pub(crate) struct Page {
     pub(crate) key: usize,
     /// Bytes per block.
     pub(crate) block_size: usize,
-    // -- cold --
+    // -- second cache line: cold for the owner, written by other threads --
+    /// Blocks freed by other threads: `head | count << XT_COUNT_SHIFT`, links
+    /// encoded like the other lists; or exactly `XT_INBOX` when the page is
+    /// full (or its heap retired) and remote frees must go to the heap inbox
+    /// instead. Only ever changed by compare-and-swap or swap, so a freer and
+    /// the owner always agree on which of the two a block went to.
+    pub(crate) xthread: AtomicUsize,
     pub(crate) capacity: u32,
     pub(crate) reserved: u32,
     /// Bin (see `size_class::BIN_COUNT`), or `LARGE_CLASS` for a single-block page.
@@ -81,6 +92,13 @@ pub(crate) struct Page {
 }
 
 const _: () = assert!(core::mem::size_of::<Page>() == 128);
+
+/// `xthread` flag: route remote frees of this page to the heap inbox.
+pub(crate) const XT_INBOX: usize = 1;
+/// `xthread`: position of the block count.
+pub(crate) const XT_COUNT_SHIFT: u32 = 48;
+/// `xthread`: the list head bits.
+pub(crate) const XT_PTR_MASK: usize = ((1 << XT_COUNT_SHIFT) - 1) & !7;
 
 /// `class` of a page holding one large block.
 pub(crate) const LARGE_CLASS: u32 = u32::MAX;
@@ -98,6 +116,7 @@ impl Page {
         local_free: ptr::null_mut(),
         key: 0,
         block_size: 0,
+        xthread: AtomicUsize::new(0),
         capacity: 0,
         reserved: 0,
         class: 0,
@@ -195,12 +214,13 @@ impl Page {
         self.start = area.wrapping_add(offset);
         self.next = ptr::null_mut();
         self.prev = ptr::null_mut();
-        self.owner
-            .store(owner, core::sync::atomic::Ordering::Relaxed);
+        self.xthread.store(0, Ordering::Relaxed);
+        self.owner.store(owner, Ordering::Relaxed);
     }
 
-    /// Makes free blocks available on `free`: first from `local_free`, then by
-    /// carving more of the page. Returns false when the page is full.
+    /// Makes free blocks available on `free`: first from `local_free`, then
+    /// from the remote frees in `xthread`, then by carving more of the page.
+    /// Returns false when the page is full.
     ///
     /// # Safety
     /// Called by the owner thread on an initialised page.
@@ -211,6 +231,14 @@ impl Page {
         if !self.local_free.is_null() {
             self.free = self.local_free;
             self.local_free = ptr::null_mut();
+            return true;
+        }
+        let x = self.xthread.load(Ordering::Relaxed);
+        if x & XT_PTR_MASK != 0 {
+            // Take every remote free at once: no walk, the count comes along.
+            let x = self.xthread.swap(0, Ordering::Acquire);
+            self.free = (x & XT_PTR_MASK) as *mut Block;
+            self.used -= (x >> XT_COUNT_SHIFT) as u32;
             return true;
         }
         if self.capacity < self.reserved {

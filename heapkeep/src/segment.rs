@@ -65,6 +65,9 @@ pub(crate) struct Segment {
     /// See the module docs.
     pub(crate) free_mask: u64,
     pub(crate) dirty_mask: u64,
+    /// Slices freed since the last decay pass: they are spared by the next
+    /// aged purge, so a slice is purged only after a whole interval unused.
+    pub(crate) fresh_mask: u64,
     /// When the free dirty slices should be purged (ms; 0: nothing pending).
     pub(crate) purge_at: u64,
     /// When this segment entered a cache (ms).
@@ -161,11 +164,30 @@ impl Segment {
             e.used = 0;
         }
         self.free_mask |= span_mask(idx, n);
+        self.fresh_mask |= span_mask(idx, n);
     }
 
     /// Purges every free slice that is still resident. Returns bytes purged.
     pub(crate) fn purge_free(&mut self) -> usize {
-        let mut m = self.free_mask & self.dirty_mask;
+        self.fresh_mask = 0;
+        self.purge_mask(self.free_mask & self.dirty_mask)
+    }
+
+    /// Purges the free resident slices that were already free at the previous
+    /// pass, and starts a new generation. Returns bytes purged.
+    pub(crate) fn purge_aged(&mut self) -> usize {
+        let aged = self.free_mask & self.dirty_mask & !self.fresh_mask;
+        self.fresh_mask = 0;
+        let n = self.purge_mask(aged);
+        if self.dirty_free_bytes() > 0 {
+            self.purge_at = os::now_ms() + PURGE_DELAY_MS;
+        }
+        n
+    }
+
+    /// Purges the slices of `m` (free and resident). Returns bytes purged.
+    fn purge_mask(&mut self, purge: u64) -> usize {
+        let mut m = purge;
         let total = m.count_ones() as usize * SLICE_SIZE;
         while m != 0 {
             let start = m.trailing_zeros() as usize;
@@ -174,7 +196,7 @@ impl Segment {
             unsafe { os::purge(self.slice_addr(start), len << SLICE_SHIFT) };
             m &= !span_mask(start, len);
         }
-        self.dirty_mask &= !self.free_mask;
+        self.dirty_mask &= !purge;
         self.purge_at = 0;
         total
     }

@@ -120,7 +120,14 @@ pub(crate) fn init_current() -> *mut Heap {
         return ptr::null_mut();
     }
     let heap = match pool_take() {
-        Some(h) => h,
+        Some(h) => {
+            // SAFETY: we just adopted `h`.
+            unsafe {
+                heap::collect(h, false);
+                heap::open_pages_remote(h);
+            }
+            h
+        }
         None => new_heap(),
     };
     if heap.is_null() {
