@@ -462,14 +462,30 @@ unsafe fn purge_all(heap: *mut Heap) {
     }
 }
 
-/// Time-based upkeep: purge slices that have been free for a while, and let
-/// the global caches age.
+/// Time-based upkeep: give back the empty pages kept at the head of their
+/// queues (kept so alloc/free pairs do not thrash; if one is still empty a
+/// whole interval later, the heap is idle in that class and the page would
+/// otherwise pin its segment), purge slices that have been free for a while,
+/// and let the global caches age.
 ///
 /// # Safety
 /// The calling thread runs `heap`.
 unsafe fn decay(heap: *mut Heap, now: u64) {
-    // SAFETY: forwarded; the segment list is ours.
+    // SAFETY: forwarded; the queues and segment list are ours.
     unsafe {
+        for bin in 0..BIN_COUNT {
+            let p = (*heap).queues[bin].first;
+            if !p.is_null() && (*p).used == 0 && (*p).next.is_null() {
+                // Any alloc/free since the last pass moves the list heads.
+                let mark = ((*p).free as usize ^ ((*p).local_free as usize).rotate_left(1)) | 1;
+                if (*p).idle_mark == mark {
+                    queue_remove(heap, p);
+                    free_page(heap, p);
+                } else {
+                    (*p).idle_mark = mark;
+                }
+            }
+        }
         let h = &mut *heap;
         let mut s = h.segments;
         while !s.is_null() {

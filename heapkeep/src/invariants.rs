@@ -2,8 +2,8 @@
 //! written on the data structures of `heap.rs`, `page.rs` and `segment.rs`.
 //! Slow (touches every free block); tests call it between operations.
 
+use core::sync::atomic::AtomicU32;
 use core::sync::atomic::Ordering;
-use std::collections::HashSet;
 use std::format;
 use std::string::String;
 
@@ -17,6 +17,10 @@ use crate::size_class::{bin_stride, class_to_size, BIN_COUNT, CLASS_COUNT, DIREC
 use crate::thread;
 
 type Res = Result<(), String>;
+
+/// Numbers the walks; a page queued in walk `n` carries `walk_mark == n`.
+/// The walk must not allocate (it would change the heap under its feet).
+static WALK: AtomicU32 = AtomicU32::new(0);
 
 /// Checks the current thread's heap, every retired heap (claimed for the
 /// walk), and the segment cache.
@@ -68,14 +72,15 @@ fn check_cached(s: &Segment) -> Res {
 fn check_heap(heap: *mut Heap) -> Res {
     // SAFETY: the caller has exclusive access to the heap.
     let h = unsafe { &*heap };
-    let mut queued: HashSet<usize> = HashSet::new();
+    let walk = WALK.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+    let mut queued = 0usize;
     for class in 0..BIN_COUNT {
         let q = h.queues[class];
         let mut prev: *mut Page = core::ptr::null_mut();
         let mut p = q.first;
         while !p.is_null() {
             // SAFETY: queue links point at page entries in our segments.
-            let pr = unsafe { &*p };
+            let pr = unsafe { &mut *p };
             if pr.prev != prev {
                 return Err(format!("class {class}: page {p:p} has a bad prev link"));
             }
@@ -88,9 +93,11 @@ fn check_heap(heap: *mut Heap) -> Res {
             if pr.owner.load(Ordering::Relaxed) != heap as usize {
                 return Err(format!("queued page {p:p} not owned plainly by its heap"));
             }
-            if !queued.insert(p as usize) {
+            if pr.walk_mark == walk {
                 return Err(format!("page {p:p} queued twice"));
             }
+            pr.walk_mark = walk;
+            queued += 1;
             prev = p;
             p = pr.next;
         }
@@ -129,17 +136,16 @@ fn check_heap(heap: *mut Heap) -> Res {
     while !seg.is_null() {
         // SAFETY: segments in the heap list are mapped and ours.
         let s = unsafe { &*seg };
-        check_segment(heap, s, &queued, &mut pages_seen)?;
+        check_segment(heap, s, walk, &mut pages_seen)?;
         dirty += s.dirty_free_bytes();
         if s.free_mask == ALL_FREE {
             empty += 1;
         }
         seg = s.next;
     }
-    if pages_seen != queued.len() {
+    if pages_seen != queued {
         return Err(format!(
-            "{} queued pages but {pages_seen} non-full small pages in segments",
-            queued.len()
+            "{queued} queued pages but {pages_seen} non-full small pages in segments"
         ));
     }
     if dirty != h.dirty_free {
@@ -157,12 +163,7 @@ fn check_heap(heap: *mut Heap) -> Res {
     Ok(())
 }
 
-fn check_segment(
-    heap: *mut Heap,
-    s: &Segment,
-    queued: &HashSet<usize>,
-    pages_seen: &mut usize,
-) -> Res {
+fn check_segment(heap: *mut Heap, s: &Segment, walk: u32, pages_seen: &mut usize) -> Res {
     if s.kind != Kind::Normal || s.heap != heap {
         return Err(format!(
             "segment {:p} in heap list has kind {:?} / another heap",
@@ -210,10 +211,14 @@ fn check_segment(
         }
         check_page(s, e, owner)?;
         if e.class != LARGE_CLASS && owner & OWNER_FULL == 0 {
-            if !queued.contains(&(e as *const Page as usize)) {
+            if e.walk_mark != walk {
                 return Err(format!(
-                    "segment {:p}: page at {i} neither full nor queued",
-                    s
+                    "segment {:p}: page at {i} neither full nor queued (bin {}, used {}, cap {}, xthread {:#x})",
+                    s,
+                    e.class,
+                    e.used,
+                    e.capacity,
+                    e.xthread.load(Ordering::Relaxed),
                 ));
             }
             *pages_seen += 1;

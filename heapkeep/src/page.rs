@@ -89,6 +89,12 @@ pub(crate) struct Page {
     /// Links in the heap's class queue.
     pub(crate) next: *mut Page,
     pub(crate) prev: *mut Page,
+    /// Scratch mark of the invariant walk (which walk last saw the page
+    /// queued); lives in padding, so it costs nothing otherwise.
+    pub(crate) walk_mark: u32,
+    /// The list heads when upkeep last saw this page empty (0: not seen),
+    /// to tell an idle page from a busy one (see `heap::decay`).
+    pub(crate) idle_mark: usize,
 }
 
 const _: () = assert!(core::mem::size_of::<Page>() == 128);
@@ -124,6 +130,8 @@ impl Page {
         start: ptr::null_mut(),
         next: ptr::null_mut(),
         prev: ptr::null_mut(),
+        walk_mark: 0,
+        idle_mark: 0,
     };
 }
 
@@ -214,6 +222,7 @@ impl Page {
         self.start = area.wrapping_add(offset);
         self.next = ptr::null_mut();
         self.prev = ptr::null_mut();
+        self.idle_mark = 0;
         self.xthread.store(0, Ordering::Relaxed);
         self.owner.store(owner, Ordering::Relaxed);
     }

@@ -279,3 +279,42 @@ fn slice_size_is_what_the_docs_say() {
     assert_eq!(SEGMENT_SIZE, 4 << 20);
     let _ = heap::STATE_ACTIVE;
 }
+
+#[test]
+fn remote_frees_of_mixed_batches_keep_the_invariants() {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(usize, usize)>>(1);
+    let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let freer = std::thread::spawn(move || {
+        for batch in rx {
+            for (p, size) in batch {
+                // SAFETY: blocks allocated by the test thread with this layout.
+                unsafe { HeapKeep.dealloc(p as *mut u8, lay(size, 1)) };
+            }
+            ack_tx.send(()).unwrap();
+        }
+    });
+    let mut seed = 12345u64;
+    for round in 0..60 {
+        let batch: Vec<(usize, usize)> = (0..2000)
+            .map(|i| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let size = if i % 50 == 0 {
+                    4096 + (seed as usize % 60_000)
+                } else {
+                    16 + (seed as usize % 1000)
+                };
+                // SAFETY: non-zero layout.
+                (unsafe { HeapKeep.alloc(lay(size, 1)) } as usize, size)
+            })
+            .collect();
+        tx.send(batch).unwrap();
+        ack_rx.recv().unwrap();
+        if let Err(e) = check_invariants() {
+            panic!("round {round}: {e}");
+        }
+    }
+    drop(tx);
+    freer.join().unwrap();
+}
