@@ -279,7 +279,10 @@ unsafe fn free_local(heap: *mut Heap, page: *mut Page, block: *mut Block) {
             // frees may use the page list again (while `XT_INBOX` was set no
             // freer changed the word, so storing is safe).
             p.owner.store(owner & !OWNER_FULL, Ordering::Relaxed);
-            p.xthread.store(0, Ordering::Release);
+            // A retired heap keeps every page on the inbox (see `collect`).
+            let open = (*heap).remote.state.load(Ordering::Relaxed) == STATE_ACTIVE;
+            p.xthread
+                .store(if open { 0 } else { XT_INBOX }, Ordering::Release);
             queue_push_back(heap, page);
         }
         if p.used == 0 {
