@@ -52,6 +52,8 @@ pub(crate) const LARGE_MAX: usize = 2 << 20;
 pub(crate) const LARGE_ALIGN_MAX: usize = 2 << 20;
 /// Resident free bytes a heap keeps before purging them at once.
 const DIRTY_MAX: usize = 16 << 20;
+/// Resident free bytes a retiring heap may keep unpurged.
+const RETIRE_DIRTY_MAX: usize = 2 << 20;
 /// Minimum time between two upkeep passes of one heap (ms).
 const DECAY_INTERVAL_MS: u64 = 5;
 /// Empty segments a running heap keeps for reuse.
@@ -537,7 +539,11 @@ pub(crate) unsafe fn collect(heap: *mut Heap, all: bool) {
             }
             s = next;
         }
-        purge_all(heap);
+        // Purging makes every core flush its TLB; skip it when little is
+        // held: the next thread to adopt this heap reuses that memory warm.
+        if (*heap).dirty_free > RETIRE_DIRTY_MAX {
+            purge_all(heap);
+        }
         segment::decay(os::now_ms());
         huge::decay(os::now_ms());
     }
@@ -564,14 +570,22 @@ unsafe fn close_page_remote(page: *mut Page) {
             {
                 continue;
             }
-            let mut b = (x & XT_PTR_MASK) as *mut Block;
-            let key = (*page).key;
-            while !b.is_null() {
-                let next = next_of(b, key);
-                set_next(b, (*page).local_free, key);
-                (*page).local_free = b;
-                (*page).used -= 1;
-                b = next;
+            let list = (x & XT_PTR_MASK) as *mut Block;
+            let p = &mut *page;
+            p.used -= (x >> XT_COUNT_SHIFT) as u32;
+            // Splice without touching the (cold) blocks when a list is empty.
+            if p.free.is_null() {
+                p.free = list;
+            } else if p.local_free.is_null() {
+                p.local_free = list;
+            } else {
+                let mut b = list;
+                while !b.is_null() {
+                    let next = next_of(b, p.key);
+                    set_next(b, p.local_free, p.key);
+                    p.local_free = b;
+                    b = next;
+                }
             }
             return;
         }
