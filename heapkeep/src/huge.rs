@@ -31,8 +31,12 @@ const CACHE_DIRTY_MAX: usize = 64 << 20;
 /// Mapped bytes the cache may hold.
 const CACHE_MAPPED_MAX: usize = 256 << 20;
 
-/// Mapping granularity of huge segments.
+/// Mapping granularity of huge segments: the OS page on x86_64; 64 KiB
+/// elsewhere, which covers aarch64 kernels with 16 or 64 KiB pages.
+#[cfg(target_arch = "x86_64")]
 const GRANULE: usize = os::PAGE_SIZE;
+#[cfg(not(target_arch = "x86_64"))]
+const GRANULE: usize = SLICE_SIZE;
 
 #[derive(Clone, Copy)]
 struct Entry {

@@ -3,7 +3,6 @@
 //!
 //! All calls into heapkeep's introspection API go through this file.
 
-
 /// `heapkeep::usable_size` (kept as `Option` so a test can run against an allocator without
 /// the call; heapkeep has it, so this is always `Some`).
 ///
