@@ -318,3 +318,34 @@ fn remote_frees_of_mixed_batches_keep_the_invariants() {
     drop(tx);
     freer.join().unwrap();
 }
+
+/// A heap overflow that overwrites the link of the next free block must be
+/// detected (abort with a message), never followed. Runs itself as a child
+/// process, since the expected outcome is an abort.
+#[test]
+fn corrupted_free_list_is_detected_not_followed() {
+    const CHILD: &str = "HEAPKEEP_TEST_CORRUPT_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let l = lay(720, 8);
+        // SAFETY: deliberately not: we overflow block 0 into block 1's link
+        // word, exactly what a buggy program would do.
+        unsafe {
+            let a = HeapKeep.alloc(l);
+            let stride = page_at(a).block_size;
+            (a.add(stride) as *mut u64).write_unaligned(0x4141_4141_4141_4141);
+            let b = HeapKeep.alloc(l);
+            let c = HeapKeep.alloc(l);
+            std::println!("not detected: {b:p} {c:p}");
+        }
+        std::process::exit(0);
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "tests_internal::corrupted_free_list_is_detected_not_followed", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let stderr = std::string::String::from_utf8_lossy(&out.stderr);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "child status {:?}, stderr: {stderr}", out.status);
+    assert!(stderr.contains("heapkeep: fatal: corrupted free list"), "stderr: {stderr}");
+}
