@@ -1,21 +1,5 @@
 //! Shared helpers for the heapkeep integration tests in tests/tests/: byte patterns, a small
-//! deterministic RNG, and the (single) place where the heapkeep introspection API is called.
-//!
-//! All calls into heapkeep's introspection API go through this file.
-
-/// `heapkeep::usable_size` (kept as `Option` so a test can run against an allocator without
-/// the call; heapkeep has it, so this is always `Some`).
-///
-/// # Safety
-/// `ptr` must be a live block returned by `heapkeep::HeapKeep`.
-pub unsafe fn usable_size(ptr: *const u8) -> Option<usize> {
-    Some(unsafe { heapkeep::usable_size(ptr) })
-}
-
-/// `heapkeep::os_mapped_bytes()`: bytes heapkeep currently has mapped from the OS.
-pub fn os_mapped_bytes() -> usize {
-    heapkeep::os_mapped_bytes()
-}
+//! deterministic RNG, an invariant-check wrapper.
 
 /// `heapkeep::check_invariants()` (which walks the calling thread's heap, every retired heap
 /// and the global caches), panicking with the allocator's description on failure.
