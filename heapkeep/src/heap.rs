@@ -325,8 +325,10 @@ unsafe fn push_remote(target: *mut Heap, block: *mut Block) {
 
 /// Collects the inbox of a retired heap from another thread, so memory freed
 /// into a heap whose thread has exited is not held until some thread adopts it.
+/// Called every 64 remote frees into a retired heap, and by the periodic sweep
+/// (`thread::sweep_retired`) for heaps with pending frees.
 #[cold]
-fn reclaim(heap: *mut Heap) {
+pub(crate) fn reclaim(heap: *mut Heap) {
     // SAFETY: heaps are never freed.
     let h = unsafe { &(*heap).remote };
     if h.state
@@ -502,6 +504,7 @@ unsafe fn decay(heap: *mut Heap, now: u64) {
     }
     segment::decay(now);
     huge::decay(now);
+    thread::sweep_retired(now);
 }
 
 /// Frees what can be freed: drains the inbox; with `all`, also gives back

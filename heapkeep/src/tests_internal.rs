@@ -340,12 +340,24 @@ fn corrupted_free_list_is_detected_not_followed() {
         std::process::exit(0);
     }
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "tests_internal::corrupted_free_list_is_detected_not_followed", "--nocapture"])
+        .args([
+            "--exact",
+            "tests_internal::corrupted_free_list_is_detected_not_followed",
+            "--nocapture",
+        ])
         .env(CHILD, "1")
         .output()
         .unwrap();
     let stderr = std::string::String::from_utf8_lossy(&out.stderr);
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "child status {:?}, stderr: {stderr}", out.status);
-    assert!(stderr.contains("heapkeep: fatal: corrupted free list"), "stderr: {stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "child status {:?}, stderr: {stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("heapkeep: fatal: corrupted free list"),
+        "stderr: {stderr}"
+    );
 }

@@ -21,7 +21,7 @@
 
 use core::cell::{Cell, UnsafeCell};
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use crate::heap::{self, Heap, STATE_ACTIVE, STATE_EMPTY, STATE_RETIRED};
 use crate::os;
@@ -251,6 +251,44 @@ unsafe extern "C" fn fork_child() {
         crate::segment::fork_release();
         ARENA.force_unlock();
         POOL.force_unlock();
+    }
+}
+
+/// When the next sweep of retired heaps may run (ms).
+static NEXT_SWEEP: AtomicU64 = AtomicU64::new(0);
+/// Minimum time between two sweeps (ms).
+const SWEEP_INTERVAL_MS: u64 = 20;
+
+/// Reclaims retired heaps that have frees waiting in their inbox, so memory
+/// of exited threads returns even when no thread adopts their heaps and the
+/// frees are too few to trigger `heap::reclaim` themselves. Runs from any
+/// thread's upkeep, at most once per `SWEEP_INTERVAL_MS` process-wide.
+pub(crate) fn sweep_retired(now: u64) {
+    let next = NEXT_SWEEP.load(Ordering::Relaxed);
+    if now < next
+        || NEXT_SWEEP
+            .compare_exchange(
+                next,
+                now + SWEEP_INTERVAL_MS,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_err()
+    {
+        return;
+    }
+    let mut h = ALL_HEAPS.load(Ordering::Acquire);
+    while !h.is_null() {
+        // SAFETY: heaps are never freed; `all_next` is written before publication.
+        unsafe {
+            let r = &(*h).remote;
+            if r.state.load(Ordering::Relaxed) == STATE_RETIRED
+                && r.inbox.load(Ordering::Relaxed) != 0
+            {
+                heap::reclaim(h);
+            }
+            h = (*h).all_next;
+        }
     }
 }
 
