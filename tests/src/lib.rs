@@ -21,6 +21,17 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Resident memory of this process in bytes (`VmRSS` in `/proc/self/status`).
+pub fn resident_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let kib: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("/proc/self/status has VmRSS");
+    kib * 1024
+}
+
 pub const KIB: usize = 1 << 10;
 pub const MIB: usize = 1 << 20;
 
