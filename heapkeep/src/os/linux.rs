@@ -98,16 +98,6 @@ pub(crate) unsafe fn purge(p: *mut u8, size: usize) {
     unsafe { libc::madvise(p.cast(), size, libc::MADV_DONTNEED) };
 }
 
-/// Asks for transparent huge pages on `[p, p + size)` (a hint; ignored
-/// where the kernel does not offer them).
-///
-/// # Safety
-/// The range lies in a mapping of this layer.
-pub(crate) unsafe fn advise_huge_pages(p: *mut u8, size: usize) {
-    // SAFETY: MADV_HUGEPAGE only changes how the kernel backs our own range.
-    unsafe { libc::madvise(p.cast(), size, libc::MADV_HUGEPAGE) };
-}
-
 /// Grows or shrinks a mapping without moving it.
 ///
 /// # Safety

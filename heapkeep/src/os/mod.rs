@@ -16,8 +16,6 @@
 //!   false when the neighbouring address space is taken.
 //! - `remap_aligned(ptr, old, new, align)`: move a mapping to a new `align`-aligned
 //!   address without copying its pages; null on failure (the old mapping is intact).
-//! - `advise_huge_pages(ptr, size)`: a hint that the range is best backed by
-//!   transparent huge pages (fewer page faults for big blocks).
 //! - `now_ms()`: a cheap monotonic clock in milliseconds (coarse is fine).
 //! - `random_u64()`: a secret from the kernel's random source.
 //! - thread-exit and fork hooks; `write_stderr` for messages without allocating.
