@@ -827,8 +827,7 @@ unsafe fn take_span(
                 if was_empty {
                     h.empty_segments -= 1;
                 }
-                h.dirty_free -=
-                    ((*s).dirty_mask & span_mask(idx, n)).count_ones() as usize * SLICE_SIZE;
+                h.dirty_free -= (*s).dirty_bytes_in(idx, n);
                 return Some((s, idx));
             }
             s = (*s).next;
@@ -845,7 +844,7 @@ unsafe fn take_span(
         }
         h.segments = s;
         let idx = (*s).take_span(n, align_slices)?;
-        h.dirty_free -= ((*s).dirty_mask & span_mask(idx, n)).count_ones() as usize * SLICE_SIZE;
+        h.dirty_free -= (*s).dirty_bytes_in(idx, n);
         Some((s, idx))
     }
 }
@@ -1038,7 +1037,7 @@ unsafe fn resize_large(seg: *mut Segment, page: *mut Page, new_size: usize) -> b
             if s.free_mask & grow != grow {
                 return false;
             }
-            (*heap).dirty_free -= (s.dirty_mask & grow).count_ones() as usize * SLICE_SIZE;
+            (*heap).dirty_free -= s.dirty_bytes_in(idx + n, n2 - n);
             s.free_mask &= !grow;
             s.mark_dirty(idx + n, n2 - n);
             link_span(s, idx, n2);

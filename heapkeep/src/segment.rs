@@ -147,6 +147,11 @@ impl Segment {
         self.dirty_mask & span_mask(idx, n) == 0
     }
 
+    /// Bytes of slices `idx..idx + n` that may be resident.
+    pub(crate) fn dirty_bytes_in(&self, idx: usize, n: usize) -> usize {
+        (self.dirty_mask & span_mask(idx, n)).count_ones() as usize * SLICE_SIZE
+    }
+
     /// Marks slices `idx..idx + n` as possibly holding data.
     pub(crate) fn mark_dirty(&mut self, idx: usize, n: usize) {
         self.dirty_mask |= span_mask(idx, n);

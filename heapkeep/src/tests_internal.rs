@@ -361,3 +361,76 @@ fn corrupted_free_list_is_detected_not_followed() {
         "stderr: {stderr}"
     );
 }
+
+/// When the OS refuses memory, allocation returns null (no abort, no panic)
+/// and the heap keeps working. Runs as a child process whose address space is
+/// capped with `RLIMIT_AS`.
+#[test]
+fn out_of_memory_returns_null_and_the_heap_survives() {
+    const CHILD: &str = "HEAPKEEP_TEST_OOM_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let vm_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmSize:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        let cap = vm_kib * 1024 + (256 << 20);
+        let lim = libc::rlimit {
+            rlim_cur: cap,
+            rlim_max: cap,
+        };
+        // SAFETY: plain system call on our own process.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) }, 0);
+        let mut held = Vec::with_capacity(4096);
+        let mut failed = [false; 3];
+        for (k, size) in [1usize << 30, 1 << 20, 100].into_iter().enumerate() {
+            for _ in 0..4096 {
+                // SAFETY: non-zero layout.
+                let p = unsafe { HeapKeep.alloc(lay(size, 8)) };
+                if p.is_null() {
+                    failed[k] = true;
+                    break;
+                }
+                // SAFETY: `p` holds `size` bytes.
+                unsafe { p.write_bytes(1, size.min(4096)) };
+                held.push((p, size));
+            }
+        }
+        assert!(
+            failed[0] && failed[1],
+            "allocations never failed under the cap: {failed:?}"
+        );
+        for (p, size) in held.drain(..) {
+            // SAFETY: ours.
+            unsafe { HeapKeep.dealloc(p, lay(size, 8)) };
+        }
+        // The heap still works after running out.
+        for _ in 0..1000 {
+            // SAFETY: non-zero layout; freed right away.
+            unsafe {
+                let p = HeapKeep.alloc(lay(64 << 10, 8));
+                assert!(!p.is_null(), "heap unusable after out-of-memory");
+                HeapKeep.dealloc(p, lay(64 << 10, 8));
+            }
+        }
+        check_invariants().unwrap();
+        std::process::exit(0);
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "tests_internal::out_of_memory_returns_null_and_the_heap_survives",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "child {:?}: {}{}",
+        out.status,
+        std::string::String::from_utf8_lossy(&out.stdout),
+        std::string::String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -32,20 +32,29 @@ pub(crate) fn map_aligned(size: usize, align: usize) -> *mut u8 {
         return ptr::null_mut();
     }
     let start = (p as usize + align - 1) & !(align - 1);
-    let head = start - p as usize;
-    let tail = total - head - size;
-    // SAFETY: both ranges lie inside the mapping `[p, p + total)` we own and
-    // are outside the window we keep.
-    unsafe {
-        if head > 0 {
-            raw_unmap(p, head);
-        }
-        if tail > 0 {
-            raw_unmap((start + size) as *mut u8, tail);
-        }
-    }
+    // SAFETY: `[p, p + total)` is our fresh mapping and the window lies inside it.
+    unsafe { trim_to_window(p, total, start, size) };
     note_mapped(size);
     start as *mut u8
+}
+
+/// Unmaps the parts of the fresh mapping `[r, r + total)` outside the window
+/// `[keep, keep + size)`.
+///
+/// # Safety
+/// The mapping is ours and unused; the window lies inside it.
+unsafe fn trim_to_window(r: *mut u8, total: usize, keep: usize, size: usize) {
+    let head = keep - r as usize;
+    let tail = total - head - size;
+    // SAFETY: both ranges lie inside the caller's mapping, outside the window.
+    unsafe {
+        if head > 0 {
+            raw_unmap(r, head);
+        }
+        if tail > 0 {
+            raw_unmap((keep + size) as *mut u8, tail);
+        }
+    }
 }
 
 fn raw_map(size: usize) -> *mut u8 {
@@ -142,17 +151,8 @@ pub(crate) unsafe fn remap_aligned(p: *mut u8, old: usize, new: usize, align: us
             dest as *mut libc::c_void,
         )
     };
-    let head = dest - r as usize;
-    let tail = total - head - new;
-    // SAFETY: the trimmed ranges are parts of our reservation outside `dest..dest+new`.
-    unsafe {
-        if head > 0 {
-            raw_unmap(r, head);
-        }
-        if tail > 0 {
-            raw_unmap((dest + new) as *mut u8, tail);
-        }
-    }
+    // SAFETY: the reservation is ours; `dest..dest+new` lies inside it.
+    unsafe { trim_to_window(r, total, dest, new) };
     if q == libc::MAP_FAILED {
         // SAFETY: the aligned window still belongs to our reservation.
         unsafe { raw_unmap(dest as *mut u8, new) };
