@@ -161,7 +161,7 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
                 (*page).free = next_of(block, (*page).key);
                 (*page).used += 1;
                 if zero {
-                    ptr::write_bytes(block.cast::<u8>(), 0, size);
+                    clear_block(page, block, size);
                 }
                 return block.cast();
             }
@@ -169,6 +169,23 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     }
     // SAFETY: `heap` is the current thread's heap.
     unsafe { alloc_slow(heap, size, align, zero) }
+}
+
+/// Zeroes the first `size` bytes of `block`, just popped from `page`: only
+/// its link word when the page is fresh (see `Page::fresh`).
+///
+/// # Safety
+/// `block` was just popped from `page`'s free list by its owner.
+#[inline(always)]
+unsafe fn clear_block(page: *mut Page, block: *mut Block, size: usize) {
+    // SAFETY: the block is ours and at least one word (and `size`) long.
+    unsafe {
+        if (*page).fresh {
+            (*block).next = 0;
+        } else {
+            ptr::write_bytes(block.cast::<u8>(), 0, size);
+        }
+    }
 }
 
 /// Frees the block at `p`.
@@ -581,6 +598,7 @@ unsafe fn close_page_remote(page: *mut Page) {
             // Splice without touching the (cold) blocks when a list is empty.
             if p.free.is_null() {
                 p.free = list;
+                p.fresh = false;
             } else if p.local_free.is_null() {
                 p.local_free = list;
             } else {
@@ -752,7 +770,7 @@ unsafe fn alloc_slow(mut heap: *mut Heap, size: usize, align: usize, zero: bool)
             p.free = next_of(block, p.key);
             p.used += 1;
             if zero {
-                ptr::write_bytes(block.cast::<u8>(), 0, size);
+                clear_block(page, block, size);
             }
             return block.cast();
         }
@@ -880,6 +898,7 @@ unsafe fn new_page(heap: *mut Heap, bin: usize) -> *mut Page {
             0
         };
         let s = &mut *seg;
+        let clean = s.span_is_clean(idx, n);
         s.mark_dirty(idx, n);
         link_span(s, idx, n);
         let area = s.slice_addr(idx);
@@ -893,6 +912,7 @@ unsafe fn new_page(heap: *mut Heap, bin: usize) -> *mut Page {
             heap as usize,
             (*heap).key,
         );
+        (*page).fresh = clean;
         queue_push_front(heap, page);
         page
     }

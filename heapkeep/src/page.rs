@@ -71,6 +71,13 @@ pub(crate) struct Page {
     pub(crate) key: usize,
     /// Bytes per block.
     pub(crate) block_size: usize,
+    /// Every block on `free` was carved from a span that read as zero and was
+    /// never handed out: only its link word is non-zero, so `alloc_zeroed`
+    /// clears one word instead of the block. Cleared as soon as a freed block
+    /// can reach `free` (`refill` taking `local_free` or `xthread`).
+    pub(crate) fresh: bool,
+    /// Keeps `xthread` off the first cache line.
+    _pad: [u8; 15],
     // -- second cache line: cold for the owner, written by other threads --
     /// Blocks freed by other threads: `head | count << XT_COUNT_SHIFT`, links
     /// encoded like the other lists; or exactly `XT_INBOX` when the page is
@@ -98,6 +105,7 @@ pub(crate) struct Page {
 }
 
 const _: () = assert!(core::mem::size_of::<Page>() == 128);
+const _: () = assert!(core::mem::offset_of!(Page, xthread) == 64);
 
 /// `xthread` flag: route remote frees of this page to the heap inbox.
 pub(crate) const XT_INBOX: usize = 1;
@@ -122,6 +130,8 @@ impl Page {
         local_free: ptr::null_mut(),
         key: 0,
         block_size: 0,
+        fresh: false,
+        _pad: [0; 15],
         xthread: AtomicUsize::new(0),
         capacity: 0,
         reserved: 0,
@@ -223,6 +233,7 @@ impl Page {
         self.next = ptr::null_mut();
         self.prev = ptr::null_mut();
         self.idle_mark = 0;
+        self.fresh = false;
         self.xthread.store(0, Ordering::Relaxed);
         self.owner.store(owner, Ordering::Relaxed);
     }
@@ -240,11 +251,13 @@ impl Page {
         if !self.local_free.is_null() {
             self.free = self.local_free;
             self.local_free = ptr::null_mut();
+            self.fresh = false;
             return true;
         }
         let x = self.xthread.load(Ordering::Relaxed);
         if x & XT_PTR_MASK != 0 {
             // Take every remote free at once: no walk, the count comes along.
+            self.fresh = false;
             let x = self.xthread.swap(0, Ordering::Acquire);
             self.free = (x & XT_PTR_MASK) as *mut Block;
             self.used -= (x >> XT_COUNT_SHIFT) as u32;

@@ -434,3 +434,33 @@ fn out_of_memory_returns_null_and_the_heap_survives() {
         std::string::String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn fresh_pages_skip_clearing_until_a_block_comes_back() {
+    // A size no other test uses, so its page is new and its span clean.
+    let l = lay(2900, 8);
+    // SAFETY: blocks we own.
+    unsafe {
+        let a = HeapKeep.alloc_zeroed(l);
+        let page = page_at(a);
+        assert!(page.fresh, "a page over a clean span should start fresh");
+        assert!((0..2900).all(|i| *a.add(i) == 0));
+        a.write_bytes(0xee, 2900);
+        HeapKeep.dealloc(a, l);
+        // Allocate until the freed (dirty) block comes back: it must be zeroed.
+        let mut held = std::vec::Vec::new();
+        loop {
+            let b = HeapKeep.alloc_zeroed(l);
+            assert!((0..2900).all(|i| *b.add(i) == 0), "zeroed block not zero");
+            held.push(b);
+            if b == a {
+                break;
+            }
+        }
+        assert!(!page_at(a).fresh, "a page whose free list got a used block is not fresh");
+        for b in held {
+            HeapKeep.dealloc(b, l);
+        }
+    }
+    check_invariants().unwrap();
+}
