@@ -457,7 +457,10 @@ fn fresh_pages_skip_clearing_until_a_block_comes_back() {
                 break;
             }
         }
-        assert!(!page_at(a).fresh, "a page whose free list got a used block is not fresh");
+        assert!(
+            !page_at(a).fresh,
+            "a page whose free list got a used block is not fresh"
+        );
         for b in held {
             HeapKeep.dealloc(b, l);
         }
