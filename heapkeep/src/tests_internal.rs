@@ -339,15 +339,10 @@ fn corrupted_free_list_is_detected_not_followed() {
         }
         std::process::exit(0);
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "tests_internal::corrupted_free_list_is_detected_not_followed",
-            "--nocapture",
-        ])
-        .env(CHILD, "1")
-        .output()
-        .unwrap();
+    let out = run_child(
+        "tests_internal::corrupted_free_list_is_detected_not_followed",
+        CHILD,
+    );
     let stderr = std::string::String::from_utf8_lossy(&out.stderr);
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(
@@ -417,15 +412,10 @@ fn out_of_memory_returns_null_and_the_heap_survives() {
         check_invariants().unwrap();
         std::process::exit(0);
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "tests_internal::out_of_memory_returns_null_and_the_heap_survives",
-            "--nocapture",
-        ])
-        .env(CHILD, "1")
-        .output()
-        .unwrap();
+    let out = run_child(
+        "tests_internal::out_of_memory_returns_null_and_the_heap_survives",
+        CHILD,
+    );
     assert!(
         out.status.success(),
         "child {:?}: {}{}",
@@ -435,9 +425,35 @@ fn out_of_memory_returns_null_and_the_heap_survives() {
     );
 }
 
+/// Runs the named test of this binary in a child process with `var` set and
+/// asserts that it succeeds: for tests that need a pristine heap or expect
+/// to end the process.
+fn run_child(test: &str, var: &str) -> std::process::Output {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture"])
+        .env(var, "1")
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn fresh_pages_skip_clearing_until_a_block_comes_back() {
-    // A size no other test uses, so its page is new and its span clean.
+    const CHILD: &str = "HEAPKEEP_TEST_FRESH_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        // In a child process: a pristine heap whose first segment is fresh
+        // from the OS (here, the test thread may adopt a used heap).
+        let out = run_child(
+            "tests_internal::fresh_pages_skip_clearing_until_a_block_comes_back",
+            CHILD,
+        );
+        assert!(
+            out.status.success(),
+            "child {:?}: {}",
+            out.status,
+            std::string::String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
     let l = lay(2900, 8);
     // SAFETY: blocks we own.
     unsafe {
