@@ -433,6 +433,10 @@ unsafe fn free_page(heap: *mut Heap, page: *mut Page) {
         s.release_span(idx, n);
         let h = &mut *heap;
         h.dirty_free += s.dirty_free_bytes() - dirty_before;
+        // Age the freed slices out (a spare empty segment too).
+        if s.purge_at == 0 {
+            s.purge_at = os::now_ms() + PURGE_DELAY_MS;
+        }
         if s.free_mask == ALL_FREE {
             h.empty_segments += 1;
             if h.empty_segments > SPARE_SEGMENTS
@@ -440,8 +444,6 @@ unsafe fn free_page(heap: *mut Heap, page: *mut Page) {
             {
                 release_segment(heap, seg);
             }
-        } else if s.purge_at == 0 {
-            s.purge_at = os::now_ms() + PURGE_DELAY_MS;
         }
         if h.dirty_free > DIRTY_MAX {
             purge_all(heap);
@@ -621,13 +623,15 @@ unsafe fn close_page_remote(page: *mut Page) {
 /// # Safety
 /// The calling thread has just adopted `heap`.
 pub(crate) unsafe fn open_pages_remote(heap: *mut Heap) {
-    // SAFETY: the heap is ours; queued pages are not full, so their `XT_INBOX`
-    // was set by `close_page_remote` and no freer changes the word while set.
+    // SAFETY: the heap is ours. Only `XT_INBOX` is turned into an empty list,
+    // by CAS: a page already open (with remote frees on it) is left alone.
     unsafe {
         for bin in 0..BIN_COUNT {
             let mut p = (*heap).queues[bin].first;
             while !p.is_null() {
-                (*p).xthread.store(0, Ordering::Release);
+                let _ =
+                    (*p).xthread
+                        .compare_exchange(XT_INBOX, 0, Ordering::AcqRel, Ordering::Relaxed);
                 p = (*p).next;
             }
         }

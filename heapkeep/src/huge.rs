@@ -93,12 +93,14 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
         return ptr::null_mut();
     }
     if offset == SLICE_SIZE {
-        if let Some((seg, dirty)) = take_cached(map_size) {
-            // SAFETY: `seg` came out of the cache: mapped, ours alone.
+        if let Some((seg, dirty_len)) = take_cached(map_size) {
+            // SAFETY: `seg` came out of the cache: mapped, ours alone; the
+            // first `dirty_len` bytes of the block may hold old data, the
+            // rest (grown by mremap, or purged) reads as zero.
             unsafe {
                 let p = (*seg).slice_addr(0).add(offset);
-                if zero && dirty {
-                    ptr::write_bytes(p, 0, size);
+                if zero && dirty_len > 0 {
+                    ptr::write_bytes(p, 0, size.min(dirty_len));
                 }
                 return p;
             }
@@ -177,8 +179,9 @@ pub(crate) fn usable(seg: &Segment) -> usize {
 pub(crate) unsafe fn free(seg: *mut Segment) {
     // SAFETY: the caller owns the block, hence the whole segment.
     let s = unsafe { &mut *seg };
-    if s.block_offset != SLICE_SIZE {
-        // Over-aligned mappings are rare; give them straight back.
+    if s.block_offset != SLICE_SIZE || s.map_size > CACHE_MAPPED_MAX {
+        // Over-aligned mappings are rare, and one bigger than the whole cache
+        // may hold would only be evicted: give them straight back.
         // SAFETY: the whole mapping `[seg, seg + map_size)` is ours and dead.
         unsafe { os::unmap(seg.cast(), s.map_size) };
         return;
@@ -257,8 +260,8 @@ unsafe fn purge_block(seg: *mut Segment) {
 /// trimming at 2x made a random-size workload refault 1 GB of pages),
 /// else the largest smaller one grown with `mremap` (its resident pages are
 /// kept, so fewer page faults than a fresh mapping). Returns the segment and
-/// whether its block area may hold old data.
-fn take_cached(map_size: usize) -> Option<(*mut Segment, bool)> {
+/// how many leading bytes of its block may hold old data (0 if purged).
+fn take_cached(map_size: usize) -> Option<(*mut Segment, usize)> {
     let (seg, dirty) = {
         let mut c = CACHE.lock();
         let mut best: Option<(usize, usize)> = None; // (slot, size) of the best fit
@@ -282,22 +285,29 @@ fn take_cached(map_size: usize) -> Option<(*mut Segment, bool)> {
     };
     // SAFETY: the segment is ours now.
     let s = unsafe { &mut *seg };
+    let dirty_len = if dirty {
+        s.map_size - s.block_offset
+    } else {
+        0
+    };
     if s.map_size > map_size.saturating_mul(8) {
         // Far too big: give the tail back instead of holding it.
         // SAFETY: the tail is page-aligned, inside the mapping and dead.
         unsafe { os::unmap(s.slice_addr(0).add(map_size), s.map_size - map_size) };
         s.map_size = map_size;
     } else if s.map_size < map_size {
-        // SAFETY: the segment is a whole mapping of ours with a dead block.
+        let old_map = s.map_size;
+        // SAFETY: the segment is a whole mapping of ours with a dead block;
+        // `s` is not used after `resize` (which may move the header).
         let grown = unsafe { resize(seg, map_size - s.block_offset) };
         if grown.is_null() {
             // SAFETY: not in the cache any more; nobody can reach it.
-            unsafe { os::unmap(seg.cast(), s.map_size) };
+            unsafe { os::unmap(seg.cast(), old_map) };
             return None;
         }
-        return Some((segment_of_block(grown), dirty));
+        return Some((segment_of_block(grown), dirty_len));
     }
-    Some((seg, dirty))
+    Some((seg, dirty_len))
 }
 
 /// The header of a huge block at the standard offset.

@@ -294,7 +294,13 @@ pub(crate) fn acquire(heap: *mut crate::heap::Heap) -> *mut Segment {
         (*seg).heap = heap;
         (*seg).next = ptr::null_mut();
         (*seg).prev = ptr::null_mut();
-        (*seg).purge_at = 0;
+        // A cached segment may still hold resident free slices: age them out.
+        (*seg).fresh_mask = 0;
+        (*seg).purge_at = if (*seg).dirty_free_bytes() > 0 {
+            os::now_ms() + PURGE_DELAY_MS
+        } else {
+            0
+        };
     }
     seg
 }

@@ -483,3 +483,28 @@ fn fresh_pages_skip_clearing_until_a_block_comes_back() {
     }
     check_invariants().unwrap();
 }
+
+#[test]
+fn zeroed_huge_block_grown_from_a_dirty_cached_one_is_zero() {
+    // SAFETY: blocks we own.
+    unsafe {
+        for (small, big) in [(3usize << 20, 8usize << 20), (5 << 20, 6 << 20)] {
+            let l = lay(small, 8);
+            let p = HeapKeep.alloc(l);
+            p.write_bytes(0xcd, small);
+            HeapKeep.dealloc(p, l);
+            let lz = lay(big, 8);
+            let z = HeapKeep.alloc_zeroed(lz);
+            assert!(!z.is_null());
+            let bad = (0..big)
+                .step_by(4093)
+                .chain([small - 1, small, big - 1])
+                .find(|&i| *z.add(i) != 0);
+            assert_eq!(
+                bad, None,
+                "alloc_zeroed({big}) after a dirty {small} block: non-zero byte"
+            );
+            HeapKeep.dealloc(z, lz);
+        }
+    }
+}

@@ -121,10 +121,12 @@ pub(crate) fn init_current() -> *mut Heap {
     }
     let heap = match pool_take() {
         Some(h) => {
-            // SAFETY: we just adopted `h`.
+            // SAFETY: we just adopted `h`. Open the queued pages first: the
+            // drain below puts pages that were full back in their queues
+            // already open, and remote frees may reach those at once.
             unsafe {
-                heap::collect(h, false);
                 heap::open_pages_remote(h);
+                heap::collect(h, false);
             }
             h
         }
