@@ -33,7 +33,7 @@ use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use crate::huge;
 use crate::os;
 use crate::page::{
-    next_of, set_next, Block, Page, LARGE_CLASS, OWNER_FULL, OWNER_HUGE, OWNER_NONE,
+    self, next_of, set_next, Block, Page, LARGE_CLASS, OWNER_FULL, OWNER_HUGE, OWNER_NONE,
     XT_COUNT_SHIFT, XT_INBOX, XT_PTR_MASK,
 };
 use crate::segment::{
@@ -290,23 +290,23 @@ unsafe fn push_page_remote(target: *mut Heap, page: *mut Page, block: *mut Block
 unsafe fn free_local(heap: *mut Heap, page: *mut Page, block: *mut Block) {
     // SAFETY: forwarded from the caller.
     unsafe {
-        let p = &mut *page;
-        set_next(block, p.local_free, p.key);
-        p.local_free = block;
-        p.used -= 1;
-        let owner = p.owner.load(Ordering::Relaxed);
+        set_next(block, (*page).local_free, (*page).key);
+        (*page).local_free = block;
+        (*page).used -= 1;
+        let owner = (*page).owner.load(Ordering::Relaxed);
         if owner & OWNER_FULL != 0 {
             // Back into its queue, at the end: it has few free blocks. Remote
             // frees may use the page list again (while `XT_INBOX` was set no
             // freer changed the word, so storing is safe).
-            p.owner.store(owner & !OWNER_FULL, Ordering::Relaxed);
+            (*page).owner.store(owner & !OWNER_FULL, Ordering::Relaxed);
             // A retired heap keeps every page on the inbox (see `collect`).
             let open = (*heap).remote.state.load(Ordering::Relaxed) == STATE_ACTIVE;
-            p.xthread
+            (*page)
+                .xthread
                 .store(if open { 0 } else { XT_INBOX }, Ordering::Release);
             queue_push_back(heap, page);
         }
-        if p.used == 0 {
+        if (*page).used == 0 {
             page_empty(heap, page);
         }
     }
@@ -426,26 +426,24 @@ unsafe fn free_page(heap: *mut Heap, page: *mut Page) {
     // SAFETY: page entries live in their segment's header.
     unsafe {
         let seg = segment_of(page.cast());
-        let s = &mut *seg;
-        let idx = s.page_index(page);
+        let idx = (*seg).page_index(page);
         let n = (*page).slice_count as usize;
-        let dirty_before = s.dirty_free_bytes();
-        s.release_span(idx, n);
-        let h = &mut *heap;
-        h.dirty_free += s.dirty_free_bytes() - dirty_before;
+        let dirty_before = (*seg).dirty_free_bytes();
+        segment::release_span(seg, idx, n);
+        (*heap).dirty_free += (*seg).dirty_free_bytes() - dirty_before;
         // Age the freed slices out (a spare empty segment too).
-        if s.purge_at == 0 {
-            s.purge_at = os::now_ms() + PURGE_DELAY_MS;
+        if (*seg).purge_at == 0 {
+            (*seg).purge_at = os::now_ms() + PURGE_DELAY_MS;
         }
-        if s.free_mask == ALL_FREE {
-            h.empty_segments += 1;
-            if h.empty_segments > SPARE_SEGMENTS
-                || h.remote.state.load(Ordering::Relaxed) != STATE_ACTIVE
+        if (*seg).free_mask == ALL_FREE {
+            (*heap).empty_segments += 1;
+            if (*heap).empty_segments > SPARE_SEGMENTS
+                || (*heap).remote.state.load(Ordering::Relaxed) != STATE_ACTIVE
             {
                 release_segment(heap, seg);
             }
         }
-        if h.dirty_free > DIRTY_MAX {
+        if (*heap).dirty_free > DIRTY_MAX {
             purge_all(heap);
         }
     }
@@ -458,17 +456,15 @@ unsafe fn free_page(heap: *mut Heap, page: *mut Page) {
 unsafe fn release_segment(heap: *mut Heap, seg: *mut Segment) {
     // SAFETY: forwarded from the caller.
     unsafe {
-        let h = &mut *heap;
-        let s = &mut *seg;
-        h.dirty_free -= s.dirty_free_bytes();
-        h.empty_segments -= 1;
-        if s.prev.is_null() {
-            h.segments = s.next;
+        (*heap).dirty_free -= (*seg).dirty_free_bytes();
+        (*heap).empty_segments -= 1;
+        if (*seg).prev.is_null() {
+            (*heap).segments = (*seg).next;
         } else {
-            (*s.prev).next = s.next;
+            (*(*seg).prev).next = (*seg).next;
         }
-        if !s.next.is_null() {
-            (*s.next).prev = s.prev;
+        if !(*seg).next.is_null() {
+            (*(*seg).next).prev = (*seg).prev;
         }
         segment::release(seg);
     }
@@ -481,10 +477,9 @@ unsafe fn release_segment(heap: *mut Heap, seg: *mut Segment) {
 unsafe fn purge_all(heap: *mut Heap) {
     // SAFETY: forwarded; the segment list is ours.
     unsafe {
-        let h = &mut *heap;
-        let mut s = h.segments;
+        let mut s = (*heap).segments;
         while !s.is_null() {
-            h.dirty_free -= (*s).purge_free();
+            (*heap).dirty_free -= segment::purge_free(s);
             s = (*s).next;
         }
     }
@@ -514,11 +509,10 @@ unsafe fn decay(heap: *mut Heap, now: u64) {
                 }
             }
         }
-        let h = &mut *heap;
-        let mut s = h.segments;
+        let mut s = (*heap).segments;
         while !s.is_null() {
             if (*s).purge_at != 0 && now >= (*s).purge_at {
-                h.dirty_free -= (*s).purge_aged();
+                (*heap).dirty_free -= segment::purge_aged(s);
             }
             s = (*s).next;
         }
@@ -595,20 +589,19 @@ unsafe fn close_page_remote(page: *mut Page) {
                 continue;
             }
             let list = (x & XT_PTR_MASK) as *mut Block;
-            let p = &mut *page;
-            p.used -= (x >> XT_COUNT_SHIFT) as u32;
+            (*page).used -= (x >> XT_COUNT_SHIFT) as u32;
             // Splice without touching the (cold) blocks when a list is empty.
-            if p.free.is_null() {
-                p.free = list;
-                p.fresh = false;
-            } else if p.local_free.is_null() {
-                p.local_free = list;
+            if (*page).free.is_null() {
+                (*page).free = list;
+                (*page).fresh = false;
+            } else if (*page).local_free.is_null() {
+                (*page).local_free = list;
             } else {
                 let mut b = list;
                 while !b.is_null() {
-                    let next = next_of(b, p.key);
-                    set_next(b, p.local_free, p.key);
-                    p.local_free = b;
+                    let next = next_of(b, (*page).key);
+                    set_next(b, (*page).local_free, (*page).key);
+                    (*page).local_free = b;
                     b = next;
                 }
             }
@@ -680,19 +673,19 @@ unsafe fn queue_remove(heap: *mut Heap, page: *mut Page) {
     unsafe {
         let class = (*page).class as usize;
         let q = &mut (*heap).queues[class];
-        let p = &mut *page;
-        if p.prev.is_null() {
-            q.first = p.next;
+        let (prev, next) = ((*page).prev, (*page).next);
+        if prev.is_null() {
+            q.first = next;
         } else {
-            (*p.prev).next = p.next;
+            (*prev).next = next;
         }
-        if p.next.is_null() {
-            q.last = p.prev;
+        if next.is_null() {
+            q.last = prev;
         } else {
-            (*p.next).prev = p.prev;
+            (*next).prev = prev;
         }
-        p.next = ptr::null_mut();
-        p.prev = ptr::null_mut();
+        (*page).next = ptr::null_mut();
+        (*page).prev = ptr::null_mut();
         update_direct(heap, class);
     }
 }
@@ -769,10 +762,9 @@ unsafe fn alloc_slow(mut heap: *mut Heap, size: usize, align: usize, zero: bool)
             if page.is_null() {
                 return ptr::null_mut();
             }
-            let p = &mut *page;
-            let block = p.free;
-            p.free = next_of(block, p.key);
-            p.used += 1;
+            let block = (*page).free;
+            (*page).free = next_of(block, (*page).key);
+            (*page).used += 1;
             if zero {
                 clear_block(page, block, size);
             }
@@ -795,7 +787,7 @@ unsafe fn find_page(heap: *mut Heap, class: usize) -> *mut Page {
         let mut page = (*heap).queues[class].first;
         while !page.is_null() {
             let next = (*page).next;
-            if (*page).refill() {
+            if page::refill(page) {
                 if page != (*heap).queues[class].first {
                     queue_remove(heap, page);
                     queue_push_front(heap, page);
@@ -822,7 +814,7 @@ unsafe fn find_page(heap: *mut Heap, class: usize) -> *mut Page {
         }
         let page = new_page(heap, class);
         if !page.is_null() {
-            let ok = (*page).refill();
+            let ok = page::refill(page);
             debug_assert!(ok);
         }
         page
@@ -841,15 +833,14 @@ unsafe fn take_span(
 ) -> Option<(*mut Segment, usize)> {
     // SAFETY: the segment list is ours.
     unsafe {
-        let h = &mut *heap;
-        let mut s = h.segments;
+        let mut s = (*heap).segments;
         while !s.is_null() {
             let was_empty = (*s).free_mask == ALL_FREE;
-            if let Some(idx) = (*s).take_span(n, align_slices) {
+            if let Some(idx) = segment::take_span(s, n, align_slices) {
                 if was_empty {
-                    h.empty_segments -= 1;
+                    (*heap).empty_segments -= 1;
                 }
-                h.dirty_free -= (*s).dirty_bytes_in(idx, n);
+                (*heap).dirty_free -= (*s).dirty_bytes_in(idx, n);
                 return Some((s, idx));
             }
             s = (*s).next;
@@ -859,23 +850,39 @@ unsafe fn take_span(
             return None;
         }
         // A cached segment may come with resident free slices.
-        h.dirty_free += (*s).dirty_free_bytes();
-        (*s).next = h.segments;
-        if !h.segments.is_null() {
-            (*h.segments).prev = s;
+        (*heap).dirty_free += (*s).dirty_free_bytes();
+        (*s).next = (*heap).segments;
+        if !(*heap).segments.is_null() {
+            (*(*heap).segments).prev = s;
         }
-        h.segments = s;
-        let idx = (*s).take_span(n, align_slices)?;
-        h.dirty_free -= (*s).dirty_bytes_in(idx, n);
+        (*heap).segments = s;
+        let idx = segment::take_span(s, n, align_slices)?;
+        (*heap).dirty_free -= (*s).dirty_bytes_in(idx, n);
         Some((s, idx))
     }
 }
 
 /// Points the page entries of slices `idx+1 .. idx+n` at the head `idx`.
-fn link_span(seg: &mut Segment, idx: usize, n: usize) {
-    for k in 1..n {
-        seg.pages[idx + k].slice_offset = k as u32;
+///
+/// # Safety
+/// The calling thread owns `seg` and the span `idx..idx + n` (not yet in use).
+unsafe fn link_span(seg: *mut Segment, idx: usize, n: usize) {
+    // SAFETY: the entries are inside the header and belong to our new span.
+    unsafe {
+        let pages = page_entry(seg, 0);
+        for k in 1..n {
+            (*pages.add(idx + k)).slice_offset = k as u32;
+        }
     }
+}
+
+/// The page entry of slice `idx` of `seg` (a raw pointer, no reference).
+///
+/// # Safety
+/// `seg` is a mapped segment header; `idx <= SLICE_COUNT`.
+unsafe fn page_entry(seg: *mut Segment, idx: usize) -> *mut Page {
+    // SAFETY: forwarded; `pages` has `SLICE_COUNT + 1` entries.
+    unsafe { ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(idx) }
 }
 
 /// A new page of bin `bin`, in front of its queue.
@@ -901,13 +908,13 @@ unsafe fn new_page(heap: *mut Heap, bin: usize) -> *mut Page {
         } else {
             0
         };
-        let s = &mut *seg;
-        let clean = s.span_is_clean(idx, n);
-        s.mark_dirty(idx, n);
-        link_span(s, idx, n);
-        let area = s.slice_addr(idx);
-        let page = &mut s.pages[idx] as *mut Page;
-        (*page).init(
+        let clean = (*seg).span_is_clean(idx, n);
+        segment::mark_dirty(seg, idx, n);
+        link_span(seg, idx, n);
+        let area = (*seg).slice_addr(idx);
+        let page = page_entry(seg, idx);
+        page::init(
+            page,
             area,
             offset,
             n,
@@ -935,13 +942,13 @@ unsafe fn alloc_large(heap: *mut Heap, size: usize, align: usize, zero: bool) ->
     };
     // SAFETY: the span is ours now.
     unsafe {
-        let s = &mut *seg;
-        let clean = s.span_is_clean(idx, n);
-        s.mark_dirty(idx, n);
-        link_span(s, idx, n);
-        let area = s.slice_addr(idx);
-        let page = &mut s.pages[idx];
-        page.init(
+        let clean = (*seg).span_is_clean(idx, n);
+        segment::mark_dirty(seg, idx, n);
+        link_span(seg, idx, n);
+        let area = (*seg).slice_addr(idx);
+        let page = page_entry(seg, idx);
+        page::init(
+            page,
             area,
             0,
             n,
@@ -950,9 +957,9 @@ unsafe fn alloc_large(heap: *mut Heap, size: usize, align: usize, zero: bool) ->
             heap as usize,
             (*heap).key,
         );
-        page.reserved = 1;
-        page.capacity = 1;
-        page.used = 1;
+        (*page).reserved = 1;
+        (*page).capacity = 1;
+        (*page).used = 1;
         if zero && !clean {
             ptr::write_bytes(area, 0, size);
         }
@@ -1038,33 +1045,32 @@ pub(crate) unsafe fn realloc(
 unsafe fn resize_large(seg: *mut Segment, page: *mut Page, new_size: usize) -> bool {
     // SAFETY: forwarded; the segment belongs to the calling thread's heap.
     unsafe {
-        let s = &mut *seg;
-        let heap = s.heap;
-        let idx = s.page_index(page);
+        let heap = (*seg).heap;
+        let idx = (*seg).page_index(page);
         let n = (*page).slice_count as usize;
         let n2 = new_size.div_ceil(SLICE_SIZE);
         if n2 == n {
             return true;
         }
         if n2 < n {
-            let dirty_before = s.dirty_free_bytes();
-            s.release_span(idx + n2, n - n2);
-            (*heap).dirty_free += s.dirty_free_bytes() - dirty_before;
-            if s.purge_at == 0 {
-                s.purge_at = os::now_ms() + PURGE_DELAY_MS;
+            let dirty_before = (*seg).dirty_free_bytes();
+            segment::release_span(seg, idx + n2, n - n2);
+            (*heap).dirty_free += (*seg).dirty_free_bytes() - dirty_before;
+            if (*seg).purge_at == 0 {
+                (*seg).purge_at = os::now_ms() + PURGE_DELAY_MS;
             }
         } else {
             if idx + n2 > segment::SLICE_COUNT {
                 return false;
             }
             let grow = span_mask(idx + n, n2 - n);
-            if s.free_mask & grow != grow {
+            if (*seg).free_mask & grow != grow {
                 return false;
             }
-            (*heap).dirty_free -= s.dirty_bytes_in(idx + n, n2 - n);
-            s.free_mask &= !grow;
-            s.mark_dirty(idx + n, n2 - n);
-            link_span(s, idx, n2);
+            (*heap).dirty_free -= (*seg).dirty_bytes_in(idx + n, n2 - n);
+            (*seg).free_mask &= !grow;
+            segment::mark_dirty(seg, idx + n, n2 - n);
+            link_span(seg, idx, n2);
         }
         (*page).slice_count = n2 as u32;
         (*page).block_size = n2 * SLICE_SIZE;

@@ -79,8 +79,9 @@ fn check_heap(heap: *mut Heap) -> Res {
         let mut prev: *mut Page = core::ptr::null_mut();
         let mut p = q.first;
         while !p.is_null() {
-            // SAFETY: queue links point at page entries in our segments.
-            let pr = unsafe { &mut *p };
+            // SAFETY: queue links point at page entries in our segments; only
+            // a shared reference (other threads may push on `xthread`).
+            let pr = unsafe { &*p };
             if pr.prev != prev {
                 return Err(format!("class {class}: page {p:p} has a bad prev link"));
             }
@@ -96,10 +97,13 @@ fn check_heap(heap: *mut Heap) -> Res {
             if pr.walk_mark == walk {
                 return Err(format!("page {p:p} queued twice"));
             }
-            pr.walk_mark = walk;
+            let next = pr.next;
+            // SAFETY: `pr` is not used after this write; the owner (or the
+            // claimer) alone writes `walk_mark`.
+            unsafe { (*p).walk_mark = walk };
             queued += 1;
             prev = p;
-            p = pr.next;
+            p = next;
         }
         if q.last != prev {
             return Err(format!("class {class}: bad queue tail"));

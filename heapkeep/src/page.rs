@@ -200,101 +200,113 @@ fn corrupt_list(block: *mut Block) -> ! {
     unsafe { libc::abort() }
 }
 
-impl Page {
-    /// Prepares this head entry as a fresh page of bin `class` over `slices`
-    /// slices starting at `area` (the page memory), its first block `offset`
-    /// bytes in.
-    ///
-    /// # Safety
-    /// `area` is the page memory, unused by anyone; the caller owns the entry.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn init(
-        &mut self,
-        area: *mut u8,
-        offset: usize,
-        slices: usize,
-        block_size: usize,
-        class: u32,
-        owner: usize,
-        key: usize,
-    ) {
-        let bytes = slices << crate::segment::SLICE_SHIFT;
-        self.free = ptr::null_mut();
-        self.local_free = ptr::null_mut();
-        self.used = 0;
-        self.slice_offset = 0;
-        self.key = key ^ (area as usize).rotate_left(7);
-        self.block_size = block_size;
-        self.capacity = 0;
-        self.reserved = ((bytes - offset) / block_size) as u32;
-        self.class = class;
-        self.slice_count = slices as u32;
-        self.start = area.wrapping_add(offset);
-        self.next = ptr::null_mut();
-        self.prev = ptr::null_mut();
-        self.idle_mark = 0;
-        self.fresh = false;
-        self.xthread.store(0, Ordering::Relaxed);
-        self.owner.store(owner, Ordering::Relaxed);
+/// Prepares the head entry `page` as a fresh page of bin `class` over
+/// `slices` slices starting at `area` (the page memory), its first block
+/// `offset` bytes in.
+///
+/// Functions on pages take `*mut Page`, not `&mut Page`: other threads push on
+/// `xthread` at any time, so no exclusive reference to a live page may exist.
+///
+/// # Safety
+/// `area` is the page memory, unused by anyone; the caller owns the entry
+/// and no other thread can reach the page yet.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn init(
+    page: *mut Page,
+    area: *mut u8,
+    offset: usize,
+    slices: usize,
+    block_size: usize,
+    class: u32,
+    owner: usize,
+    key: usize,
+) {
+    let bytes = slices << crate::segment::SLICE_SHIFT;
+    // SAFETY: the caller owns the entry; raw place writes, no reference.
+    unsafe {
+        (*page).free = ptr::null_mut();
+        (*page).local_free = ptr::null_mut();
+        (*page).used = 0;
+        (*page).slice_offset = 0;
+        (*page).key = key ^ (area as usize).rotate_left(7);
+        (*page).block_size = block_size;
+        (*page).capacity = 0;
+        (*page).reserved = ((bytes - offset) / block_size) as u32;
+        (*page).class = class;
+        (*page).slice_count = slices as u32;
+        (*page).start = area.wrapping_add(offset);
+        (*page).next = ptr::null_mut();
+        (*page).prev = ptr::null_mut();
+        (*page).idle_mark = 0;
+        (*page).fresh = false;
+        (*page).xthread.store(0, Ordering::Relaxed);
+        (*page).owner.store(owner, Ordering::Relaxed);
     }
+}
 
-    /// Makes free blocks available on `free`: first from `local_free`, then
-    /// from the remote frees in `xthread`, then by carving more of the page.
-    /// Returns false when the page is full.
-    ///
-    /// # Safety
-    /// Called by the owner thread on an initialised page.
-    pub(crate) unsafe fn refill(&mut self) -> bool {
-        if !self.free.is_null() {
+/// Makes free blocks available on `free`: first from `local_free`, then
+/// from the remote frees in `xthread`, then by carving more of the page.
+/// Returns false when the page is full.
+///
+/// # Safety
+/// Called by the owner thread on an initialised page.
+pub(crate) unsafe fn refill(page: *mut Page) -> bool {
+    // SAFETY: the owner alone writes the non-atomic fields; `xthread` is
+    // reached through its atomic API only.
+    unsafe {
+        if !(*page).free.is_null() {
             return true;
         }
-        if !self.local_free.is_null() {
-            self.free = self.local_free;
-            self.local_free = ptr::null_mut();
-            self.fresh = false;
+        if !(*page).local_free.is_null() {
+            (*page).free = (*page).local_free;
+            (*page).local_free = ptr::null_mut();
+            (*page).fresh = false;
             return true;
         }
-        let x = self.xthread.load(Ordering::Relaxed);
+        let x = (*page).xthread.load(Ordering::Relaxed);
         if x & XT_PTR_MASK != 0 {
             // Take every remote free at once: no walk, the count comes along.
-            self.fresh = false;
-            let x = self.xthread.swap(0, Ordering::Acquire);
-            self.free = (x & XT_PTR_MASK) as *mut Block;
-            self.used -= (x >> XT_COUNT_SHIFT) as u32;
+            (*page).fresh = false;
+            let x = (*page).xthread.swap(0, Ordering::Acquire);
+            (*page).free = (x & XT_PTR_MASK) as *mut Block;
+            (*page).used -= (x >> XT_COUNT_SHIFT) as u32;
             return true;
         }
-        if self.capacity < self.reserved {
-            // SAFETY: forwarded; capacity < reserved.
-            unsafe { self.extend() };
+        if (*page).capacity < (*page).reserved {
+            extend(page);
             return true;
         }
         false
     }
+}
 
-    /// Carves up to `EXTEND_BYTES` worth of new blocks onto `free`.
-    ///
-    /// # Safety
-    /// Owner thread; `capacity < reserved`; `free` is empty.
-    unsafe fn extend(&mut self) {
-        let bs = self.block_size;
-        let left = (self.reserved - self.capacity) as usize;
+/// Carves up to `EXTEND_BYTES` worth of new blocks onto `free`.
+///
+/// # Safety
+/// Owner thread; `capacity < reserved`; `free` is empty.
+unsafe fn extend(page: *mut Page) {
+    // SAFETY: blocks `capacity .. capacity + n` lie inside the page memory
+    // (capacity + n <= reserved) and were never handed out; the owner alone
+    // writes these fields.
+    unsafe {
+        let bs = (*page).block_size;
+        let left = ((*page).reserved - (*page).capacity) as usize;
         let n = (EXTEND_BYTES / bs).clamp(1, left);
-        // SAFETY: blocks `capacity .. capacity + n` lie inside the page memory
-        // (capacity + n <= reserved) and were never handed out.
-        unsafe {
-            let first = self.start.add(self.capacity as usize * bs);
-            let mut b = first;
-            for _ in 1..n {
-                let nb = b.add(bs);
-                set_next(b.cast(), nb.cast(), self.key);
-                b = nb;
-            }
-            set_next(b.cast(), ptr::null_mut(), self.key);
-            self.free = first.cast();
+        let key = (*page).key;
+        let first = (*page).start.add((*page).capacity as usize * bs);
+        let mut b = first;
+        for _ in 1..n {
+            let nb = b.add(bs);
+            set_next(b.cast(), nb.cast(), key);
+            b = nb;
         }
-        self.capacity += n as u32;
+        set_next(b.cast(), ptr::null_mut(), key);
+        (*page).free = first.cast();
+        (*page).capacity += n as u32;
     }
+}
 
+impl Page {
     /// Bytes of page memory.
     #[cfg(any(test, feature = "invariants"))]
     pub(crate) fn area_bytes(&self) -> usize {

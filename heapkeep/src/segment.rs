@@ -120,28 +120,6 @@ impl Segment {
         (page as usize - self.pages.as_ptr() as usize) / core::mem::size_of::<Page>()
     }
 
-    /// Finds `n` contiguous free slices whose start is a multiple of
-    /// `align_slices`, preferring ones still resident (no page faults), and
-    /// takes them. Returns the first slice index.
-    pub(crate) fn take_span(&mut self, n: usize, align_slices: usize) -> Option<usize> {
-        debug_assert!((1..SLICE_COUNT).contains(&n));
-        if (self.free_mask.count_ones() as usize) < n {
-            return None;
-        }
-        let mut starts = run_starts(self.free_mask, n);
-        if align_slices > 1 {
-            starts &= multiples_mask(align_slices);
-        }
-        if starts == 0 {
-            return None;
-        }
-        let warm = starts & run_starts(self.free_mask & self.dirty_mask, n);
-        let idx = if warm != 0 { warm } else { starts }.trailing_zeros() as usize;
-        let m = span_mask(idx, n);
-        self.free_mask &= !m;
-        Some(idx)
-    }
-
     /// True when slices `idx..idx + n` read as zero (never used or purged).
     pub(crate) fn span_is_clean(&self, idx: usize, n: usize) -> bool {
         self.dirty_mask & span_mask(idx, n) == 0
@@ -152,64 +130,134 @@ impl Segment {
         (self.dirty_mask & span_mask(idx, n)).count_ones() as usize * SLICE_SIZE
     }
 
-    /// Marks slices `idx..idx + n` as possibly holding data.
-    pub(crate) fn mark_dirty(&mut self, idx: usize, n: usize) {
-        self.dirty_mask |= span_mask(idx, n);
-    }
-
-    /// Gives slices `idx..idx + n` back (their page entries are reset).
-    pub(crate) fn release_span(&mut self, idx: usize, n: usize) {
-        for i in idx..idx + n {
-            let e = &mut self.pages[i];
-            e.owner
-                .store(OWNER_NONE, core::sync::atomic::Ordering::Relaxed);
-            e.slice_offset = 0;
-            e.free = ptr::null_mut();
-            e.local_free = ptr::null_mut();
-            e.used = 0;
-        }
-        self.free_mask |= span_mask(idx, n);
-        self.fresh_mask |= span_mask(idx, n);
-    }
-
-    /// Purges every free slice that is still resident. Returns bytes purged.
-    pub(crate) fn purge_free(&mut self) -> usize {
-        self.fresh_mask = 0;
-        self.purge_mask(self.free_mask & self.dirty_mask)
-    }
-
-    /// Purges the free resident slices that were already free at the previous
-    /// pass, and starts a new generation. Returns bytes purged.
-    pub(crate) fn purge_aged(&mut self) -> usize {
-        let aged = self.free_mask & self.dirty_mask & !self.fresh_mask;
-        self.fresh_mask = 0;
-        let n = self.purge_mask(aged);
-        if self.dirty_free_bytes() > 0 {
-            self.purge_at = os::now_ms() + PURGE_DELAY_MS;
-        }
-        n
-    }
-
-    /// Purges the slices of `m` (free and resident). Returns bytes purged.
-    fn purge_mask(&mut self, purge: u64) -> usize {
-        let mut m = purge;
-        let total = m.count_ones() as usize * SLICE_SIZE;
-        while m != 0 {
-            let start = m.trailing_zeros() as usize;
-            let len = (!(m >> start)).trailing_zeros() as usize;
-            // SAFETY: the slices are free (no live data) and inside our mapping.
-            unsafe { os::purge(self.slice_addr(start), len << SLICE_SHIFT) };
-            m &= !span_mask(start, len);
-        }
-        self.dirty_mask &= !purge;
-        self.purge_at = 0;
-        total
-    }
-
     /// Free slices still resident, in bytes.
     pub(crate) fn dirty_free_bytes(&self) -> usize {
         (self.free_mask & self.dirty_mask).count_ones() as usize * SLICE_SIZE
     }
+}
+
+// Functions that change a heap's segment take `*mut Segment`, not `&mut`:
+// other threads load `owner` and push on `xthread` of its live pages at any
+// time, so no exclusive reference to the whole header may exist. Fields are
+// reached with raw place expressions; only the owning thread writes them.
+
+/// Finds `n` contiguous free slices whose start is a multiple of
+/// `align_slices`, preferring ones still resident (no page faults), and
+/// takes them. Returns the first slice index.
+///
+/// # Safety
+/// `seg` is a normal segment of the calling thread's heap (or one nobody else
+/// can reach).
+pub(crate) unsafe fn take_span(seg: *mut Segment, n: usize, align_slices: usize) -> Option<usize> {
+    debug_assert!((1..SLICE_COUNT).contains(&n));
+    // SAFETY: the caller owns the bookkeeping fields.
+    unsafe {
+        let free = (*seg).free_mask;
+        if (free.count_ones() as usize) < n {
+            return None;
+        }
+        let mut starts = run_starts(free, n);
+        if align_slices > 1 {
+            starts &= multiples_mask(align_slices);
+        }
+        if starts == 0 {
+            return None;
+        }
+        let warm = starts & run_starts(free & (*seg).dirty_mask, n);
+        let idx = if warm != 0 { warm } else { starts }.trailing_zeros() as usize;
+        (*seg).free_mask = free & !span_mask(idx, n);
+        Some(idx)
+    }
+}
+
+/// Marks slices `idx..idx + n` as possibly holding data.
+///
+/// # Safety
+/// As for [`take_span`].
+pub(crate) unsafe fn mark_dirty(seg: *mut Segment, idx: usize, n: usize) {
+    // SAFETY: the caller owns the bookkeeping fields.
+    unsafe { (*seg).dirty_mask |= span_mask(idx, n) };
+}
+
+/// Gives slices `idx..idx + n` back (their page entries are reset).
+///
+/// # Safety
+/// As for [`take_span`]; the slices hold no live block (so no other thread
+/// can be using their page entries).
+pub(crate) unsafe fn release_span(seg: *mut Segment, idx: usize, n: usize) {
+    // SAFETY: the entries are inside the header; their page is dead.
+    unsafe {
+        let pages = ptr::addr_of_mut!((*seg).pages).cast::<Page>();
+        for i in idx..idx + n {
+            let e = pages.add(i);
+            (*e).owner
+                .store(OWNER_NONE, core::sync::atomic::Ordering::Relaxed);
+            (*e).slice_offset = 0;
+            (*e).free = ptr::null_mut();
+            (*e).local_free = ptr::null_mut();
+            (*e).used = 0;
+        }
+        (*seg).free_mask |= span_mask(idx, n);
+        (*seg).fresh_mask |= span_mask(idx, n);
+    }
+}
+
+/// Purges every free slice that is still resident. Returns bytes purged.
+///
+/// # Safety
+/// As for [`take_span`].
+pub(crate) unsafe fn purge_free(seg: *mut Segment) -> usize {
+    // SAFETY: forwarded.
+    unsafe {
+        (*seg).fresh_mask = 0;
+        purge_mask(seg, (*seg).free_mask & (*seg).dirty_mask)
+    }
+}
+
+/// Purges the free resident slices that were already free at the previous
+/// pass, and starts a new generation. Returns bytes purged.
+///
+/// # Safety
+/// As for [`take_span`].
+pub(crate) unsafe fn purge_aged(seg: *mut Segment) -> usize {
+    // SAFETY: forwarded.
+    unsafe {
+        let aged = (*seg).free_mask & (*seg).dirty_mask & !(*seg).fresh_mask;
+        (*seg).fresh_mask = 0;
+        let n = purge_mask(seg, aged);
+        if (*seg).dirty_free_bytes() > 0 {
+            (*seg).purge_at = os::now_ms() + PURGE_DELAY_MS;
+        }
+        n
+    }
+}
+
+/// Purges the slices of `purge` (free and resident). Returns bytes purged.
+///
+/// # Safety
+/// As for [`take_span`]; the slices of `purge` are free.
+unsafe fn purge_mask(seg: *mut Segment, purge: u64) -> usize {
+    let mut m = purge;
+    let total = m.count_ones() as usize * SLICE_SIZE;
+    let base = seg as usize;
+    while m != 0 {
+        let start = m.trailing_zeros() as usize;
+        let len = (!(m >> start)).trailing_zeros() as usize;
+        // SAFETY: the slices are free (no live data) and inside our mapping.
+        unsafe {
+            os::purge(
+                (base + (start << SLICE_SHIFT)) as *mut u8,
+                len << SLICE_SHIFT,
+            )
+        };
+        m &= !span_mask(start, len);
+    }
+    // SAFETY: the caller owns the bookkeeping fields.
+    unsafe {
+        (*seg).dirty_mask &= !purge;
+        (*seg).purge_at = 0;
+    }
+    total
 }
 
 /// Bits `idx..idx + n`.
@@ -323,7 +371,8 @@ pub(crate) unsafe fn release(seg: *mut Segment) {
             .map(|&x| unsafe { (*x).dirty_free_bytes() })
             .sum();
         if dirty + s.dirty_free_bytes() > CACHE_DIRTY_MAX {
-            s.purge_free();
+            // SAFETY: the segment is out of every heap: ours alone.
+            unsafe { purge_free(seg) };
         }
         if c.len < CACHE_SLOTS {
             let i = c.len;
@@ -361,7 +410,8 @@ pub(crate) fn decay(now: u64) {
                 continue;
             }
             if now >= s.cached_at + PURGE_DELAY_MS && s.dirty_free_bytes() > 0 {
-                s.purge_free();
+                // SAFETY: cached: no heap owns it; we hold the cache lock.
+                unsafe { purge_free(seg) };
             }
             i += 1;
         }
