@@ -885,6 +885,42 @@ unsafe fn page_entry(seg: *mut Segment, idx: usize) -> *mut Page {
     unsafe { ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(idx) }
 }
 
+/// Makes the span `idx..idx + n` of `seg` a page of `heap` (bin or
+/// `LARGE_CLASS`, blocks of `block_size` from `offset` bytes in). Returns the
+/// page and whether its memory read as zero.
+///
+/// # Safety
+/// The calling thread runs `heap` and has just taken the span from `seg`.
+unsafe fn claim_span(
+    heap: *mut Heap,
+    seg: *mut Segment,
+    idx: usize,
+    n: usize,
+    offset: usize,
+    block_size: usize,
+    class: u32,
+) -> (*mut Page, bool) {
+    // SAFETY: forwarded; the span and its head entry are unused.
+    unsafe {
+        let clean = (*seg).span_is_clean(idx, n);
+        segment::mark_dirty(seg, idx, n);
+        link_span(seg, idx, n);
+        let page = page_entry(seg, idx);
+        page::init(
+            page,
+            (*seg).slice_addr(idx),
+            offset,
+            n,
+            block_size,
+            class,
+            heap as usize,
+            (*heap).key,
+        );
+        (*page).fresh = false;
+        (page, clean)
+    }
+}
+
 /// A new page of bin `bin`, in front of its queue.
 ///
 /// # Safety
@@ -908,21 +944,7 @@ unsafe fn new_page(heap: *mut Heap, bin: usize) -> *mut Page {
         } else {
             0
         };
-        let clean = (*seg).span_is_clean(idx, n);
-        segment::mark_dirty(seg, idx, n);
-        link_span(seg, idx, n);
-        let area = (*seg).slice_addr(idx);
-        let page = page_entry(seg, idx);
-        page::init(
-            page,
-            area,
-            offset,
-            n,
-            stride,
-            bin as u32,
-            heap as usize,
-            (*heap).key,
-        );
+        let (page, clean) = claim_span(heap, seg, idx, n, offset, stride, bin as u32);
         (*page).fresh = clean;
         queue_push_front(heap, page);
         page
@@ -942,21 +964,8 @@ unsafe fn alloc_large(heap: *mut Heap, size: usize, align: usize, zero: bool) ->
     };
     // SAFETY: the span is ours now.
     unsafe {
-        let clean = (*seg).span_is_clean(idx, n);
-        segment::mark_dirty(seg, idx, n);
-        link_span(seg, idx, n);
-        let area = (*seg).slice_addr(idx);
-        let page = page_entry(seg, idx);
-        page::init(
-            page,
-            area,
-            0,
-            n,
-            n * SLICE_SIZE,
-            LARGE_CLASS,
-            heap as usize,
-            (*heap).key,
-        );
+        let (page, clean) = claim_span(heap, seg, idx, n, 0, n * SLICE_SIZE, LARGE_CLASS);
+        let area = (*page).start;
         (*page).reserved = 1;
         (*page).capacity = 1;
         (*page).used = 1;
