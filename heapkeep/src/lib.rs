@@ -95,6 +95,45 @@ pub unsafe fn usable_size(ptr: *const u8) -> usize {
     unsafe { heap::usable_size(ptr) }
 }
 
+/// Untyped entry points, for fronts that have no `Layout` (the C library in
+/// `preload/`). Same heap, same fast paths as [`HeapKeep`].
+pub mod raw {
+    /// Allocates `size` bytes aligned to `align` (a power of two), zeroed if
+    /// `zero`. Null when out of memory or impossible.
+    #[inline]
+    pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
+        debug_assert!(align.is_power_of_two());
+        crate::heap::alloc(size, align, zero)
+    }
+
+    /// Frees a block; null is ignored.
+    ///
+    /// # Safety
+    /// `ptr` is null or a live block of this allocator.
+    #[inline]
+    pub unsafe fn free(ptr: *mut u8) {
+        if !ptr.is_null() {
+            // SAFETY: forwarded from the caller.
+            unsafe { crate::heap::free(ptr) }
+        }
+    }
+
+    /// Resizes a live block allocated with alignment `align`, keeping its
+    /// contents up to the smaller size; null when out of memory (the block is
+    /// then untouched).
+    ///
+    /// # Safety
+    /// `ptr` is a live block of this allocator allocated with `align`.
+    #[inline]
+    pub unsafe fn realloc(ptr: *mut u8, align: usize, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded; the usable size bounds what may be copied.
+        unsafe {
+            let old = crate::heap::usable_size(ptr);
+            crate::heap::realloc(ptr, old, align, new_size)
+        }
+    }
+}
+
 /// Bytes currently mapped from the OS by heapkeep (resident or not).
 pub fn os_mapped_bytes() -> usize {
     os::mapped_bytes()

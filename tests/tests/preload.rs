@@ -1,0 +1,134 @@
+//! heapkeep as the C heap (`libheapkeep_preload.so` under `LD_PRELOAD`): the
+//! C API's edge cases, threads with cross-thread frees and fork, C++
+//! containers, and real programs (python3, perl) whose output must be
+//! identical to a plain run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Builds the preload library once (in a target directory of its own, so it
+/// does not wait on the outer cargo's lock) and returns its path.
+fn preload_lib() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let target = workspace().join("target").join("preload-tests");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "heapkeep-preload"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the preload library failed");
+        let lib = target.join("debug").join("libheapkeep_preload.so");
+        assert!(lib.exists(), "{} missing", lib.display());
+        lib
+    })
+}
+
+/// Compiles `tests/c/<src>` with `compiler` into a temporary executable.
+fn compile(compiler: &str, src: &str, extra: &[&str]) -> PathBuf {
+    let dir = workspace().join("target").join("preload-tests").join("c");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(src.replace('.', "_"));
+    let status = Command::new(compiler)
+        .arg("-O1")
+        .arg("-o")
+        .arg(&out)
+        .arg(workspace().join("tests").join("c").join(src))
+        .args(extra)
+        .status()
+        .unwrap_or_else(|e| panic!("run {compiler}: {e}"));
+    assert!(status.success(), "compiling {src} failed");
+    out
+}
+
+fn run(cmd: &Path, args: &[&str], preload: bool) -> Output {
+    let mut c = Command::new(cmd);
+    c.args(args);
+    if preload {
+        c.env("LD_PRELOAD", preload_lib());
+    }
+    c.output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", cmd.display()))
+}
+
+fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn c_api_edge_cases() {
+    let exe = compile("cc", "api.c", &["-ldl"]);
+    let out = run(&exe, &[], true);
+    assert_ok(&out, "api.c under heapkeep");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+}
+
+#[test]
+fn c_threads_cross_thread_frees_and_fork() {
+    let exe = compile("cc", "threads.c", &["-pthread"]);
+    let out = run(&exe, &[], true);
+    assert_ok(&out, "threads.c under heapkeep");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+}
+
+#[test]
+fn cpp_containers_same_output() {
+    let exe = compile("c++", "containers.cpp", &["-std=c++17"]);
+    let plain = run(&exe, &[], false);
+    let hk = run(&exe, &[], true);
+    assert_ok(&plain, "containers plain");
+    assert_ok(&hk, "containers under heapkeep");
+    assert_eq!(plain.stdout, hk.stdout);
+}
+
+/// A real program gives identical output (and exit status) under heapkeep.
+fn identical(program: &str, args: &[&str]) {
+    let path = Path::new(program);
+    let plain = run(path, args, false);
+    let hk = run(path, args, true);
+    assert_ok(&plain, &format!("{program} plain"));
+    assert_ok(&hk, &format!("{program} under heapkeep"));
+    assert_eq!(
+        String::from_utf8_lossy(&plain.stdout),
+        String::from_utf8_lossy(&hk.stdout),
+        "{program}: output differs under heapkeep"
+    );
+    assert!(!plain.stdout.is_empty(), "{program} printed nothing");
+}
+
+#[test]
+fn python3_allocation_heavy_script_identical() {
+    let script = "import json, collections\n\
+d = {}\n\
+for i in range(200000):\n    d[str(i)] = [i] * (i % 7)\n\
+print(sum(len(v) for v in d.values()), len(json.dumps({k: d[k] for k in list(d)[:2000]})))\n\
+c = collections.Counter(str(i % 1000) for i in range(300000))\n\
+print(len(c), c.most_common(1)[0][1])\n\
+s = ''.join(chr(65 + i % 26) for i in range(100000))\n\
+print(len(s.split('A')), hash(s) == hash(s))\n";
+    identical("/usr/bin/python3", &["-c", script]);
+}
+
+#[test]
+fn perl_hashes_and_strings_identical() {
+    let script = "my %h; $h{$_} = [1 .. ($_ % 9)] for 1 .. 100000; \
+my $t = 0; $t += scalar(@{$h{$_}}) for keys %h; \
+my $s = join(',', map { $_ * 3 } 1 .. 50000); print scalar(keys %h), \" $t \", length($s), \"\\n\";";
+    identical("/usr/bin/perl", &["-e", script]);
+}
