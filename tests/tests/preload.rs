@@ -71,20 +71,22 @@ fn assert_ok(out: &Output, what: &str) {
     );
 }
 
+/// Compiles a C test program, runs it under heapkeep, expects "ok".
+fn c_program_prints_ok(src: &str, flags: &[&str]) {
+    let exe = compile("cc", src, flags);
+    let out = run(&exe, &[], true);
+    assert_ok(&out, &format!("{src} under heapkeep"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n", "{src}");
+}
+
 #[test]
 fn c_api_edge_cases() {
-    let exe = compile("cc", "api.c", &["-ldl"]);
-    let out = run(&exe, &[], true);
-    assert_ok(&out, "api.c under heapkeep");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+    c_program_prints_ok("api.c", &["-ldl"]);
 }
 
 #[test]
 fn c_threads_cross_thread_frees_and_fork() {
-    let exe = compile("cc", "threads.c", &["-pthread"]);
-    let out = run(&exe, &[], true);
-    assert_ok(&out, "threads.c under heapkeep");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+    c_program_prints_ok("threads.c", &["-pthread"]);
 }
 
 #[test]
