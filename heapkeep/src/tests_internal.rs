@@ -4,7 +4,7 @@
 use core::alloc::{GlobalAlloc, Layout};
 use std::vec::Vec;
 
-use crate::heap::{self, LARGE_MAX};
+use crate::heap::LARGE_MAX;
 use crate::page::{self, Block, Page, LARGE_CLASS, OWNER_FULL, OWNER_HUGE};
 use crate::segment::{page_of, segment_of, SEGMENT_SIZE, SLICE_SIZE};
 use crate::size_class::{class_to_size, size_to_class};
@@ -236,7 +236,6 @@ fn remote_frees_reach_the_owner() {
         // SAFETY: non-zero layout.
         .map(|_| unsafe { HeapKeep.alloc(l) } as usize)
         .collect();
-    let used_before = page_at(ptrs[0] as *mut u8).used;
     std::thread::spawn(move || {
         for p in ptrs {
             // SAFETY: blocks allocated by the main test thread, freed here once.
@@ -252,7 +251,6 @@ fn remote_frees_reach_the_owner() {
         held.push(unsafe { HeapKeep.alloc(l) });
     }
     check_invariants().unwrap();
-    let _ = used_before;
     for p in held {
         // SAFETY: ours.
         unsafe { HeapKeep.dealloc(p, l) };
@@ -277,7 +275,6 @@ fn exited_threads_heaps_are_retired_clean_and_adopted() {
 fn slice_size_is_what_the_docs_say() {
     assert_eq!(SLICE_SIZE, 64 * 1024);
     assert_eq!(SEGMENT_SIZE, 4 << 20);
-    let _ = heap::STATE_ACTIVE;
 }
 
 #[test]

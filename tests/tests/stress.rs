@@ -641,6 +641,55 @@ mod isolated {
         assert_invariants("after the free-only thread test");
     }
 
+    /// What `settle` saw when it stopped.
+    struct Settled {
+        ops: usize,
+        mapped: usize,
+        rss: usize,
+        took: Duration,
+    }
+
+    /// Ordinary activity after a big free: small allocation/free pairs (100 live, sizes
+    /// 16..1024, plus one 64 KiB block every `big_every` operations), back to back, until
+    /// mapped memory is at most `mapped_max` and resident memory at most `rss_max`, or 5 s
+    /// have passed (past the tests' limit, to tell "slow" from "never").
+    fn settle(
+        rng: &mut Rng,
+        big_every: Option<usize>,
+        mapped_max: usize,
+        rss_max: usize,
+        mapped_start: usize,
+        rss_start: usize,
+    ) -> Settled {
+        let start = Instant::now();
+        let (mut ops, mut mapped, mut rss) = (0, mapped_start, rss_start);
+        let mut small: Vec<Vec<u8>> = Vec::new();
+        while (mapped > mapped_max || rss > rss_max) && start.elapsed() < Duration::from_secs(5) {
+            for _ in 0..50 {
+                let size = match big_every {
+                    Some(n) if ops % n == 0 => 64 * KIB,
+                    _ => rng.range(16, 1024),
+                };
+                small.push(vec![1; size]);
+                if small.len() > 100 {
+                    small.swap_remove(rng.range(0, 99));
+                }
+                ops += 2;
+            }
+            mapped = os_mapped_bytes();
+            if ops % 10_000 == 0 {
+                rss = resident_bytes();
+            }
+        }
+        drop(small);
+        Settled {
+            ops,
+            mapped,
+            rss,
+            took: start.elapsed(),
+        }
+    }
+
     // ---------------------------------------------------------------------------------------------
     // (e) memory goes back after a burst
     // ---------------------------------------------------------------------------------------------
@@ -702,34 +751,21 @@ mod isolated {
 
         let rss_just_freed = resident_bytes();
 
-        // Ordinary activity: small allocation/free pairs, back to back, until both figures
-        // are within bounds; keep going (for the report only) up to 5 s, to tell "slow" from
-        // "never".
-        let start = Instant::now();
-        let (mut ops, mut mapped, mut rss) = (0, just_freed, rss_just_freed);
-        let mut small: Vec<Vec<u8>> = Vec::new();
-        while (mapped > before + MAPPED_SLACK || rss > rss_before + SLACK)
-            && start.elapsed() < Duration::from_secs(5)
-        {
-            for _ in 0..50 {
-                let size = if ops % 1000 == 0 {
-                    64 * KIB
-                } else {
-                    rng.range(16, 1024)
-                };
-                small.push(vec![1; size]);
-                if small.len() > 100 {
-                    small.swap_remove(rng.range(0, 99));
-                }
-                ops += 2;
-            }
-            mapped = os_mapped_bytes();
-            if ops % 10_000 == 0 {
-                rss = resident_bytes();
-            }
-        }
-        drop(small);
-        let took = start.elapsed();
+        // Ordinary activity until both figures are within bounds (a 64 KiB block every
+        // 1000 operations).
+        let Settled {
+            ops,
+            mapped,
+            rss,
+            took,
+        } = settle(
+            &mut rng,
+            Some(1000),
+            before + MAPPED_SLACK,
+            rss_before + SLACK,
+            just_freed,
+            rss_just_freed,
+        );
         let summary = format!(
             "mapped: before the burst {:.1} MiB, at peak {:.1} MiB, right after freeing {:.1} MiB, \
              {:.1} MiB at the end; resident: before {:.1} MiB, right after freeing {:.1} MiB, \
@@ -807,26 +843,19 @@ mod isolated {
         let rss_just_freed = resident_bytes();
 
         let mut rng = Rng::new(31);
-        let start = Instant::now();
-        let (mut ops, mut mapped, mut rss) = (0, just_freed, rss_just_freed);
-        let mut small: Vec<Vec<u8>> = Vec::new();
-        while (mapped > before + MAPPED_SLACK || rss > rss_before + SLACK)
-            && start.elapsed() < Duration::from_secs(5)
-        {
-            for _ in 0..50 {
-                small.push(vec![1; rng.range(16, 1024)]);
-                if small.len() > 100 {
-                    small.swap_remove(rng.range(0, 99));
-                }
-                ops += 2;
-            }
-            mapped = os_mapped_bytes();
-            if ops % 10_000 == 0 {
-                rss = resident_bytes();
-            }
-        }
-        drop(small);
-        let took = start.elapsed();
+        let Settled {
+            ops,
+            mapped,
+            rss,
+            took,
+        } = settle(
+            &mut rng,
+            None,
+            before + MAPPED_SLACK,
+            rss_before + SLACK,
+            just_freed,
+            rss_just_freed,
+        );
         let summary = format!(
             "mapped: before {:.1} MiB, peak {:.1} MiB (with {:.1} MiB handed to main), after main \
              freed it all {:.1} MiB, {:.1} MiB at the end; resident: before {:.1} MiB, after main \
