@@ -562,8 +562,9 @@ pub(crate) unsafe fn collect(heap: *mut Heap, all: bool) {
         if (*heap).dirty_free > RETIRE_DIRTY_MAX {
             purge_all(heap);
         }
-        segment::decay(os::now_ms());
-        huge::decay(os::now_ms());
+        let now = os::now_ms();
+        segment::decay(now);
+        huge::decay(now);
     }
 }
 
