@@ -34,13 +34,27 @@ pub fn worker_path(dir: &Path, allocator: &str) -> PathBuf {
 /// with the same profile first: `cargo run` only builds the binary it runs,
 /// and stale workers would measure an old heapkeep. Returns `Ok(false)` if
 /// not started by cargo (nothing done).
-pub fn rebuild_workers_if_under_cargo() -> Result<bool, String> {
-    let Some(cargo) = std::env::var_os("CARGO") else {
+///
+/// With `nostats`, also builds `hk-worker-heapkeep-nostats`, in a cargo
+/// invocation of its own so its heapkeep keeps the `stats` feature off.
+pub fn rebuild_workers_if_under_cargo(nostats: bool) -> Result<bool, String> {
+    if std::env::var_os("CARGO").is_none() {
         return Ok(false);
-    };
+    }
+    build_package(env!("CARGO_PKG_NAME"))?;
+    if nostats {
+        build_package("heapkeep-bench-nostats")?;
+    }
+    Ok(true)
+}
+
+/// `cargo build` of the binaries of `package`, with the driver's profile and
+/// target directory.
+fn build_package(package: &str) -> Result<(), String> {
+    let cargo = std::env::var_os("CARGO").ok_or("not started by cargo")?;
     let dir = exe_dir()?;
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", env!("CARGO_PKG_NAME"), "--bins"]);
+    cmd.args(["build", "--quiet", "-p", package, "--bins"]);
     // Build with the driver's own profile (its directory is named after it,
     // `debug` for the dev profile) into the driver's own target directory.
     match dir.file_name().and_then(|n| n.to_str()) {
@@ -59,9 +73,9 @@ pub fn rebuild_workers_if_under_cargo() -> Result<bool, String> {
         .status()
         .map_err(|e| format!("cannot run cargo build: {e}"))?;
     if status.success() {
-        Ok(true)
+        Ok(())
     } else {
-        Err(format!("cargo build of the workers failed ({status})"))
+        Err(format!("cargo build of {package} failed ({status})"))
     }
 }
 

@@ -24,8 +24,26 @@ pub mod workloads;
 use serde::{Deserialize, Serialize};
 
 /// The allocators the harness knows about, in display order. `heapkeep` is
-/// the allocator under test, the rest are its peers.
-pub const ALLOCATORS: &[&str] = &["heapkeep", "system", "mimalloc", "jemalloc", "snmalloc"];
+/// the allocator under test, the rest are its peers, then the variants of
+/// heapkeep (see [`is_variant`]), which run only when asked for.
+pub const ALLOCATORS: &[&str] = &[
+    "heapkeep",
+    "system",
+    "mimalloc",
+    "jemalloc",
+    "snmalloc",
+    "heapkeep-nostats",
+];
+
+/// The allocators a run compares when none are named.
+pub const DEFAULT_ALLOCATORS: &[&str] = &["heapkeep", "system", "mimalloc", "jemalloc", "snmalloc"];
+
+/// A build of heapkeep itself with something turned off, to measure what that
+/// costs (`heapkeep-nostats`: no operation counters). Ratios against it are
+/// reported, but it is no peer for the bar.
+pub fn is_variant(allocator: &str) -> bool {
+    allocator.starts_with("heapkeep-")
+}
 
 /// Name of the allocator under test.
 pub const UNDER_TEST: &str = "heapkeep";

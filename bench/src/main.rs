@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use heapkeep_bench::report::{Meta, Metric, Report, Sample};
 use heapkeep_bench::workloads::WORKLOADS;
-use heapkeep_bench::{chart, driver, Scale, ALLOCATORS};
+use heapkeep_bench::{chart, driver, Scale, ALLOCATORS, DEFAULT_ALLOCATORS};
 
 /// Benchmark heapkeep against the system allocator, mimalloc, jemalloc and
 /// snmalloc.
@@ -56,9 +56,14 @@ struct Cli {
 }
 
 /// Resolves a comma list against the known names (empty = all).
-fn select(kind: &str, wanted: &[String], known: &[&str]) -> Result<Vec<String>, String> {
+fn select(
+    kind: &str,
+    wanted: &[String],
+    known: &[&str],
+    default: &[&str],
+) -> Result<Vec<String>, String> {
     if wanted.is_empty() {
-        return Ok(known.iter().map(|s| s.to_string()).collect());
+        return Ok(default.iter().map(|s| s.to_string()).collect());
     }
     let mut out: Vec<String> = Vec::new();
     for w in wanted.iter().map(|w| w.trim()).filter(|w| !w.is_empty()) {
@@ -130,11 +135,12 @@ fn run(cli: &Cli) -> Result<(), String> {
     let scale = if cli.quick { Scale::Quick } else { Scale::Full };
     let rounds = cli.rounds.map_or(scale.pick(3, 5), |r| r as usize);
     let names: Vec<&str> = WORKLOADS.iter().map(|w| w.name).collect();
-    let workloads = select("workload", &cli.workloads, &names)?;
-    let allocators = select("allocator", &cli.allocators, ALLOCATORS)?;
+    let workloads = select("workload", &cli.workloads, &names, &names)?;
+    let allocators = select("allocator", &cli.allocators, ALLOCATORS, DEFAULT_ALLOCATORS)?;
     let timeout = Duration::from_secs(cli.timeout.unwrap_or(scale.pick(120, 900)));
 
-    if !cli.no_build && driver::rebuild_workers_if_under_cargo()? {
+    let nostats = allocators.iter().any(|a| a == "heapkeep-nostats");
+    if !cli.no_build && driver::rebuild_workers_if_under_cargo(nostats)? {
         eprintln!("workers rebuilt");
     }
     let dir = driver::exe_dir()?;

@@ -360,7 +360,11 @@ impl Report {
         }
 
         // 4. Never much slower than the best peer.
-        let peers = self.peers();
+        let peers: Vec<&str> = self
+            .peers()
+            .into_iter()
+            .filter(|p| !crate::is_variant(p))
+            .collect();
         if peers.is_empty() {
             checks.push(skip(&c4, "no peers in this run"));
         } else {

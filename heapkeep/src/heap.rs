@@ -30,6 +30,7 @@
 use core::ptr;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
+use crate::counters::{Counters, ORPHAN};
 use crate::huge;
 use crate::os;
 use crate::page::{
@@ -110,6 +111,8 @@ pub(crate) struct Heap {
     pub(crate) all_next: *mut Heap,
     /// Link in the pool of retired heaps.
     pub(crate) pool_next: *mut Heap,
+    /// What this heap's thread(s) did (`counters.rs`).
+    pub(crate) counters: Counters,
 }
 
 impl Heap {
@@ -135,6 +138,7 @@ impl Heap {
             color: 0,
             all_next: ptr::null_mut(),
             pool_next: ptr::null_mut(),
+            counters: Counters::new(),
         }
     }
 }
@@ -160,8 +164,12 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
             if !block.is_null() {
                 (*page).free = next_of(block, (*page).key);
                 (*page).used += 1;
+                let high = (*heap).counters.on_alloc((*page).block_size, size);
                 if zero {
                     clear_block(page, block, size);
+                }
+                if high {
+                    return new_high(heap, block);
                 }
                 return block.cast();
             }
@@ -169,6 +177,19 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     }
     // SAFETY: `heap` is the current thread's heap.
     unsafe { alloc_slow(heap, size, align, zero) }
+}
+
+/// Records a new high of the heap's bytes in use (see `counters.rs`) and
+/// returns `block`: out of line, and a tail call from the fast path.
+///
+/// # Safety
+/// The calling thread runs `heap`.
+#[cold]
+#[inline(never)]
+unsafe fn new_high(heap: *mut Heap, block: *mut Block) -> *mut u8 {
+    // SAFETY: the calling thread runs `heap` (caller).
+    unsafe { (*heap).counters.rise() };
+    block.cast()
 }
 
 /// Zeroes the first `size` bytes of `block`, just popped from `page`: only
@@ -203,6 +224,7 @@ pub(crate) unsafe fn free(p: *mut u8) {
     // change; `block` is live and becomes free here.
     unsafe {
         if (*page).owner.load(Ordering::Relaxed) == heap as usize {
+            (*heap).counters.on_free((*page).block_size);
             set_next(block, (*page).local_free, (*page).key);
             (*page).local_free = block;
             (*page).used -= 1;
@@ -228,16 +250,21 @@ pub(crate) unsafe fn free(p: *mut u8) {
 unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
     // SAFETY: the page entry is mapped (the block is live).
     let owner = unsafe { (*page).owner.load(Ordering::Acquire) };
-    if owner == OWNER_HUGE {
-        // SAFETY: a live huge block; freeing it frees its segment.
-        unsafe { huge::free(segment_of(block.cast())) };
-        return;
-    }
     if owner == OWNER_NONE {
         crate::fatal_pointer(
             b"free of a pointer heapkeep does not own (double free?)",
             block.cast(),
         );
+    }
+    // SAFETY: the block is live, so its page (or huge segment) is mapped.
+    unsafe {
+        if owner == OWNER_HUGE {
+            count_free(heap, huge::usable(&*segment_of(block.cast())));
+            // A live huge block; freeing it frees its segment.
+            huge::free(segment_of(block.cast()));
+            return;
+        }
+        count_free(heap, (*page).block_size);
     }
     let target = (owner & !OWNER_FULL) as *mut Heap;
     // SAFETY: our own (full) page, or another heap's page whose block we give
@@ -249,6 +276,24 @@ unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
             push_remote(target, block);
         } else {
             push_page_remote(target, page, block);
+        }
+    }
+}
+
+/// Counts a free of a block of `bytes` usable bytes on the calling thread,
+/// whose heap is `heap` (possibly the static empty heap).
+///
+/// # Safety
+/// `heap` is the calling thread's current heap.
+unsafe fn count_free(heap: *mut Heap, bytes: usize) {
+    // SAFETY: the calling thread runs `heap`, or it is the empty heap, whose
+    // counters are never written (`ORPHAN` stands in for it).
+    unsafe {
+        if (*heap).remote.state.load(Ordering::Relaxed) == STATE_EMPTY {
+            ORPHAN.orphan_free(bytes);
+        } else {
+            (*heap).counters.on_free(bytes);
+            (*heap).counters.check_fall();
         }
     }
 }
@@ -758,7 +803,7 @@ unsafe fn alloc_slow(mut heap: *mut Heap, size: usize, align: usize, zero: bool)
             (*heap).next_decay = now + DECAY_INTERVAL_MS;
             decay(heap, now);
         }
-        if let Some(bin) = size_align_to_bin(size, align) {
+        let p = if let Some(bin) = size_align_to_bin(size, align) {
             let page = find_page(heap, bin);
             if page.is_null() {
                 return ptr::null_mut();
@@ -769,12 +814,16 @@ unsafe fn alloc_slow(mut heap: *mut Heap, size: usize, align: usize, zero: bool)
             if zero {
                 clear_block(page, block, size);
             }
-            return block.cast();
+            block.cast()
+        } else if size <= LARGE_MAX && align <= LARGE_ALIGN_MAX {
+            alloc_large(heap, size, align, zero)
+        } else {
+            huge::alloc(size, align, zero)
+        };
+        if !p.is_null() && (*heap).counters.on_alloc(usable_size(p), size) {
+            (*heap).counters.rise();
         }
-        if size <= LARGE_MAX && align <= LARGE_ALIGN_MAX {
-            return alloc_large(heap, size, align, zero);
-        }
-        huge::alloc(size, align, zero)
+        p
     }
 }
 
@@ -1010,33 +1059,46 @@ pub(crate) unsafe fn realloc(
     new_size: usize,
 ) -> *mut u8 {
     let seg = segment_of(p);
-    // SAFETY: the block is live.
+    let mut heap = thread::current();
+    // SAFETY: the block is live; `heap` is the calling thread's.
     unsafe {
+        if (*heap).remote.state.load(Ordering::Relaxed) == STATE_EMPTY {
+            // The counts below need a heap of this thread.
+            heap = thread::init_current();
+            if heap.is_null() {
+                return ptr::null_mut();
+            }
+        }
         let page = page_of(seg, p);
         let owner = (*page).owner.load(Ordering::Relaxed);
+        let mut in_place = ptr::null_mut();
+        let usable;
         if owner == OWNER_HUGE {
-            let usable = huge::usable(&*seg);
+            usable = huge::usable(&*seg);
             if new_size > LARGE_MAX {
-                let q = huge::resize(seg, new_size);
-                if !q.is_null() {
-                    return q;
-                }
+                in_place = huge::resize(seg, new_size);
             } else if new_size <= usable && new_size >= usable / 2 {
-                return p;
+                in_place = p;
             }
         } else {
-            let usable = (*page).block_size;
+            usable = (*page).block_size;
             if (*page).class == LARGE_CLASS {
                 if new_size <= LARGE_MAX
                     && new_size > MEDIUM_MAX
-                    && owner == thread::current() as usize
+                    && owner == heap as usize
                     && resize_large(seg, page, new_size)
                 {
-                    return p;
+                    in_place = p;
                 }
             } else if new_size <= usable && (new_size >= usable / 2 || usable <= 64) {
-                return p;
+                in_place = p;
             }
+        }
+        let c = &(*heap).counters;
+        if !in_place.is_null() {
+            c.on_realloc(new_size, false);
+            c.on_resize(usable, usable_size(in_place));
+            return in_place;
         }
         let q = alloc(new_size, align, false);
         if q.is_null() {
@@ -1044,6 +1106,8 @@ pub(crate) unsafe fn realloc(
         }
         ptr::copy_nonoverlapping(p, q, old_size.min(new_size));
         free(p);
+        // The new block (and its size) and the free are counted already.
+        c.on_realloc(0, true);
         q
     }
 }

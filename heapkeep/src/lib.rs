@@ -30,6 +30,7 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 
+mod counters;
 mod heap;
 mod huge;
 #[cfg(any(test, feature = "invariants"))]
@@ -38,10 +39,17 @@ mod os;
 mod page;
 mod segment;
 mod size_class;
+mod stats;
 mod sync;
 #[cfg(test)]
 mod tests_internal;
 mod thread;
+
+pub use stats::{stats, Stats};
+
+/// Whether this build counts operations (cargo feature `stats`, on by
+/// default). Without it, [`stats`] reports zero calls and bytes.
+pub const STATS_ENABLED: bool = counters::ENABLED;
 
 /// The heapkeep allocator. A unit struct: all state is global and per thread.
 ///

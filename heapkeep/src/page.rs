@@ -76,8 +76,11 @@ pub(crate) struct Page {
     /// clears one word instead of the block. Cleared as soon as a freed block
     /// can reach `free` (`refill` taking `local_free` or `xthread`).
     pub(crate) fresh: bool,
+    /// Bin (see `size_class::BIN_COUNT`), or `LARGE_CLASS` for a single-block
+    /// page. On the first line: the fast paths count per bin (`counters.rs`).
+    pub(crate) class: u32,
     /// Keeps `xthread` off the first cache line.
-    _pad: [u8; 15],
+    _pad: [u8; 8],
     // -- second cache line: cold for the owner, written by other threads --
     /// Blocks freed by other threads: `head | count << XT_COUNT_SHIFT`, links
     /// encoded like the other lists; or exactly `XT_INBOX` when the page is
@@ -87,8 +90,6 @@ pub(crate) struct Page {
     pub(crate) xthread: AtomicUsize,
     pub(crate) capacity: u32,
     pub(crate) reserved: u32,
-    /// Bin (see `size_class::BIN_COUNT`), or `LARGE_CLASS` for a single-block page.
-    pub(crate) class: u32,
     /// Slices this page spans (head only).
     pub(crate) slice_count: u32,
     /// First block.
@@ -114,8 +115,9 @@ pub(crate) const XT_COUNT_SHIFT: u32 = 48;
 /// `xthread`: the list head bits.
 pub(crate) const XT_PTR_MASK: usize = ((1 << XT_COUNT_SHIFT) - 1) & !7;
 
-/// `class` of a page holding one large block.
-pub(crate) const LARGE_CLASS: u32 = u32::MAX;
+/// `class` of a page holding one large block (the counters' index for large
+/// blocks, one past the last bin).
+pub(crate) const LARGE_CLASS: u32 = crate::size_class::BIN_COUNT as u32;
 
 impl Page {
     /// A page that serves nothing: the direct table of a thread without a heap
@@ -131,11 +133,11 @@ impl Page {
         key: 0,
         block_size: 0,
         fresh: false,
-        _pad: [0; 15],
+        class: 0,
+        _pad: [0; 8],
         xthread: AtomicUsize::new(0),
         capacity: 0,
         reserved: 0,
-        class: 0,
         slice_count: 0,
         start: ptr::null_mut(),
         next: ptr::null_mut(),
@@ -168,7 +170,20 @@ pub(crate) unsafe fn next_of(block: *mut Block, key: usize) -> *mut Block {
     // SAFETY: the caller guarantees `block` is a free block we own, so its
     // first word is readable and holds a link.
     let next = decode(unsafe { (*block).next }, block, key);
-    if ((next as usize) ^ (block as usize)) >> SEGMENT_SHIFT != 0 && !next.is_null() {
+    // One test on the fast path: a link in the same segment. The end of the
+    // list (null) also fails it, once per list, and is sorted out off line.
+    if ((next as usize) ^ (block as usize)) >> SEGMENT_SHIFT != 0 {
+        return end_or_corrupt(block, next);
+    }
+    next
+}
+
+/// `next_of` found a link outside the block's segment: the end of the list
+/// (null, returned) or a corrupted link (abort).
+#[cold]
+#[inline(never)]
+fn end_or_corrupt(block: *mut Block, next: *mut Block) -> *mut Block {
+    if !next.is_null() {
         corrupt_list(block);
     }
     next

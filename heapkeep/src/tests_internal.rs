@@ -433,22 +433,30 @@ fn run_child(test: &str, var: &str) -> std::process::Output {
         .unwrap()
 }
 
+/// True in the child process; in the parent, runs the test `test` in a child
+/// (with `var` set), asserts it passed, and returns false.
+fn in_child(test: &str, var: &str) -> bool {
+    if std::env::var_os(var).is_some() {
+        return true;
+    }
+    let out = run_child(test, var);
+    assert!(
+        out.status.success(),
+        "child {:?}: {}",
+        out.status,
+        std::string::String::from_utf8_lossy(&out.stderr)
+    );
+    false
+}
+
 #[test]
 fn fresh_pages_skip_clearing_until_a_block_comes_back() {
-    const CHILD: &str = "HEAPKEEP_TEST_FRESH_CHILD";
-    if std::env::var_os(CHILD).is_none() {
-        // In a child process: a pristine heap whose first segment is fresh
-        // from the OS (here, the test thread may adopt a used heap).
-        let out = run_child(
-            "tests_internal::fresh_pages_skip_clearing_until_a_block_comes_back",
-            CHILD,
-        );
-        assert!(
-            out.status.success(),
-            "child {:?}: {}",
-            out.status,
-            std::string::String::from_utf8_lossy(&out.stderr)
-        );
+    // In a child process: a pristine heap whose first segment is fresh from
+    // the OS (here, the test thread may adopt a used heap).
+    if !in_child(
+        "tests_internal::fresh_pages_skip_clearing_until_a_block_comes_back",
+        "HEAPKEEP_TEST_FRESH_CHILD",
+    ) {
         return;
     }
     let l = lay(2900, 8);
@@ -503,5 +511,99 @@ fn zeroed_huge_block_grown_from_a_dirty_cached_one_is_zero() {
             );
             HeapKeep.dealloc(z, lz);
         }
+    }
+}
+
+/// `LIVE` is the sum of every heap's `flushed` figure (and the orphan's).
+#[cfg(feature = "stats")]
+fn assert_flushes_add_up() {
+    use core::sync::atomic::Ordering::Relaxed;
+    let mut sum = crate::counters::ORPHAN.flushed.load(Relaxed);
+    thread::for_each_heap(|h| {
+        // SAFETY: heaps are never freed.
+        sum += unsafe { (*h).counters.flushed.load(Relaxed) };
+    });
+    assert_eq!(crate::counters::LIVE.load(Relaxed), sum);
+}
+
+#[cfg(feature = "stats")]
+#[test]
+fn stats_count_every_call_exactly() {
+    // In a child process: no other test allocates from heapkeep meanwhile.
+    if !in_child(
+        "tests_internal::stats_count_every_call_exactly",
+        "HEAPKEEP_TEST_STATS_CHILD",
+    ) {
+        return;
+    }
+    let s0 = crate::stats();
+    let small = lay(100, 8);
+    let stride = class_to_size(size_to_class(100)) as u64;
+    let large = lay(300 << 10, 8);
+    let huge = lay(5 << 20, 8);
+    // SAFETY: blocks we own, freed once with their layouts.
+    unsafe {
+        let mut ps: Vec<*mut u8> = (0..1000).map(|_| HeapKeep.alloc(small)).collect();
+        let l = HeapKeep.alloc(large);
+        let h = HeapKeep.alloc_zeroed(huge);
+        let s1 = crate::stats();
+        assert_eq!(s1.allocs - s0.allocs, 1002);
+        assert_eq!(s1.frees, s0.frees);
+        let big = (crate::usable_size(l) + crate::usable_size(h)) as u64;
+        assert_eq!(s1.live_bytes - s0.live_bytes, 1000 * stride + big);
+        assert_eq!(s1.live_blocks - s0.live_blocks, 1002);
+        assert_eq!(
+            s1.bytes_requested - s0.bytes_requested,
+            100_000 + (300 << 10) + (5 << 20)
+        );
+        assert_eq!(s1.peak_live_bytes, s1.live_bytes, "a new high is the peak");
+        assert_flushes_add_up();
+
+        // realloc: small in place, small moved, huge grown (mremap).
+        ps[0] = HeapKeep.realloc(ps[0], small, 90);
+        ps[1] = HeapKeep.realloc(ps[1], small, 5000);
+        let h2 = HeapKeep.realloc(h, huge, 9 << 20);
+        let s2 = crate::stats();
+        assert_eq!(s2.reallocs - s1.reallocs, 3);
+        assert_eq!(s2.allocs, s1.allocs);
+        assert_eq!(s2.frees, s1.frees);
+        assert_eq!(s2.live_blocks, s1.live_blocks);
+        // `h` is gone; its usable size was the part of `big` that `l` is not.
+        let live2 = s1.live_bytes - stride + crate::usable_size(ps[1]) as u64
+            - (big - crate::usable_size(l) as u64)
+            + crate::usable_size(h2) as u64;
+        assert_eq!(s2.live_bytes, live2);
+
+        // Frees: half here, half from a thread that never allocates (no heap).
+        let keep: Vec<usize> = ps.split_off(500).into_iter().map(|p| p as usize).collect();
+        for (i, p) in ps.into_iter().enumerate() {
+            let lay_i = if i == 1 {
+                lay(5000, 8)
+            } else if i == 0 {
+                lay(90, 8)
+            } else {
+                small
+            };
+            HeapKeep.dealloc(p, lay_i);
+        }
+        std::thread::spawn(move || {
+            for p in keep {
+                HeapKeep.dealloc(p as *mut u8, small);
+            }
+        })
+        .join()
+        .unwrap();
+        HeapKeep.dealloc(l, large);
+        HeapKeep.dealloc(h2, lay(9 << 20, 8));
+        let s3 = crate::stats();
+        assert_eq!(s3.frees - s0.frees, 1002);
+        assert_eq!(s3.allocs - s0.allocs, 1002);
+        assert_eq!(s3.live_blocks, s0.live_blocks);
+        assert_eq!(s3.live_bytes, s0.live_bytes);
+        assert_eq!(
+            s3.peak_live_bytes,
+            s2.peak_live_bytes.max(s1.peak_live_bytes)
+        );
+        assert_flushes_add_up();
     }
 }

@@ -294,8 +294,7 @@ pub(crate) fn sweep_retired(now: u64) {
     }
 }
 
-/// Calls `f` on every heap ever made (invariant walk).
-#[cfg(any(test, feature = "invariants"))]
+/// Calls `f` on every heap ever made (invariant walk, statistics).
 pub(crate) fn for_each_heap(mut f: impl FnMut(*mut Heap)) {
     let mut h = ALL_HEAPS.load(Ordering::Acquire);
     while !h.is_null() {

@@ -20,6 +20,9 @@
 use core::ffi::{c_int, c_void};
 use heapkeep::raw;
 
+mod report;
+pub use report::{heapkeep_stats, heapkeep_version};
+
 /// Alignment of every `malloc` block, as glibc gives (`alignof(max_align_t)`).
 const MIN_ALIGN: usize = 16;
 /// Page size assumed by `valloc`/`pvalloc`.

@@ -34,11 +34,21 @@ fn preload_lib() -> &'static Path {
     })
 }
 
-/// Compiles `tests/c/<src>` with `compiler` into a temporary executable.
-fn compile(compiler: &str, src: &str, extra: &[&str]) -> PathBuf {
+/// Where compiled test programs go.
+fn c_dir() -> PathBuf {
     let dir = workspace().join("target").join("preload-tests").join("c");
     std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join(src.replace('.', "_"));
+    dir
+}
+
+/// Compiles `tests/c/<src>` with `compiler` into a temporary executable.
+fn compile(compiler: &str, src: &str, extra: &[&str]) -> PathBuf {
+    compile_to(compiler, src, &src.replace('.', "_"), extra)
+}
+
+/// Compiles `tests/c/<src>` into `target/preload-tests/c/<name>`.
+fn compile_to(compiler: &str, src: &str, name: &str, extra: &[&str]) -> PathBuf {
+    let out = c_dir().join(name);
     let status = Command::new(compiler)
         .arg("-O1")
         .arg("-o")
@@ -87,6 +97,23 @@ fn c_api_edge_cases() {
 #[test]
 fn c_threads_cross_thread_frees_and_fork() {
     c_program_prints_ok("threads.c", &["-pthread"]);
+}
+
+#[test]
+fn awkward_places_loading_dlopen_atfork_key_destructors_after_main() {
+    // The same allocating library twice: linked (its constructor allocates
+    // while the program loads) and dlopen'ed 50 times.
+    let linked = compile_to("cc", "plugin.c", "libhk_linked.so", &["-shared", "-fPIC"]);
+    let plugin = compile_to("cc", "plugin.c", "libhk_plugin.so", &["-shared", "-fPIC"]);
+    let rpath = format!("-Wl,-rpath,{}", c_dir().display());
+    let exe = compile(
+        "cc",
+        "awkward.c",
+        &["-pthread", "-ldl", linked.to_str().unwrap(), &rpath],
+    );
+    let out = run(&exe, &[plugin.to_str().unwrap()], true);
+    assert_ok(&out, "awkward.c under heapkeep");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
 }
 
 #[test]

@@ -1,0 +1,198 @@
+//! The exit report the library writes (see `preload/src/report.rs`) and the
+//! summary `heapkeep run` prints from it.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// The library's exit report (one JSON object).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Report {
+    pub pid: u64,
+    pub allocs: u64,
+    pub frees: u64,
+    pub reallocs: u64,
+    pub bytes_requested: u64,
+    pub bytes_allocated: u64,
+    pub peak_live_bytes: u64,
+    pub live_bytes_at_exit: u64,
+    pub live_blocks_at_exit: u64,
+    pub os_mapped_bytes_at_exit: u64,
+    pub os_mapped_peak_bytes: u64,
+    pub stats_enabled: u64,
+}
+
+/// How the program ended.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Ending {
+    /// Exit status.
+    Exited(i32),
+    /// Killed by this signal.
+    Signaled(i32),
+}
+
+/// What `heapkeep run --json` writes: the report plus what the command saw.
+#[derive(Debug, Serialize)]
+pub struct RunSummary<'a> {
+    pub program: &'a str,
+    pub ending: Ending,
+    pub wall_seconds: f64,
+    /// Other processes (children of the program) that wrote a report.
+    pub child_processes: usize,
+    /// The program's own report (its keys at the top level); `None` if it
+    /// left without one (`_exit`, a signal, or an `exec` of a program that
+    /// did not load heapkeep).
+    #[serde(flatten)]
+    pub heap: Option<&'a Report>,
+}
+
+/// `1234567` as `1,234,567`.
+pub fn thousands(v: u64) -> String {
+    let digits = v.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Bytes in binary units with 3 significant digits: `512 B`, `1.50 KiB`, `12.3 MiB`.
+pub fn bytes(v: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut x = v as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < UNITS.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{v} B")
+    } else if x < 10.0 {
+        format!("{x:.2} {}", UNITS[u])
+    } else if x < 100.0 {
+        format!("{x:.1} {}", UNITS[u])
+    } else {
+        format!("{x:.0} {}", UNITS[u])
+    }
+}
+
+/// The text summary (lines starting `heapkeep: `).
+pub fn text(s: &RunSummary) -> String {
+    let mut o = String::new();
+    let how = match s.ending {
+        Ending::Exited(c) => format!("exited with status {c}"),
+        Ending::Signaled(n) => format!("was killed by signal {n}"),
+    };
+    let _ = writeln!(
+        o,
+        "heapkeep: {} {how} after {:.3} s wall time",
+        s.program, s.wall_seconds
+    );
+    match s.heap {
+        Some(r) if r.stats_enabled == 0 => {
+            let _ = writeln!(
+                o,
+                "heapkeep:   (the library was built without the `stats` feature: no counts)"
+            );
+        }
+        Some(r) => {
+            let _ = writeln!(
+                o,
+                "heapkeep:   calls  {} allocations, {} frees, {} reallocs",
+                thousands(r.allocs),
+                thousands(r.frees),
+                thousands(r.reallocs)
+            );
+            let _ = writeln!(
+                o,
+                "heapkeep:   heap   peak {} in use; at exit {} in {} blocks; {} allocated in total",
+                bytes(r.peak_live_bytes),
+                bytes(r.live_bytes_at_exit),
+                thousands(r.live_blocks_at_exit),
+                bytes(r.bytes_allocated)
+            );
+            let _ = writeln!(
+                o,
+                "heapkeep:   OS     peak {} mapped; at exit {}",
+                bytes(r.os_mapped_peak_bytes),
+                bytes(r.os_mapped_bytes_at_exit)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "heapkeep:   no heap report: the process ended without running its exit \
+                 handlers (_exit, a signal, or exec), or did not load the heapkeep library"
+            );
+        }
+    }
+    if s.child_processes > 0 {
+        let _ = writeln!(
+            o,
+            "heapkeep:   {} child process(es) also ran on heapkeep (not counted above)",
+            s.child_processes
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.50 KiB");
+        assert_eq!(bytes(12_900_000), "12.3 MiB");
+        assert_eq!(bytes(300 << 30), "300 GiB");
+    }
+
+    #[test]
+    fn summary_names_every_figure() {
+        let r = Report {
+            pid: 7,
+            allocs: 1500,
+            frees: 1400,
+            reallocs: 3,
+            bytes_allocated: 10 << 20,
+            peak_live_bytes: 2 << 20,
+            live_bytes_at_exit: 4096,
+            live_blocks_at_exit: 100,
+            os_mapped_peak_bytes: 8 << 20,
+            os_mapped_bytes_at_exit: 4 << 20,
+            stats_enabled: 1,
+            ..Report::default()
+        };
+        let s = RunSummary {
+            program: "prog",
+            ending: Ending::Exited(3),
+            wall_seconds: 1.5,
+            child_processes: 0,
+            heap: Some(&r),
+        };
+        let t = text(&s);
+        assert!(
+            t.starts_with("heapkeep: prog exited with status 3 after 1.500 s"),
+            "{t}"
+        );
+        assert!(
+            t.contains("1,500 allocations, 1,400 frees, 3 reallocs"),
+            "{t}"
+        );
+        assert!(
+            t.contains("peak 2.00 MiB in use; at exit 4.00 KiB in 100 blocks"),
+            "{t}"
+        );
+        assert!(t.contains("peak 8.00 MiB mapped; at exit 4.00 MiB"), "{t}");
+        assert!(t.lines().all(|l| l.starts_with("heapkeep: ")));
+    }
+}

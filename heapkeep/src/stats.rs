@@ -1,0 +1,104 @@
+//! `heapkeep::stats()`: the process-wide counts, summed from every heap's
+//! [`Counters`] on demand (no lock, no stop-the-world; see `counters.rs` for
+//! what is exact when).
+
+use core::sync::atomic::Ordering;
+
+use crate::counters::{Counters, ORPHAN, PEAK};
+use crate::{os, thread};
+
+/// What the process did with heapkeep, from its start until now.
+///
+/// Counts are of calls: an allocation is any `alloc`/`malloc`-family call
+/// that returned a block (C `realloc(NULL, n)` counts as one), a free any
+/// `dealloc`/`free` of a block (C `realloc(p, 0)` counts as one), and a
+/// `realloc` a resize of a live block, whether in place or moved.
+///
+/// Byte figures are *usable* bytes (what `usable_size` reports: the size
+/// class of the block), except `bytes_requested`. `live_bytes` is exact when
+/// read; `peak_live_bytes` is exact when one thread at a time allocates and
+/// otherwise within 256 KiB per thread of the true peak.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Stats {
+    /// Allocation calls.
+    pub allocs: u64,
+    /// Free calls.
+    pub frees: u64,
+    /// Reallocation calls.
+    pub reallocs: u64,
+    /// Sum of the sizes asked for by allocation and reallocation calls.
+    pub bytes_requested: u64,
+    /// Usable bytes handed out, in total (grows with every allocation).
+    pub bytes_allocated: u64,
+    /// Usable bytes in blocks allocated and not freed.
+    pub live_bytes: u64,
+    /// Blocks allocated and not freed.
+    pub live_blocks: u64,
+    /// Highest `live_bytes` so far.
+    pub peak_live_bytes: u64,
+    /// Bytes mapped from the OS now (resident or not).
+    pub os_mapped_bytes: u64,
+    /// Highest `os_mapped_bytes` so far.
+    pub os_mapped_peak_bytes: u64,
+}
+
+/// Raw sums over all counters.
+#[derive(Default)]
+struct Sums {
+    allocs: u64,
+    frees: u64,
+    requested: u64,
+    reallocs: u64,
+    moves: u64,
+    bytes_out: u64,
+    bytes_in: u64,
+    /// Highest `hi - net` of one heap: how far above its current figure a
+    /// heap has been since its last flush.
+    max_rise: i64,
+}
+
+impl Sums {
+    fn add(&mut self, c: &Counters, allocates: bool) {
+        let r = Ordering::Relaxed;
+        self.allocs += c.allocs.load(r);
+        self.frees += c.frees.load(r);
+        self.requested += c.requested.load(r);
+        self.reallocs += c.reallocs.load(r);
+        self.moves += c.realloc_moves.load(r);
+        let (out, inn) = (c.bytes_out.load(r), c.bytes_in.load(r));
+        self.bytes_out += out;
+        self.bytes_in += inn;
+        if allocates {
+            let net = out.wrapping_sub(inn) as i64;
+            self.max_rise = self.max_rise.max(c.hi.load(r) - net);
+        }
+    }
+}
+
+/// The current counts (see [`Stats`]). Allocation-free; safe from any thread,
+/// also from inside an allocator hook or a signal handler's parent thread.
+pub fn stats() -> Stats {
+    let mut s = Sums::default();
+    s.add(&ORPHAN, false);
+    thread::for_each_heap(|h| {
+        // SAFETY: heaps are never freed; counters are atomics anyone may read.
+        s.add(unsafe { &(*h).counters }, true)
+    });
+    let live = s.bytes_out.saturating_sub(s.bytes_in);
+    // A heap's high point since its flush on top of the others' current
+    // figures (exact for one allocating thread; see `counters.rs`).
+    let peak = PEAK.load(Ordering::Relaxed).max(live as i64 + s.max_rise) as u64;
+    Stats {
+        allocs: s.allocs.saturating_sub(s.moves),
+        frees: s.frees.saturating_sub(s.moves),
+        reallocs: s.reallocs,
+        bytes_requested: s.requested,
+        bytes_allocated: s.bytes_out,
+        live_bytes: live,
+        live_blocks: s.allocs.saturating_sub(s.frees),
+        peak_live_bytes: peak,
+        os_mapped_bytes: os::mapped_bytes() as u64,
+        os_mapped_peak_bytes: os::mapped_peak_bytes() as u64,
+    }
+}

@@ -1,0 +1,189 @@
+//! The exit report `heapkeep run` reads, and the C extension API
+//! (`heapkeep.h`).
+//!
+//! When the environment names a report prefix (`HEAPKEEP_REPORT`, set by
+//! `heapkeep run`), the library writes `<prefix>.<pid>` as one JSON object
+//! when the process exits: from `.fini_array`, which runs after the
+//! program's own `atexit` handlers and C++ static destructors (the preloaded
+//! library is finalized after the program), so their allocations count too.
+//! A process that ends by `_exit`, `exec` or a signal writes nothing.
+//! Everything here runs without allocating: the JSON is formatted into a
+//! stack buffer.
+
+use core::ffi::{c_char, CStr};
+
+/// Environment variable holding the report path prefix.
+const REPORT_ENV: &CStr = c"HEAPKEEP_REPORT";
+
+/// A fixed-capacity byte buffer; writes past the end are dropped.
+struct Buf<const N: usize> {
+    data: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Buf<N> {
+    fn new() -> Self {
+        Buf {
+            data: [0; N],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, s: &[u8]) {
+        let n = s.len().min(N - self.len);
+        self.data[self.len..self.len + n].copy_from_slice(&s[..n]);
+        self.len += n;
+    }
+
+    fn push_u64(&mut self, mut v: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..]);
+    }
+
+    fn full(&self) -> bool {
+        self.len == N
+    }
+}
+
+/// Formats the report of `s` for process `pid` as one line of JSON.
+fn format_report(s: &heapkeep::Stats, pid: u64, out: &mut Buf<1024>) {
+    let fields: [(&[u8], u64); 12] = [
+        (b"pid", pid),
+        (b"allocs", s.allocs),
+        (b"frees", s.frees),
+        (b"reallocs", s.reallocs),
+        (b"bytes_requested", s.bytes_requested),
+        (b"bytes_allocated", s.bytes_allocated),
+        (b"peak_live_bytes", s.peak_live_bytes),
+        (b"live_bytes_at_exit", s.live_bytes),
+        (b"live_blocks_at_exit", s.live_blocks),
+        (b"os_mapped_bytes_at_exit", s.os_mapped_bytes),
+        (b"os_mapped_peak_bytes", s.os_mapped_peak_bytes),
+        (b"stats_enabled", heapkeep::STATS_ENABLED as u64),
+    ];
+    out.push(b"{");
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b",");
+        }
+        out.push(b"\"");
+        out.push(k);
+        out.push(b"\":");
+        out.push_u64(*v);
+    }
+    out.push(b"}\n");
+}
+
+/// Writes the exit report if `HEAPKEEP_REPORT` is set.
+extern "C" fn write_exit_report() {
+    // SAFETY: getenv with a valid C string; the result is read before any
+    // call that could change the environment.
+    let prefix = unsafe { libc::getenv(REPORT_ENV.as_ptr()) };
+    if prefix.is_null() {
+        return;
+    }
+    // SAFETY: getenv returns a NUL-terminated string.
+    let prefix = unsafe { CStr::from_ptr(prefix) }.to_bytes();
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u64;
+    let mut path = Buf::<4096>::new();
+    path.push(prefix);
+    path.push(b".");
+    path.push_u64(pid);
+    if path.len + 1 > path.data.len() || path.full() {
+        return;
+    }
+    path.data[path.len] = 0;
+    let mut json = Buf::<1024>::new();
+    format_report(&heapkeep::stats(), pid, &mut json);
+    // SAFETY: `path` is NUL-terminated; the fd is ours until closed.
+    unsafe {
+        let fd = libc::open(
+            path.data.as_ptr().cast(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+            0o600,
+        );
+        if fd < 0 {
+            return;
+        }
+        let mut done = 0;
+        while done < json.len {
+            let n = libc::write(fd, json.data[done..].as_ptr().cast(), json.len - done);
+            if n <= 0 {
+                break;
+            }
+            done += n as usize;
+        }
+        libc::close(fd);
+    }
+}
+
+/// Runs [`write_exit_report`] when the library is finalized at exit.
+#[used]
+#[link_section = ".fini_array"]
+static EXIT_REPORT: extern "C" fn() = write_exit_report;
+
+/// Copies the current statistics (`heapkeep_stats_t`) into `*out`, at most `size` bytes of them
+/// (pass `sizeof *out`; a program built against an older, shorter struct
+/// gets the fields it knows). Returns the size of the full struct. Never
+/// allocates; safe from any thread.
+///
+/// # Safety
+/// `out` is valid for writes of `size` bytes (or null with `size` 0).
+#[no_mangle]
+pub unsafe extern "C" fn heapkeep_stats(out: *mut heapkeep::Stats, size: usize) -> usize {
+    let s = heapkeep::stats();
+    let full = core::mem::size_of::<heapkeep::Stats>();
+    // SAFETY: `out` has room for `size` bytes (caller); we copy no more than
+    // the struct holds.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            (&s as *const heapkeep::Stats).cast::<u8>(),
+            out.cast::<u8>(),
+            size.min(full),
+        )
+    };
+    full
+}
+
+/// The version of the heapkeep library, as a static NUL-terminated string.
+#[no_mangle]
+pub extern "C" fn heapkeep_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_is_json_with_the_keys_the_cli_reads() {
+        let mut s = heapkeep::stats();
+        s.allocs = 12;
+        s.peak_live_bytes = 18_446_744_073_709_551_615;
+        let mut b = Buf::<1024>::new();
+        format_report(&s, 42, &mut b);
+        let text = core::str::from_utf8(&b.data[..b.len]).unwrap();
+        assert!(text.starts_with("{\"pid\":42,\"allocs\":12,"), "{text}");
+        assert!(text.contains("\"peak_live_bytes\":18446744073709551615,"));
+        assert!(text.ends_with("}\n"));
+    }
+
+    #[test]
+    fn buffer_drops_what_does_not_fit() {
+        let mut b = Buf::<4>::new();
+        b.push(b"abc");
+        b.push_u64(12345);
+        assert_eq!(&b.data[..b.len], b"abc1");
+        assert!(b.full());
+    }
+}

@@ -1,0 +1,69 @@
+/* Exact statistics for a known allocation pattern, through heapkeep.h.
+ * Usage: counts N STATUS -- does N allocations of 1000 bytes (held at once,
+ * then freed), 3 reallocs, a calloc, realloc(NULL)/realloc(p, 0), checks
+ * heapkeep_stats() after each step, prints "ok N", exits with STATUS.
+ * Build with -fno-builtin: the compiler may drop malloc/free pairs it sees
+ * through, and every call here must reach the library. */
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "heapkeep.h"
+
+#define CHECK(c) do { if (!(c)) { fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #c); exit(99); } } while (0)
+
+static heapkeep_stats_t now(void) {
+    heapkeep_stats_t s;
+    memset(&s, 0xff, sizeof s);
+    CHECK(heapkeep_stats(&s, sizeof s) == sizeof s);
+    return s;
+}
+
+int main(int argc, char **argv) {
+    CHECK(argc == 3);
+    long n = atol(argv[1]);
+    int status = atoi(argv[2]);
+    CHECK(heapkeep_version() && heapkeep_version()[0] != 0);
+
+    heapkeep_stats_t a = now();
+    void **p = malloc((size_t)(n + 1) * sizeof *p);
+    size_t table = malloc_usable_size(p);
+    for (long i = 0; i < n; i++) p[i] = malloc(1000);
+    size_t u = n ? malloc_usable_size(p[0]) : 0;
+    heapkeep_stats_t b = now();
+    CHECK(b.allocs - a.allocs == (uint64_t)n + 1);
+    CHECK(b.frees == a.frees);
+    CHECK(b.live_blocks - a.live_blocks == (uint64_t)n + 1);
+    CHECK(b.live_bytes - a.live_bytes == (uint64_t)n * u + table);
+    CHECK(b.bytes_requested - a.bytes_requested == (uint64_t)n * 1000 + (uint64_t)(n + 1) * sizeof *p);
+    CHECK(b.bytes_allocated - a.bytes_allocated == (uint64_t)n * u + table);
+    CHECK(b.peak_live_bytes >= b.live_bytes);
+    if (b.live_bytes > a.peak_live_bytes) CHECK(b.peak_live_bytes == b.live_bytes);
+
+    if (n >= 3) {
+        p[0] = realloc(p[0], 100000); /* moves to a larger class */
+        p[1] = realloc(p[1], 990);    /* stays in place */
+        p[2] = realloc(p[2], 3000);   /* moves */
+        heapkeep_stats_t c = now();
+        CHECK(c.reallocs - b.reallocs == 3);
+        CHECK(c.allocs == b.allocs && c.frees == b.frees);
+        CHECK(c.live_blocks == b.live_blocks);
+        CHECK(c.live_bytes - b.live_bytes ==
+              malloc_usable_size(p[0]) + malloc_usable_size(p[2]) - 2 * u);
+    }
+    heapkeep_stats_t d = now();
+    for (long i = 0; i < n; i++) free(p[i]);
+    free(p);
+    void *z = calloc(10, 10);
+    void *r = realloc(NULL, 10); /* an allocation */
+    CHECK(realloc(r, 0) == NULL); /* a free */
+    free(z);
+    heapkeep_stats_t e = now();
+    CHECK(e.frees - d.frees == (uint64_t)n + 1 + 2);
+    CHECK(e.allocs - d.allocs == 2);
+    CHECK(e.reallocs == d.reallocs);
+    CHECK(e.live_blocks == a.live_blocks && e.live_bytes == a.live_bytes);
+    if (n >= 3) CHECK(e.peak_live_bytes == d.peak_live_bytes); /* n blocks were the high */
+    printf("ok %ld\n", n);
+    return status;
+}
