@@ -91,6 +91,22 @@ extern "C" fn write_exit_report() {
     if prefix.is_null() {
         return;
     }
+    // Two copies of the library may be loaded (say, preloaded twice from
+    // different paths); only the one whose malloc the process uses reports.
+    // (A reference to our own `malloc` would go through the GOT and name the
+    // winning copy, so compare the objects that hold the addresses.)
+    // SAFETY: dlsym/dladdr with valid arguments; zeroed Dl_info is valid.
+    let (used_in, we_are) = unsafe {
+        let used = libc::dlsym(libc::RTLD_DEFAULT, c"malloc".as_ptr());
+        let mut a: libc::Dl_info = core::mem::zeroed();
+        let mut b: libc::Dl_info = core::mem::zeroed();
+        libc::dladdr(used, &mut a);
+        libc::dladdr(core::ptr::addr_of!(EXIT_REPORT).cast(), &mut b);
+        (a.dli_fbase, b.dli_fbase)
+    };
+    if used_in != we_are {
+        return;
+    }
     // SAFETY: getenv returns a NUL-terminated string.
     let prefix = unsafe { CStr::from_ptr(prefix) }.to_bytes();
     // SAFETY: getpid has no preconditions.

@@ -161,3 +161,102 @@ my $t = 0; $t += scalar(@{$h{$_}}) for keys %h; \
 my $s = join(',', map { $_ * 3 } 1 .. 50000); print scalar(keys %h), \" $t \", length($s), \"\\n\";";
     identical("/usr/bin/perl", &["-e", script]);
 }
+
+/// Runs a shell script plainly and with every process of it on heapkeep (in
+/// a fresh directory each); the output must be identical and not empty.
+fn identical_script(name: &str, script: &str) {
+    let base = c_dir().join(format!("{name}-runs"));
+    let _ = std::fs::remove_dir_all(&base);
+    let mut outputs = Vec::new();
+    for preload in [false, true] {
+        let dir = base.join(if preload { "heapkeep" } else { "plain" });
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut c = Command::new("sh");
+        c.args(["-euc", script]).current_dir(&dir);
+        if preload {
+            c.env("LD_PRELOAD", preload_lib());
+        }
+        let out = c.output().expect("run sh");
+        assert_ok(&out, &format!("{name} (preload: {preload})"));
+        outputs.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    assert!(!outputs[0].is_empty(), "{name} printed nothing");
+    assert_eq!(
+        outputs[0], outputs[1],
+        "{name}: output differs under heapkeep"
+    );
+}
+
+#[test]
+fn gcc_compiles_a_file_identically() {
+    // 400 functions with loops, switches and string constants; the assembly
+    // gcc prints must match byte for byte.
+    let mut src = String::from("#include <string.h>\n");
+    for i in 0..400 {
+        src.push_str(&format!(
+            "int f{i}(int x, const char *s) {{ int t = {i}; \
+             for (int k = 0; k < x; k++) {{ switch ((k + t) % 5) {{ \
+             case 0: t += k * {i}; break; case 1: t ^= (int)strlen(s); break; \
+             case 2: t -= k; break; default: t += s[k % 3]; }} }} \
+             return t + (int)strlen(\"function number {i}\"); }}\n"
+        ));
+    }
+    let file = c_dir().join("gcc_input.c");
+    std::fs::write(&file, src).unwrap();
+    let script = format!("gcc -O2 -S -o - {}", file.display());
+    identical_script("gcc", &script);
+}
+
+#[test]
+fn git_init_commit_hundreds_of_files_gc_identical() {
+    // Fixed identities and dates make the commit ids reproducible.
+    let script = r#"
+export GIT_AUTHOR_NAME=hk GIT_AUTHOR_EMAIL=hk@example.com GIT_COMMITTER_NAME=hk
+export GIT_COMMITTER_EMAIL=hk@example.com GIT_AUTHOR_DATE='2026-01-01T00:00:00Z'
+export GIT_COMMITTER_DATE='2026-01-01T00:00:00Z' GIT_CONFIG_NOSYSTEM=1 HOME="$PWD"
+git init -q -b main repo
+cd repo
+i=0
+while [ $i -lt 300 ]; do
+    mkdir -p "d$((i % 17))"
+    printf 'file %d
+line two %d
+' $i $((i * i)) > "d$((i % 17))/f$i.txt"
+    i=$((i + 1))
+done
+git add -A
+git commit -q -m 'three hundred files'
+i=0
+while [ $i -lt 300 ]; do echo "change $i" >> "d$((i % 17))/f$i.txt"; i=$((i + 7)); done
+git commit -q -am 'second commit'
+git -c pack.threads=1 gc -q
+git rev-parse HEAD HEAD~1
+git log --stat --format='%H %s' | tail -5
+git ls-files | wc -l
+git fsck --no-progress 2>&1 | wc -l
+git count-objects -v | grep -E '^(count|in-pack|packs)'
+"#;
+    identical_script("git", script);
+}
+
+#[test]
+fn sqlite3_builds_indexes_and_queries_identically() {
+    let script = r#"
+sqlite3 db.sqlite <<'SQL'
+PRAGMA journal_mode=OFF;
+CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, grp INTEGER, payload BLOB);
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60000)
+INSERT INTO t SELECT i, 'name-' || (i * 7919 % 60000), i % 97, zeroblob(i % 300) FROM n;
+CREATE INDEX t_name ON t(name);
+CREATE INDEX t_grp ON t(grp, name);
+SELECT count(*), sum(length(payload)), min(name), max(name) FROM t;
+SELECT grp, count(*), group_concat(id % 10, '') FROM (SELECT * FROM t WHERE grp < 5 ORDER BY name LIMIT 200) GROUP BY grp;
+UPDATE t SET name = upper(name) WHERE id % 3 = 0;
+DELETE FROM t WHERE grp = 13;
+SELECT count(*), count(DISTINCT name) FROM t;
+VACUUM;
+PRAGMA integrity_check;
+SQL
+"#;
+    identical_script("sqlite3", script);
+}
