@@ -91,22 +91,6 @@ extern "C" fn write_exit_report() {
     if prefix.is_null() {
         return;
     }
-    // Two copies of the library may be loaded (say, preloaded twice from
-    // different paths); only the one whose malloc the process uses reports.
-    // (A reference to our own `malloc` would go through the GOT and name the
-    // winning copy, so compare the objects that hold the addresses.)
-    // SAFETY: dlsym/dladdr with valid arguments; zeroed Dl_info is valid.
-    let (used_in, we_are) = unsafe {
-        let used = libc::dlsym(libc::RTLD_DEFAULT, c"malloc".as_ptr());
-        let mut a: libc::Dl_info = core::mem::zeroed();
-        let mut b: libc::Dl_info = core::mem::zeroed();
-        libc::dladdr(used, &mut a);
-        libc::dladdr(core::ptr::addr_of!(EXIT_REPORT).cast(), &mut b);
-        (a.dli_fbase, b.dli_fbase)
-    };
-    if used_in != we_are {
-        return;
-    }
     // SAFETY: getenv returns a NUL-terminated string.
     let prefix = unsafe { CStr::from_ptr(prefix) }.to_bytes();
     // SAFETY: getpid has no preconditions.
@@ -119,8 +103,17 @@ extern "C" fn write_exit_report() {
         return;
     }
     path.data[path.len] = 0;
+    let stats = heapkeep::stats();
+    // Two copies of the library may be loaded (say, preloaded twice from
+    // different paths): the one that served no call keeps quiet, so it
+    // cannot overwrite the other's report. (Asking dlsym which `malloc` won
+    // does not work: a non-PIE program that takes malloc's address makes
+    // its own PLT entry the canonical one.)
+    if heapkeep::STATS_ENABLED && stats.allocs == 0 && stats.frees == 0 && stats.reallocs == 0 {
+        return;
+    }
     let mut json = Buf::<1024>::new();
-    format_report(&heapkeep::stats(), pid, &mut json);
+    format_report(&stats, pid, &mut json);
     // SAFETY: `path` is NUL-terminated; the fd is ours until closed.
     unsafe {
         let fd = libc::open(
