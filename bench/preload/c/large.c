@@ -7,7 +7,7 @@
 #define MIN_SIZE (64 * 1024)
 #define MAX_SIZE (16 * 1024 * 1024)
 #define LIVE 4
-#define BLOCKS 600
+#define BLOCKS 1200
 
 int main(void) {
     rng_t rng = rng_stream(HK_SEED, 600);

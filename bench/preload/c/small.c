@@ -123,9 +123,9 @@ static uint64_t trees(size_t trees, unsigned depth) {
 
 int main(void) {
     uint64_t sum = 0;
-    sum = mix(sum, pairs(5000000));
-    sum = mix(sum, window(5000000));
-    sum = mix(sum, trees(40, 15));
+    sum = mix(sum, pairs(8000000));
+    sum = mix(sum, window(8000000));
+    sum = mix(sum, trees(60, 15));
     printf("small %016" PRIx64 "\n", sum);
     return 0;
 }
