@@ -113,6 +113,12 @@ impl Counters {
         }
         bump(&self.allocs, 1);
         bump(&self.requested, size as u64);
+        self.add_out(bytes)
+    }
+
+    /// Adds `bytes` to `bytes_out`; true when that made a new high.
+    #[inline(always)]
+    fn add_out(&self, bytes: usize) -> bool {
         let out = self.bytes_out.load(Ordering::Relaxed) + bytes as u64;
         self.bytes_out.store(out, Ordering::Relaxed);
         out > self.top.load(Ordering::Relaxed)
@@ -156,9 +162,7 @@ impl Counters {
             return;
         }
         if new >= old {
-            let out = self.bytes_out.load(Ordering::Relaxed) + (new - old) as u64;
-            self.bytes_out.store(out, Ordering::Relaxed);
-            if out > self.top.load(Ordering::Relaxed) {
+            if self.add_out(new - old) {
                 self.rise();
             }
         } else {

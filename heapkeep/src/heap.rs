@@ -803,7 +803,9 @@ unsafe fn alloc_slow(mut heap: *mut Heap, size: usize, align: usize, zero: bool)
             (*heap).next_decay = now + DECAY_INTERVAL_MS;
             decay(heap, now);
         }
-        let p = if let Some(bin) = size_align_to_bin(size, align) {
+        // Medium sizes take this path on every call: the small branch knows
+        // its block size, only large and huge blocks look theirs up.
+        let (p, usable) = if let Some(bin) = size_align_to_bin(size, align) {
             let page = find_page(heap, bin);
             if page.is_null() {
                 return ptr::null_mut();
@@ -814,13 +816,19 @@ unsafe fn alloc_slow(mut heap: *mut Heap, size: usize, align: usize, zero: bool)
             if zero {
                 clear_block(page, block, size);
             }
-            block.cast()
-        } else if size <= LARGE_MAX && align <= LARGE_ALIGN_MAX {
-            alloc_large(heap, size, align, zero)
+            (block.cast(), (*page).block_size)
         } else {
-            huge::alloc(size, align, zero)
+            let p = if size <= LARGE_MAX && align <= LARGE_ALIGN_MAX {
+                alloc_large(heap, size, align, zero)
+            } else {
+                huge::alloc(size, align, zero)
+            };
+            if p.is_null() {
+                return p;
+            }
+            (p, usable_size(p))
         };
-        if !p.is_null() && (*heap).counters.on_alloc(usable_size(p), size) {
+        if (*heap).counters.on_alloc(usable, size) {
             (*heap).counters.rise();
         }
         p

@@ -99,7 +99,8 @@ extern "C" fn write_exit_report() {
     path.push(prefix);
     path.push(b".");
     path.push_u64(pid);
-    if path.len + 1 > path.data.len() || path.full() {
+    // Not full: nothing was cut off and there is room for the NUL.
+    if path.full() {
         return;
     }
     path.data[path.len] = 0;
