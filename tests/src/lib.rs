@@ -21,6 +21,35 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// The workspace root.
+pub fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Builds `packages` (debug profile) with a nested `cargo build` into
+/// `target/nested-tests`, a target directory of its own so it does not wait
+/// on the outer cargo's lock; returns the directory holding the artifacts.
+/// Test binaries run one after another, so they share it without waiting.
+pub fn build_packages(packages: &[&str]) -> std::path::PathBuf {
+    let target = workspace().join("target").join("nested-tests");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "-q"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    let status = cmd
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(workspace())
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building {packages:?} failed");
+    target.join("debug")
+}
+
 /// Resident memory of this process in bytes (`VmRSS` in `/proc/self/status`).
 pub fn resident_bytes() -> usize {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");

@@ -6,36 +6,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
+use heapkeep_tests::{build_packages, workspace};
 
-/// Builds the `heapkeep` command and the library beside it (in a target
-/// directory of its own), once; returns the command's path.
+/// Builds the `heapkeep` command and the library beside it, once; returns
+/// the command's path.
 fn heapkeep_cmd() -> &'static Path {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
     EXE.get_or_init(|| {
-        let target = workspace().join("target").join("cli-tests");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "heapkeep-cli",
-                "-p",
-                "heapkeep-preload",
-            ])
-            .env("CARGO_TARGET_DIR", &target)
-            .current_dir(workspace())
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building heapkeep and its library failed");
-        let exe = target.join("debug").join("heapkeep");
-        assert!(exe.exists() && target.join("debug").join("libheapkeep_preload.so").exists());
+        let dir = build_packages(&["heapkeep-cli", "heapkeep-preload"]);
+        let exe = dir.join("heapkeep");
+        assert!(exe.exists() && dir.join("libheapkeep_preload.so").exists());
         exe
     })
 }

@@ -7,28 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
+use heapkeep_tests::{build_packages, workspace};
 
-/// Builds the preload library once (in a target directory of its own, so it
-/// does not wait on the outer cargo's lock) and returns its path.
+/// Builds the preload library once and returns its path.
 fn preload_lib() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
     LIB.get_or_init(|| {
-        let target = workspace().join("target").join("preload-tests");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "heapkeep-preload"])
-            .env("CARGO_TARGET_DIR", &target)
-            .current_dir(workspace())
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the preload library failed");
-        let lib = target.join("debug").join("libheapkeep_preload.so");
+        let lib = build_packages(&["heapkeep-preload"]).join("libheapkeep_preload.so");
         assert!(lib.exists(), "{} missing", lib.display());
         lib
     })
