@@ -233,8 +233,9 @@ fn decode(status: libc::c_int) -> Exit {
     }
 }
 
-/// Blocks until `pid` has exited, without reaping it.
-fn wait_exited(pid: libc::pid_t) -> io::Result<()> {
+/// Whether `pid` has exited, without reaping it: `waitid` with `WNOWAIT`
+/// and the extra `flags` (`WNOHANG` to ask, 0 to block until it has).
+fn peek_exited(pid: libc::pid_t, flags: libc::c_int) -> io::Result<bool> {
     loop {
         // SAFETY: siginfo_t is plain data; waitid fills it.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -244,11 +245,12 @@ fn wait_exited(pid: libc::pid_t) -> io::Result<()> {
                 libc::P_PID,
                 pid as libc::id_t,
                 &mut info,
-                libc::WEXITED | libc::WNOWAIT,
+                libc::WEXITED | libc::WNOWAIT | flags,
             )
         };
         if r == 0 {
-            return Ok(());
+            // SAFETY: si_pid is valid for SIGCHLD-style info (zero if none).
+            return Ok(unsafe { info.si_pid() } != 0);
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
@@ -257,21 +259,14 @@ fn wait_exited(pid: libc::pid_t) -> io::Result<()> {
     }
 }
 
-/// `true` if `pid` has exited (not reaped yet).
+/// Blocks until `pid` has exited, without reaping it.
+fn wait_exited(pid: libc::pid_t) -> io::Result<()> {
+    peek_exited(pid, 0).map(|_| ())
+}
+
+/// `true` if `pid` has exited (not reaped yet); an error counts as exited.
 fn has_exited(pid: libc::pid_t) -> bool {
-    // SAFETY: as in wait_exited.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer, our own child.
-    let r = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
-        )
-    };
-    // SAFETY: si_pid is valid for SIGCHLD-style info (zero if none).
-    r != 0 || unsafe { info.si_pid() } != 0
+    peek_exited(pid, libc::WNOHANG).unwrap_or(true)
 }
 
 /// Reaps `pid`; returns its wait status and peak RSS in KiB.
