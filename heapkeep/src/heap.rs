@@ -38,8 +38,7 @@ use crate::page::{
     XT_COUNT_SHIFT, XT_INBOX, XT_PTR_MASK,
 };
 use crate::segment::{
-    self, page_of, segment_of, span_mask, Segment, ALL_FREE, PURGE_DELAY_MS, SLICE_SHIFT,
-    SLICE_SIZE,
+    self, page_of, segment_of, span_mask, Segment, ALL_FREE, SLICE_SHIFT, SLICE_SIZE,
 };
 use crate::size_class::{
     bin_class, bin_stride, class_page_slices, class_to_size, size_align_to_bin, BIN_COUNT,
@@ -52,7 +51,7 @@ pub(crate) const LARGE_MAX: usize = 2 << 20;
 /// Largest alignment served from a span in a segment.
 pub(crate) const LARGE_ALIGN_MAX: usize = 2 << 20;
 /// Resident free bytes a heap keeps before purging them at once. Below this,
-/// free slices are purged by age (10-20 ms). 16 MiB made a workload that frees
+/// free slices are purged by age (see `segment::purge_delay`). 16 MiB made a workload that frees
 /// and rebuilds ~48 MiB of vectors refault 280K pages (1.2x glibc's time).
 const DIRTY_MAX: usize = 64 << 20;
 /// Resident free bytes a retiring heap may keep unpurged.
@@ -162,21 +161,68 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
             let page = *(*heap).direct.get_unchecked(idx);
             let block = (*page).free;
             if !block.is_null() {
-                (*page).free = next_of(block, (*page).key);
-                (*page).used += 1;
-                let high = (*heap).counters.on_alloc((*page).block_size, size);
-                if zero {
-                    clear_block(page, block, size);
+                let next = page::next_unchecked(block, (*page).key);
+                if !page::link_in_segment(block, next) {
+                    // The page's last block (or a corrupt link): out of line
+                    // and a tail call, so the fast path saves no registers.
+                    return alloc_last(heap, page, block, next, size, zero);
                 }
-                if high {
-                    return new_high(heap, block);
-                }
-                return block.cast();
+                (*page).free = next;
+                return take_block(heap, page, block, size, zero);
             }
         }
     }
     // SAFETY: `heap` is the current thread's heap.
     unsafe { alloc_slow(heap, size, align, zero) }
+}
+
+/// The rest of the fast path once `block` is off its page's free list:
+/// counts it, clears it if asked.
+///
+/// # Safety
+/// The calling thread runs `heap`; `block` was just popped from `page`.
+#[inline(always)]
+unsafe fn take_block(
+    heap: *mut Heap,
+    page: *mut Page,
+    block: *mut Block,
+    size: usize,
+    zero: bool,
+) -> *mut u8 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        (*page).used += 1;
+        let high = (*heap).counters.on_alloc((*page).block_size, size);
+        if zero {
+            clear_block(page, block, size);
+        }
+        if high {
+            return new_high(heap, block);
+        }
+        block.cast()
+    }
+}
+
+/// The fast path found `block` to be the last of its page's free list (its
+/// link `next` leaves the segment: null, else a corrupt link, which aborts).
+///
+/// # Safety
+/// As for [`take_block`], before the pop: `block` is `page`'s first free block.
+#[cold]
+#[inline(never)]
+unsafe fn alloc_last(
+    heap: *mut Heap,
+    page: *mut Page,
+    block: *mut Block,
+    next: *mut Block,
+    size: usize,
+    zero: bool,
+) -> *mut u8 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        (*page).free = page::end_or_corrupt(block, next);
+        take_block(heap, page, block, size, zero)
+    }
 }
 
 /// Records a new high of the heap's bytes in use (see `counters.rs`) and
@@ -478,7 +524,7 @@ unsafe fn free_page(heap: *mut Heap, page: *mut Page) {
         (*heap).dirty_free += (*seg).dirty_free_bytes() - dirty_before;
         // Age the freed slices out (a spare empty segment too).
         if (*seg).purge_at == 0 {
-            (*seg).purge_at = os::now_ms() + PURGE_DELAY_MS;
+            (*seg).purge_at = os::now_ms() + segment::purge_delay();
         }
         if (*seg).free_mask == ALL_FREE {
             (*heap).empty_segments += 1;
@@ -519,7 +565,7 @@ unsafe fn release_segment(heap: *mut Heap, seg: *mut Segment) {
 ///
 /// # Safety
 /// The calling thread runs `heap`.
-unsafe fn purge_all(heap: *mut Heap) {
+pub(crate) unsafe fn purge_all(heap: *mut Heap) {
     // SAFETY: forwarded; the segment list is ours.
     unsafe {
         let mut s = (*heap).segments;
@@ -782,13 +828,30 @@ unsafe fn queue_push_back(heap: *mut Heap, page: *mut Page) {
 // ---------------------------------------------------------------------------
 // The slow path
 
-/// Everything the fast path does not do. Returns null when out of memory.
+/// Everything the fast path does not do. Returns null, with `errno` set to
+/// `ENOMEM` as the C heap does, when out of memory or the size is impossible
+/// (so the C front's `malloc` is this function's tail call, with nothing to
+/// do after it).
 ///
 /// # Safety
 /// `heap` is the calling thread's current heap (possibly the empty heap).
 #[cold]
 #[inline(never)]
-unsafe fn alloc_slow(mut heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
+unsafe fn alloc_slow(heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
+    // SAFETY: forwarded from the caller.
+    let p = unsafe { alloc_refill(heap, size, align, zero) };
+    if p.is_null() {
+        os::set_errno_nomem();
+    }
+    p
+}
+
+/// The body of [`alloc_slow`].
+///
+/// # Safety
+/// As for [`alloc_slow`].
+#[inline(always)]
+unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
     // SAFETY: `heap` is this thread's (caller); the empty heap is replaced first.
     unsafe {
         if (*heap).remote.state.load(Ordering::Relaxed) == STATE_EMPTY {
@@ -1139,7 +1202,7 @@ unsafe fn resize_large(seg: *mut Segment, page: *mut Page, new_size: usize) -> b
             segment::release_span(seg, idx + n2, n - n2);
             (*heap).dirty_free += (*seg).dirty_free_bytes() - dirty_before;
             if (*seg).purge_at == 0 {
-                (*seg).purge_at = os::now_ms() + PURGE_DELAY_MS;
+                (*seg).purge_at = os::now_ms() + segment::purge_delay();
             }
         } else {
             if idx + n2 > segment::SLICE_COUNT {

@@ -11,7 +11,7 @@
 //! A huge block belongs to no heap: any thread may free it. Freed huge
 //! segments wait in a small global cache (so a program that allocates and
 //! frees the same big buffer in a loop does not map and unmap it every time),
-//! are purged after `PURGE_DELAY_MS` and unmapped after `UNMAP_DELAY_MS`.
+//! are purged after the purge delay (see `segment.rs`) and unmapped after `UNMAP_DELAY_MS`.
 //! `realloc` resizes in place with `mremap`, or moves the pages to a new
 //! aligned address without copying them.
 //!
@@ -25,7 +25,7 @@ use core::ptr;
 
 use crate::os;
 use crate::page::OWNER_HUGE;
-use crate::segment::{Kind, Segment, PURGE_DELAY_MS, SEGMENT_SIZE, SLICE_SHIFT, SLICE_SIZE};
+use crate::segment::{self, Kind, Segment, SEGMENT_SIZE, SLICE_SHIFT, SLICE_SIZE};
 use crate::sync::SpinLock;
 
 /// How long a cached huge segment stays mapped.
@@ -247,11 +247,12 @@ pub(crate) unsafe fn free(seg: *mut Segment) {
 unsafe fn purge_block(seg: *mut Segment) {
     // SAFETY: forwarded; the block area starts one slice in, page-aligned.
     unsafe {
-        let s = &*seg;
+        let s = &mut *seg;
         os::purge(
             s.slice_addr(0).add(s.block_offset),
             s.map_size - s.block_offset,
         );
+        s.purged_at = os::now_ms();
     }
 }
 
@@ -288,6 +289,7 @@ fn take_cached(map_size: usize) -> Option<(*mut Segment, usize)> {
     let dirty_len = if dirty {
         s.map_size - s.block_offset
     } else {
+        segment::note_purged_reuse(s.purged_at, os::now_ms());
         0
     };
     if s.map_size > map_size.saturating_mul(8) {
@@ -364,11 +366,12 @@ pub(crate) unsafe fn resize(seg: *mut Segment, new_size: usize) -> *mut u8 {
     }
 }
 
-/// Purges cached huge segments that waited `PURGE_DELAY_MS` and unmaps those
+/// Purges cached huge segments that waited the purge delay and unmaps those
 /// that waited `UNMAP_DELAY_MS`.
 pub(crate) fn decay(now: u64) {
     let mut evict: [*mut Segment; CACHE_SLOTS] = [ptr::null_mut(); CACHE_SLOTS];
     let mut n = 0;
+    let delay = segment::purge_delay();
     {
         let mut c = CACHE.lock();
         let mut i = 0;
@@ -383,7 +386,7 @@ pub(crate) fn decay(now: u64) {
                 c.len -= 1;
                 continue;
             }
-            if e.dirty && now >= at + PURGE_DELAY_MS {
+            if e.dirty && now >= at + delay {
                 // SAFETY: a cached segment's block is dead.
                 unsafe { purge_block(e.seg) };
                 c.slots[i].dirty = false;

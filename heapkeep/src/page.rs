@@ -167,22 +167,39 @@ pub(crate) fn decode(stored: usize, slot: *mut Block, key: usize) -> *mut Block 
 /// `block` is a free block of a page whose links were encoded with `key`.
 #[inline(always)]
 pub(crate) unsafe fn next_of(block: *mut Block, key: usize) -> *mut Block {
-    // SAFETY: the caller guarantees `block` is a free block we own, so its
-    // first word is readable and holds a link.
-    let next = decode(unsafe { (*block).next }, block, key);
-    // One test on the fast path: a link in the same segment. The end of the
-    // list (null) also fails it, once per list, and is sorted out off line.
-    if ((next as usize) ^ (block as usize)) >> SEGMENT_SHIFT != 0 {
+    // SAFETY: forwarded from the caller.
+    let next = unsafe { next_unchecked(block, key) };
+    if !link_in_segment(block, next) {
         return end_or_corrupt(block, next);
     }
     next
 }
 
-/// `next_of` found a link outside the block's segment: the end of the list
-/// (null, returned) or a corrupted link (abort).
+/// Reads the next link of `block` without checking it: the caller passes it
+/// through [`link_in_segment`] (and [`end_or_corrupt`] when that fails).
+///
+/// # Safety
+/// As for [`next_of`].
+#[inline(always)]
+pub(crate) unsafe fn next_unchecked(block: *mut Block, key: usize) -> *mut Block {
+    // SAFETY: the caller guarantees `block` is a free block we own, so its
+    // first word is readable and holds a link.
+    decode(unsafe { (*block).next }, block, key)
+}
+
+/// The one test on the fast path: a link into the block's own segment. The
+/// end of the list (null) also fails it, once per list, and is sorted out off
+/// line by [`end_or_corrupt`].
+#[inline(always)]
+pub(crate) fn link_in_segment(block: *mut Block, next: *mut Block) -> bool {
+    ((next as usize) ^ (block as usize)) >> SEGMENT_SHIFT == 0
+}
+
+/// A link failed [`link_in_segment`]: the end of the list (null, returned) or
+/// a corrupted link (abort).
 #[cold]
 #[inline(never)]
-fn end_or_corrupt(block: *mut Block, next: *mut Block) -> *mut Block {
+pub(crate) fn end_or_corrupt(block: *mut Block, next: *mut Block) -> *mut Block {
     if !next.is_null() {
         corrupt_list(block);
     }

@@ -24,6 +24,7 @@
 //!   not resident (never touched since mapping, or purged).
 
 use core::ptr;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::os;
 use crate::page::{Page, OWNER_NONE};
@@ -37,8 +38,15 @@ pub(crate) const SLICE_COUNT: usize = SEGMENT_SIZE / SLICE_SIZE;
 /// All slices but the header.
 pub(crate) const ALL_FREE: u64 = !1u64;
 
-/// How long a freed, still-resident span may wait before it is purged.
-pub(crate) const PURGE_DELAY_MS: u64 = 10;
+/// How long a freed, still-resident span waits before it is purged, at
+/// first (the delay adapts: see [`purge_delay`]).
+const PURGE_DELAY_MS: u64 = 10;
+/// Longest purge delay.
+const PURGE_DELAY_MAX_MS: u64 = 1000;
+/// Memory reused within this long of its purge counts as a needless purge.
+const REFAULT_WINDOW_MS: u64 = 1000;
+/// The delay halves after each interval this long without a needless purge.
+const RELAX_MS: u64 = 1000;
 /// How long an empty cached segment stays mapped.
 const UNMAP_DELAY_MS: u64 = 1000;
 /// Empty segments the global cache keeps.
@@ -70,6 +78,10 @@ pub(crate) struct Segment {
     pub(crate) fresh_mask: u64,
     /// When the free dirty slices should be purged (ms; 0: nothing pending).
     pub(crate) purge_at: u64,
+    /// Slices purged and not taken since (normal segments), and when the
+    /// last purge of this segment happened (ms; both kinds).
+    pub(crate) purged_mask: u64,
+    pub(crate) purged_at: u64,
     /// When this segment entered a cache (ms).
     pub(crate) cached_at: u64,
     /// Bytes mapped for this segment (huge segments can be larger).
@@ -175,8 +187,15 @@ pub(crate) unsafe fn take_span(seg: *mut Segment, n: usize, align_slices: usize)
 /// # Safety
 /// As for [`take_span`].
 pub(crate) unsafe fn mark_dirty(seg: *mut Segment, idx: usize, n: usize) {
+    let span = span_mask(idx, n);
     // SAFETY: the caller owns the bookkeeping fields.
-    unsafe { (*seg).dirty_mask |= span_mask(idx, n) };
+    unsafe {
+        (*seg).dirty_mask |= span;
+        if (*seg).purged_mask & span != 0 {
+            (*seg).purged_mask &= !span;
+            note_purged_reuse((*seg).purged_at, os::now_ms());
+        }
+    }
 }
 
 /// Gives slices `idx..idx + n` back (their page entries are reset).
@@ -226,7 +245,7 @@ pub(crate) unsafe fn purge_aged(seg: *mut Segment) -> usize {
         (*seg).fresh_mask = 0;
         let n = purge_mask(seg, aged);
         if (*seg).dirty_free_bytes() > 0 {
-            (*seg).purge_at = os::now_ms() + PURGE_DELAY_MS;
+            (*seg).purge_at = os::now_ms() + purge_delay();
         }
         n
     }
@@ -255,6 +274,8 @@ unsafe fn purge_mask(seg: *mut Segment, purge: u64) -> usize {
     // SAFETY: the caller owns the bookkeeping fields.
     unsafe {
         (*seg).dirty_mask &= !purge;
+        (*seg).purged_mask |= purge;
+        (*seg).purged_at = os::now_ms();
         (*seg).purge_at = 0;
     }
     total
@@ -290,6 +311,51 @@ fn multiples_mask(a: usize) -> u64 {
         i += a;
     }
     m
+}
+
+// ---------------------------------------------------------------------------
+// Purge policy
+//
+// Purging free memory (`MADV_DONTNEED`) lowers the resident set, but memory
+// reused after its purge costs a page fault (and a zeroed page) per 4 KiB
+// touched. A program that frees and rebuilds its data every few hundred
+// milliseconds (an interpreter between phases) pays that on every cycle with
+// a short delay; a program that frees for good wants its memory back soon.
+// So the delay adapts, process-wide: it starts at `PURGE_DELAY_MS`, doubles
+// (up to `PURGE_DELAY_MAX_MS`) whenever purged memory is reused within
+// `REFAULT_WINDOW_MS` of its purge, and halves after every `RELAX_MS`
+// without such a reuse. Relaxed atomics: a lost update only shifts the
+// delay by one step.
+
+/// The current purge delay (ms).
+static DELAY_MS: AtomicU64 = AtomicU64::new(PURGE_DELAY_MS);
+/// When the delay last changed (ms).
+static DELAY_CHANGED: AtomicU64 = AtomicU64::new(0);
+
+/// How long free resident memory waits before it is purged (ms).
+#[inline]
+pub(crate) fn purge_delay() -> u64 {
+    DELAY_MS.load(Ordering::Relaxed)
+}
+
+/// Memory purged at `purged_at` is being reused at `now`.
+pub(crate) fn note_purged_reuse(purged_at: u64, now: u64) {
+    if now.saturating_sub(purged_at) < REFAULT_WINDOW_MS {
+        let d = DELAY_MS.load(Ordering::Relaxed);
+        if d < PURGE_DELAY_MAX_MS {
+            DELAY_MS.store((d * 2).min(PURGE_DELAY_MAX_MS), Ordering::Relaxed);
+        }
+        DELAY_CHANGED.store(now, Ordering::Relaxed);
+    }
+}
+
+/// Halves the delay if no purge was needless for `RELAX_MS`.
+fn relax_purge_delay(now: u64) {
+    let d = DELAY_MS.load(Ordering::Relaxed);
+    if d > PURGE_DELAY_MS && now >= DELAY_CHANGED.load(Ordering::Relaxed) + RELAX_MS {
+        DELAY_MS.store((d / 2).max(PURGE_DELAY_MS), Ordering::Relaxed);
+        DELAY_CHANGED.store(now, Ordering::Relaxed);
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -345,7 +411,7 @@ pub(crate) fn acquire(heap: *mut crate::heap::Heap) -> *mut Segment {
         // A cached segment may still hold resident free slices: age them out.
         (*seg).fresh_mask = 0;
         (*seg).purge_at = if (*seg).dirty_free_bytes() > 0 {
-            os::now_ms() + PURGE_DELAY_MS
+            os::now_ms() + purge_delay()
         } else {
             0
         };
@@ -389,9 +455,11 @@ pub(crate) unsafe fn release(seg: *mut Segment) {
     }
 }
 
-/// Purges cached segments that waited `PURGE_DELAY_MS` and unmaps those that
-/// waited `UNMAP_DELAY_MS`. Skips the work if another thread holds the lock.
+/// Purges cached segments that waited the purge delay and unmaps those that
+/// waited `UNMAP_DELAY_MS`; lets the purge delay relax.
 pub(crate) fn decay(now: u64) {
+    relax_purge_delay(now);
+    let delay = purge_delay();
     let mut unmap: [*mut Segment; CACHE_SLOTS] = [ptr::null_mut(); CACHE_SLOTS];
     let mut n_unmap = 0;
     {
@@ -409,7 +477,7 @@ pub(crate) fn decay(now: u64) {
                 c.slots[i] = c.slots[last];
                 continue;
             }
-            if now >= s.cached_at + PURGE_DELAY_MS && s.dirty_free_bytes() > 0 {
+            if now >= s.cached_at + delay && s.dirty_free_bytes() > 0 {
                 // SAFETY: cached: no heap owns it; we hold the cache lock.
                 unsafe { purge_free(seg) };
             }

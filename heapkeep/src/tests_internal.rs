@@ -607,3 +607,53 @@ fn stats_count_every_call_exactly() {
         assert_flushes_add_up();
     }
 }
+
+#[test]
+fn purge_delay_grows_when_purged_memory_comes_back_and_relaxes() {
+    use crate::segment::{self, note_purged_reuse, purge_delay};
+    // In a child process: the delay is process-wide state.
+    if !in_child(
+        "tests_internal::purge_delay_grows_when_purged_memory_comes_back_and_relaxes",
+        "HEAPKEEP_TEST_PURGE_DELAY_CHILD",
+    ) {
+        return;
+    }
+    let base = purge_delay();
+    assert_eq!(base, 10);
+    // A large block, freed and purged, then the same size again: the span
+    // it gets was purged moments ago.
+    let l = lay(1 << 20, 8);
+    // SAFETY: blocks we own; the calling thread runs `heap`.
+    unsafe {
+        let p = HeapKeep.alloc(l);
+        p.write_bytes(1, 1 << 20);
+        HeapKeep.dealloc(p, l);
+        crate::heap::purge_all(thread::current());
+        assert_eq!(purge_delay(), base, "a purge alone changes nothing");
+        let q = HeapKeep.alloc(l);
+        assert_eq!(purge_delay(), 2 * base, "purged memory reused at once");
+        assert!((0..1 << 20).step_by(4096).all(|i| *q.add(i) == 0));
+        HeapKeep.dealloc(q, l);
+    }
+    // Doubling stops at the cap; reuse long after the purge counts for nothing.
+    let now = crate::os::now_ms();
+    for _ in 0..20 {
+        note_purged_reuse(now, now + 1);
+    }
+    let cap = purge_delay();
+    assert!((500..=2000).contains(&cap), "cap {cap}");
+    note_purged_reuse(now, now + 60_000);
+    assert_eq!(purge_delay(), cap);
+    // Quiet time halves it, one step per interval, down to the base.
+    segment::decay(now + 500);
+    assert_eq!(purge_delay(), cap, "too soon to relax");
+    let mut t = now + 1 + 1000; // the last change was at `now + 1`
+    let mut expect = cap;
+    while expect > base {
+        segment::decay(t);
+        expect = (expect / 2).max(base);
+        assert_eq!(purge_delay(), expect);
+        t += 1000;
+    }
+    check_invariants().unwrap();
+}

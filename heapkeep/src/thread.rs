@@ -19,7 +19,7 @@
 //!   threads' heaps stay allocated but unused (their blocks can still be freed:
 //!   frees go to those heaps' inboxes).
 
-use core::cell::{Cell, UnsafeCell};
+use core::cell::UnsafeCell;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
@@ -29,6 +29,7 @@ use crate::page::Page;
 use crate::sync::SpinLock;
 
 /// A static that threads share read-only (the empty heap and page).
+#[repr(transparent)]
 struct Shared<T>(UnsafeCell<T>);
 // SAFETY: the empty page and heap are never written: the fast paths only write
 // a page after popping a block, and the empty page has none; the slow path
@@ -39,9 +40,93 @@ static EMPTY_PAGE: Shared<Page> = Shared(UnsafeCell::new(Page::EMPTY));
 static EMPTY_HEAP: Shared<Heap> =
     Shared(UnsafeCell::new(Heap::new(EMPTY_PAGE.0.get(), STATE_EMPTY)));
 
-thread_local! {
-    /// The heap this thread runs (the empty heap until its first allocation).
-    static HEAP: Cell<*mut Heap> = const { Cell::new(EMPTY_HEAP.0.get()) };
+/// The thread-local slot holding the heap this thread runs (the empty heap
+/// until its first allocation).
+///
+/// On x86_64 Linux the slot is an initial-exec TLS variable written in
+/// assembly: reading it is `mov` from the GOT plus one `%fs`-relative load,
+/// in an executable and in the preload library alike. (Rust's `thread_local!`
+/// in a shared library uses the general-dynamic model: a call to
+/// `__tls_get_addr` on every `malloc` and `free`.) Initial-exec makes the
+/// linker mark the library `DF_STATIC_TLS`, so the loader places the slot in
+/// the static TLS block, at the same offset from the thread pointer in every
+/// thread, also when the library is `dlopen`ed. Elsewhere: `thread_local!`.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod slot {
+    use super::{Heap, EMPTY_HEAP};
+
+    // The slot: 8 bytes of `.tdata` whose initial value (relocated by the
+    // loader before any thread's TLS block is copied from it) is the empty
+    // heap. Global but hidden: inlined readers in other crates of the same
+    // link refer to it by name; it is not exported from a shared library.
+    core::arch::global_asm!(
+        ".pushsection .tdata,\"awT\",@progbits",
+        ".p2align 3",
+        ".globl __heapkeep_thread_heap",
+        ".hidden __heapkeep_thread_heap",
+        ".type __heapkeep_thread_heap,@object",
+        ".size __heapkeep_thread_heap,8",
+        "__heapkeep_thread_heap:",
+        ".quad {empty}",
+        ".popsection",
+        empty = sym EMPTY_HEAP,
+    );
+
+    /// The calling thread's slot value.
+    #[inline(always)]
+    pub(super) fn get() -> *mut Heap {
+        let h: *mut Heap;
+        // SAFETY: reads the calling thread's own 8-byte slot: the GOT entry
+        // holds its (negative) offset from the thread pointer in `%fs`.
+        // `pure, readonly`: the result depends only on memory, which `set`
+        // (not `readonly`) is assumed to change.
+        unsafe {
+            core::arch::asm!(
+                "mov {h}, qword ptr [rip + __heapkeep_thread_heap@GOTTPOFF]",
+                "mov {h}, qword ptr fs:[{h}]",
+                h = out(reg) h,
+                options(nostack, readonly, pure, preserves_flags),
+            );
+        }
+        h
+    }
+
+    /// Sets the calling thread's slot.
+    #[inline]
+    pub(super) fn set(heap: *mut Heap) {
+        // SAFETY: writes the calling thread's own slot (see `get`).
+        unsafe {
+            core::arch::asm!(
+                "mov {t}, qword ptr [rip + __heapkeep_thread_heap@GOTTPOFF]",
+                "mov qword ptr fs:[{t}], {h}",
+                t = out(reg) _,
+                h = in(reg) heap,
+                options(nostack, preserves_flags),
+            );
+        }
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+mod slot {
+    use super::{Heap, EMPTY_HEAP};
+    use core::cell::Cell;
+
+    thread_local! {
+        static HEAP: Cell<*mut Heap> = const { Cell::new(EMPTY_HEAP.0.get()) };
+    }
+
+    /// The calling thread's slot value.
+    #[inline(always)]
+    pub(super) fn get() -> *mut Heap {
+        HEAP.with(|h| h.get())
+    }
+
+    /// Sets the calling thread's slot.
+    #[inline]
+    pub(super) fn set(heap: *mut Heap) {
+        HEAP.with(|h| h.set(heap));
+    }
 }
 
 /// The static page with no blocks.
@@ -53,7 +138,7 @@ pub(crate) fn empty_page() -> *mut Page {
 /// The calling thread's heap (the static empty heap if it has none yet).
 #[inline(always)]
 pub(crate) fn current() -> *mut Heap {
-    HEAP.with(|h| h.get())
+    slot::get()
 }
 
 const UNINIT: u8 = 0;
@@ -135,7 +220,7 @@ pub(crate) fn init_current() -> *mut Heap {
     if heap.is_null() {
         return heap;
     }
-    HEAP.with(|h| h.set(heap));
+    slot::set(heap);
     os::set_thread_value(EXIT_KEY.load(Ordering::Relaxed), heap.cast());
     heap
 }
@@ -216,7 +301,7 @@ unsafe extern "C" fn thread_exit(value: *mut libc::c_void) {
     if heap.is_null() {
         return;
     }
-    HEAP.with(|h| h.set(EMPTY_HEAP.0.get()));
+    slot::set(EMPTY_HEAP.0.get());
     // SAFETY: the exiting thread ran `heap` and stopped running it just now.
     unsafe {
         heap::collect(heap, true);

@@ -33,13 +33,11 @@ fn set_errno(e: c_int) {
     unsafe { *libc::__errno_location() = e };
 }
 
-/// `alloc` with C error reporting.
+/// `alloc` with C error reporting: heapkeep sets `errno` to `ENOMEM` itself
+/// when it returns null, so this is the fast path and a tail call.
+#[inline(always)]
 fn alloc_or_enomem(size: usize, align: usize, zero: bool) -> *mut c_void {
-    let p = raw::alloc(size, align.max(MIN_ALIGN), zero);
-    if p.is_null() {
-        set_errno(libc::ENOMEM);
-    }
-    p.cast()
+    raw::alloc(size, align.max(MIN_ALIGN), zero).cast()
 }
 
 /// C `malloc`.

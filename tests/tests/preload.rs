@@ -102,6 +102,16 @@ fn awkward_places_loading_dlopen_atfork_key_destructors_after_main() {
 }
 
 #[test]
+fn library_loaded_late_with_dlopen_serves_every_thread() {
+    // Not preloaded: the program runs on glibc and dlopens heapkeep, whose
+    // thread-local heap slot then lives in the loader's static TLS reserve.
+    let exe = compile("cc", "dlopen_lib.c", &["-pthread", "-ldl"]);
+    let out = run(&exe, &[preload_lib().to_str().unwrap()], false);
+    assert_ok(&out, "dlopen_lib.c");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+}
+
+#[test]
 fn cpp_containers_same_output() {
     let exe = compile("c++", "containers.cpp", &["-std=c++17"]);
     let plain = run(&exe, &[], false);

@@ -194,6 +194,12 @@ pub(crate) fn random_u64() -> u64 {
     v | 1
 }
 
+/// Sets the calling thread's `errno` to `ENOMEM` (a failed allocation).
+pub(crate) fn set_errno_nomem() {
+    // SAFETY: `__errno_location` returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = libc::ENOMEM };
+}
+
 /// Writes a message to standard error without allocating.
 pub(crate) fn write_stderr(msg: &[u8]) {
     // SAFETY: writes from a valid slice; a short write only truncates a message.

@@ -18,7 +18,8 @@
 //!   address without copying its pages; null on failure (the old mapping is intact).
 //! - `now_ms()`: a cheap monotonic clock in milliseconds (coarse is fine).
 //! - `random_u64()`: a secret from the kernel's random source.
-//! - thread-exit and fork hooks; `write_stderr` for messages without allocating.
+//! - thread-exit and fork hooks; `write_stderr` for messages without allocating;
+//!   `set_errno_nomem()` for a failed allocation.
 //!
 //! No function here allocates from the heap, so the heap can call any of them
 //! at any time, including during its own initialisation.
