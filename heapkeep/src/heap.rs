@@ -523,9 +523,7 @@ unsafe fn free_page(heap: *mut Heap, page: *mut Page) {
         segment::release_span(seg, idx, n);
         (*heap).dirty_free += (*seg).dirty_free_bytes() - dirty_before;
         // Age the freed slices out (a spare empty segment too).
-        if (*seg).purge_at == 0 {
-            (*seg).purge_at = os::now_ms() + segment::purge_delay();
-        }
+        segment::schedule_purge(seg);
         if (*seg).free_mask == ALL_FREE {
             (*heap).empty_segments += 1;
             if (*heap).empty_segments > SPARE_SEGMENTS
@@ -1201,9 +1199,7 @@ unsafe fn resize_large(seg: *mut Segment, page: *mut Page, new_size: usize) -> b
             let dirty_before = (*seg).dirty_free_bytes();
             segment::release_span(seg, idx + n2, n - n2);
             (*heap).dirty_free += (*seg).dirty_free_bytes() - dirty_before;
-            if (*seg).purge_at == 0 {
-                (*seg).purge_at = os::now_ms() + segment::purge_delay();
-            }
+            segment::schedule_purge(seg);
         } else {
             if idx + n2 > segment::SLICE_COUNT {
                 return false;

@@ -221,6 +221,20 @@ pub(crate) unsafe fn release_span(seg: *mut Segment, idx: usize, n: usize) {
     }
 }
 
+/// Slices were just freed: schedule a purge pass one purge delay from now,
+/// unless one is pending already.
+///
+/// # Safety
+/// As for [`take_span`].
+pub(crate) unsafe fn schedule_purge(seg: *mut Segment) {
+    // SAFETY: the caller owns the bookkeeping fields.
+    unsafe {
+        if (*seg).purge_at == 0 {
+            (*seg).purge_at = os::now_ms() + purge_delay();
+        }
+    }
+}
+
 /// Purges every free slice that is still resident. Returns bytes purged.
 ///
 /// # Safety
