@@ -30,6 +30,7 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 
+pub mod check;
 mod counters;
 mod heap;
 mod huge;

@@ -243,3 +243,19 @@ pub(crate) fn page_size_ok() -> bool {
     let ps = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     ps > 0 && (ps as usize) <= PAGE_SIZE * 16 && (ps as usize).is_power_of_two()
 }
+
+/// The value of environment variable `name` (NUL-terminated), without
+/// allocating; `None` when unset.
+pub(crate) fn getenv(name: &[u8]) -> Option<&'static [u8]> {
+    debug_assert_eq!(name.last(), Some(&0));
+    // SAFETY: `name` is NUL-terminated; getenv reads the environment block,
+    // which lives for the whole process (heapkeep never calls setenv).
+    unsafe {
+        let v = libc::getenv(name.as_ptr().cast());
+        if v.is_null() {
+            None
+        } else {
+            Some(core::ffi::CStr::from_ptr(v).to_bytes())
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The options of check mode and of the sampled guard: one table (name,
+//! environment variable, default, meaning), read once at start-up with
+//! `getenv` (which does not allocate). A value that does not parse is
+//! reported on stderr and the default is kept.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::os;
+
+/// One option: how it is named, set and documented.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckOption {
+    /// Short name (the `heapkeep check` flag without its dashes).
+    pub name: &'static str,
+    /// The environment variable that sets it.
+    pub env: &'static str,
+    /// The value used when the variable is unset or does not parse.
+    pub default: &'static str,
+    /// What it does, one sentence.
+    pub meaning: &'static str,
+}
+
+/// Indices into [`OPTIONS`] and into the values read from the environment.
+pub(crate) mod id {
+    pub const CHECK: usize = 0;
+    pub const KEEP_GOING: usize = 1;
+    pub const LEAKS: usize = 2;
+    pub const LEAK_EXIT_CODE: usize = 3;
+    pub const QUARANTINE_MB: usize = 4;
+    pub const REDZONE: usize = 5;
+    pub const STACK_DEPTH: usize = 6;
+    pub const SYMBOLIZE: usize = 7;
+    pub const GUARD_SAMPLE: usize = 8;
+}
+
+/// Leak report modes (`HEAPKEEP_CHECK_LEAKS`).
+pub(crate) const LEAKS_OFF: usize = 0;
+/// Report blocks that no root (data segments, TLS, the exiting thread's
+/// stack) reaches, directly or through other blocks.
+pub(crate) const LEAKS_UNREFERENCED: usize = 1;
+/// Report every block still allocated at exit.
+pub(crate) const LEAKS_ALL: usize = 2;
+
+/// Every option of check mode and of the sampled guard.
+pub const OPTIONS: &[CheckOption] = &[
+    CheckOption {
+        name: "check",
+        env: "HEAPKEEP_CHECK",
+        default: "0",
+        meaning: "1 turns check mode on (heapkeep check sets it)",
+    },
+    CheckOption {
+        name: "keep-going",
+        env: "HEAPKEEP_CHECK_KEEP_GOING",
+        default: "0",
+        meaning: "1: after reporting an error, continue instead of aborting",
+    },
+    CheckOption {
+        name: "leaks",
+        env: "HEAPKEEP_CHECK_LEAKS",
+        default: "1",
+        meaning: "at exit report leaks: 0 no, 1 blocks no longer referenced, all every live block",
+    },
+    CheckOption {
+        name: "leak-exit-code",
+        env: "HEAPKEEP_CHECK_LEAK_EXIT_CODE",
+        default: "0",
+        meaning: "if not 0, a run with leaks exits with this code",
+    },
+    CheckOption {
+        name: "quarantine-mb",
+        env: "HEAPKEEP_CHECK_QUARANTINE_MB",
+        default: "64",
+        meaning: "MiB of freed blocks held back from reuse to catch use-after-free",
+    },
+    CheckOption {
+        name: "redzone",
+        env: "HEAPKEEP_CHECK_REDZONE",
+        default: "16",
+        meaning: "bytes of guard pattern before and after each small block (8 to 4096)",
+    },
+    CheckOption {
+        name: "stack-depth",
+        env: "HEAPKEEP_CHECK_STACK_DEPTH",
+        default: "12",
+        meaning: "frames recorded per allocation and free (1 to 64)",
+    },
+    CheckOption {
+        name: "symbolize",
+        env: "HEAPKEEP_CHECK_SYMBOLIZE",
+        default: "1",
+        meaning: "1: name functions, files and lines in reports (runs addr2line)",
+    },
+    CheckOption {
+        name: "guard-sample",
+        env: "HEAPKEEP_GUARD_SAMPLE",
+        default: "0",
+        meaning: "fast mode: about one allocation in N gets a guard page (0 off)",
+    },
+];
+
+/// Values read from the environment, in [`OPTIONS`] order.
+static VALUES: [AtomicUsize; 9] = [const { AtomicUsize::new(0) }; 9];
+
+/// The value of option `i` (see [`id`]); read after [`read_all`].
+#[inline]
+pub(crate) fn get(i: usize) -> usize {
+    VALUES[i].load(Ordering::Relaxed)
+}
+
+/// Parses `text` as the value of option `i`; `None` if it does not fit.
+fn parse(i: usize, text: &[u8]) -> Option<usize> {
+    if i == id::LEAKS && text == b"all" {
+        return Some(LEAKS_ALL);
+    }
+    if text.is_empty() || text.len() > 12 || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let v = text
+        .iter()
+        .fold(0usize, |v, d| v * 10 + usize::from(d - b'0'));
+    let ok = match i {
+        id::CHECK | id::KEEP_GOING | id::SYMBOLIZE => v <= 1,
+        id::LEAKS => v <= 1,
+        id::LEAK_EXIT_CODE => v <= 255,
+        id::QUARANTINE_MB => v <= 1 << 20,
+        id::REDZONE => (8..=4096).contains(&v),
+        id::STACK_DEPTH => (1..=64).contains(&v),
+        _ => true,
+    };
+    ok.then_some(v)
+}
+
+/// Reads every option from the environment. Called once, at start-up.
+pub(crate) fn read_all() {
+    debug_assert_eq!(OPTIONS.len(), VALUES.len());
+    for (i, opt) in OPTIONS.iter().enumerate() {
+        let default = parse(i, opt.default.as_bytes()).unwrap_or(0);
+        let mut name = [0u8; 48];
+        name[..opt.env.len()].copy_from_slice(opt.env.as_bytes());
+        let value = match os::getenv(&name[..=opt.env.len()]) {
+            None => default,
+            Some(text) => parse(i, text).unwrap_or_else(|| {
+                let mut w = crate::check::report::Writer::new();
+                w.s("heapkeep: warning: ignoring ")
+                    .s(opt.env)
+                    .s("=")
+                    .b(&text[..text.len().min(40)])
+                    .s(" (")
+                    .s(opt.meaning)
+                    .s("); using ")
+                    .s(opt.default)
+                    .s("\n");
+                w.flush();
+                default
+            }),
+        };
+        VALUES[i].store(value, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_bad_values_do_not() {
+        for (i, o) in OPTIONS.iter().enumerate() {
+            assert!(parse(i, o.default.as_bytes()).is_some(), "{}", o.env);
+            assert!(o.env.len() < 47);
+        }
+        assert_eq!(parse(id::LEAKS, b"all"), Some(LEAKS_ALL));
+        assert_eq!(parse(id::REDZONE, b"4"), None);
+        assert_eq!(parse(id::CHECK, b"yes"), None);
+        assert_eq!(parse(id::QUARANTINE_MB, b"-1"), None);
+        assert_eq!(parse(id::STACK_DEPTH, b"64"), Some(64));
+    }
+}

@@ -1,0 +1,91 @@
+//! Formatting reports without allocating: a fixed buffer that is flushed to
+//! standard error when full and at the end.
+
+use crate::os;
+
+/// A line buffer for reports on stderr (no allocation; flushes when full).
+pub(crate) struct Writer {
+    buf: [u8; 1024],
+    len: usize,
+}
+
+impl Writer {
+    /// An empty writer.
+    pub(crate) const fn new() -> Writer {
+        Writer {
+            buf: [0; 1024],
+            len: 0,
+        }
+    }
+
+    /// Appends raw bytes.
+    pub(crate) fn b(&mut self, bytes: &[u8]) -> &mut Writer {
+        for chunk in bytes.chunks(self.buf.len()) {
+            if self.len + chunk.len() > self.buf.len() {
+                self.flush();
+            }
+            self.buf[self.len..self.len + chunk.len()].copy_from_slice(chunk);
+            self.len += chunk.len();
+        }
+        self
+    }
+
+    /// Appends a string.
+    pub(crate) fn s(&mut self, text: &str) -> &mut Writer {
+        self.b(text.as_bytes())
+    }
+
+    /// Appends `v` in decimal.
+    pub(crate) fn d(&mut self, v: usize) -> &mut Writer {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut v = v;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.b(&digits[i..])
+    }
+
+    /// Appends `0x` and `v` in hexadecimal.
+    pub(crate) fn x(&mut self, v: usize) -> &mut Writer {
+        let mut digits = [0u8; 16];
+        let n = crate::fmt_hex(v, &mut digits);
+        self.s("0x").b(&digits[..n])
+    }
+
+    /// Writes what is buffered to stderr.
+    pub(crate) fn flush(&mut self) {
+        if self.len > 0 {
+            os::write_stderr(&self.buf[..self.len]);
+            self.len = 0;
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_overflowing_text() {
+        let mut w = Writer::new();
+        w.d(0).s(" ").d(1234567).s(" ").x(0xbeef);
+        assert_eq!(&w.buf[..w.len], b"0 1234567 0xbeef");
+        w.len = 0;
+        let long = [b'a'; 3000];
+        w.b(&long[..10]);
+        assert_eq!(w.len, 10);
+        w.len = 0; // drop the text instead of printing it
+    }
+}
