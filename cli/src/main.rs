@@ -3,12 +3,16 @@
 //! Verbs:
 //! - `heapkeep run [OPTIONS] -- PROGRAM [ARGS...]`: runs the program with
 //!   heapkeep's C library preloaded and prints a summary when it exits.
+//! - `heapkeep check [OPTIONS] -- PROGRAM [ARGS...]`: runs the program the
+//!   same way with check mode on; heap misuse and leaks are reported on its
+//!   stderr.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod check;
 mod run;
 mod summary;
 
@@ -41,6 +45,22 @@ enum Verb {
     /// describes the program's own process.
     #[command(verbatim_doc_comment)]
     Run(RunArgs),
+    /// Run PROGRAM on heapkeep in check mode: heap misuse is reported.
+    ///
+    /// The program runs with heapkeep's C library preloaded (LD_PRELOAD) and
+    /// HEAPKEEP_CHECK=1. A double or invalid free, a use after free, a heap
+    /// overflow or underflow, a layout mismatch (Rust) or a stack overflow
+    /// is reported on the program's stderr, with where it happened and where
+    /// the block was allocated and freed, and the program is aborted
+    /// (SIGABRT: heapkeep exits with 134). At exit, leaked blocks are
+    /// reported by allocation site. A correct program prints nothing more.
+    ///
+    /// The program's output and exit status are passed through untouched (a
+    /// program killed by signal N makes heapkeep exit with 128+N). The
+    /// library is the one beside this executable (libheapkeep_preload.so),
+    /// or the one named by --lib or HEAPKEEP_LIB.
+    #[command(verbatim_doc_comment, after_help = check::options_help())]
+    Check(CheckArgs),
 }
 
 /// Options of `heapkeep run`.
@@ -65,10 +85,43 @@ pub struct RunArgs {
     pub command: Vec<std::ffi::OsString>,
 }
 
+/// Options of `heapkeep check`.
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// The heapkeep library to preload [env: HEAPKEEP_LIB; default: the
+    /// libheapkeep_preload.so beside this executable].
+    #[arg(long, value_name = "PATH")]
+    pub lib: Option<PathBuf>,
+    /// After reporting an error, continue instead of aborting
+    /// (HEAPKEEP_CHECK_KEEP_GOING=1).
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Leaks reported at exit: 0 none, 1 blocks no longer referenced, all
+    /// every live block (HEAPKEEP_CHECK_LEAKS).
+    #[arg(long, value_name = "MODE", value_parser = ["0", "1", "all"])]
+    pub leaks: Option<String>,
+    /// If not 0, a run with leaks exits with code N
+    /// (HEAPKEEP_CHECK_LEAK_EXIT_CODE).
+    #[arg(long, value_name = "N")]
+    pub leak_exit_code: Option<u8>,
+    /// MiB of freed blocks held back from reuse to catch use after free
+    /// (HEAPKEEP_CHECK_QUARANTINE_MB).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1 << 20))]
+    pub quarantine_mb: Option<u32>,
+    /// The program to run, and its arguments (put them after `--`).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        value_name = "PROGRAM [ARGS]..."
+    )]
+    pub command: Vec<std::ffi::OsString>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.verb {
         Verb::Run(args) => run::run(&args),
+        Verb::Check(args) => check::check(&args),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,7 @@
 //! `heapkeep run`: start the program with the library preloaded, wait,
-//! read its exit report, print the summary.
+//! read its exit report, print the summary. Also what `heapkeep check`
+//! shares with it: finding the library, preloading it, waiting for the
+//! program and turning how it ended into our exit status.
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
@@ -14,9 +16,9 @@ use crate::RunArgs;
 const LIB_NAME: &str = "libheapkeep_preload.so";
 
 /// The library to preload: `--lib`, else `HEAPKEEP_LIB`, else beside us.
-fn find_lib(args: &RunArgs) -> Result<PathBuf, String> {
-    let (lib, source) = if let Some(l) = &args.lib {
-        (l.clone(), "--lib")
+pub(crate) fn find_lib(lib: Option<&Path>) -> Result<PathBuf, String> {
+    let (lib, source) = if let Some(l) = lib {
+        (l.to_path_buf(), "--lib")
     } else if let Some(l) = std::env::var_os("HEAPKEEP_LIB").filter(|l| !l.is_empty()) {
         (PathBuf::from(l), "HEAPKEEP_LIB")
     } else {
@@ -74,7 +76,7 @@ impl Drop for ReportDir {
 extern "C" fn ignore_signal(_: libc::c_int) {}
 
 /// `LD_PRELOAD` with `lib` first, keeping what was there.
-fn preload_value(lib: &Path) -> OsString {
+pub(crate) fn preload_value(lib: &Path) -> OsString {
     let mut v = OsString::from(lib);
     if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|o| !o.is_empty()) {
         v.push(":");
@@ -83,17 +85,9 @@ fn preload_value(lib: &Path) -> OsString {
     v
 }
 
-pub fn run(args: &RunArgs) -> Result<ExitCode, String> {
-    let lib = find_lib(args)?;
-    let dir = ReportDir::new()?;
-    let prefix = dir.0.join("report");
-    let program = args.command[0].to_string_lossy().into_owned();
-
-    let mut cmd = Command::new(&args.command[0]);
-    cmd.args(&args.command[1..])
-        .env("LD_PRELOAD", preload_value(&lib))
-        .env("HEAPKEEP_REPORT", &prefix);
-    let start = Instant::now();
+/// Starts `cmd` (the program named `program`) and waits for it, ignoring
+/// SIGINT and SIGQUIT meanwhile; returns its process id and how it ended.
+pub(crate) fn spawn_and_wait(cmd: &mut Command, program: &str) -> Result<(u32, Ending), String> {
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot run {program}: {e}"))?;
@@ -114,14 +108,38 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, String> {
         libc::signal(libc::SIGQUIT, old[1]);
     }
     let status = status?;
-    let wall = start.elapsed();
     let ending = match (status.code(), status.signal()) {
         (Some(c), _) => Ending::Exited(c),
         (None, Some(s)) => Ending::Signaled(s),
         (None, None) => Ending::Exited(1),
     };
+    Ok((child.id(), ending))
+}
 
-    let own = format!("report.{}", child.id());
+/// Our exit status for a program that ended so: its own, or 128+N when
+/// killed by signal N.
+pub(crate) fn exit_code(ending: Ending) -> ExitCode {
+    match ending {
+        Ending::Exited(c) => ExitCode::from(c as u8),
+        Ending::Signaled(s) => ExitCode::from(128u8.wrapping_add(s as u8)),
+    }
+}
+
+pub fn run(args: &RunArgs) -> Result<ExitCode, String> {
+    let lib = find_lib(args.lib.as_deref())?;
+    let dir = ReportDir::new()?;
+    let prefix = dir.0.join("report");
+    let program = args.command[0].to_string_lossy().into_owned();
+
+    let mut cmd = Command::new(&args.command[0]);
+    cmd.args(&args.command[1..])
+        .env("LD_PRELOAD", preload_value(&lib))
+        .env("HEAPKEEP_REPORT", &prefix);
+    let start = Instant::now();
+    let (pid, ending) = spawn_and_wait(&mut cmd, &program)?;
+    let wall = start.elapsed();
+
+    let own = format!("report.{pid}");
     let mut report: Option<Report> = None;
     let mut others = 0;
     if let Ok(entries) = std::fs::read_dir(&dir.0) {
@@ -149,8 +167,5 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, String> {
         std::fs::write(path, text + "\n")
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    Ok(match ending {
-        Ending::Exited(c) => ExitCode::from(c as u8),
-        Ending::Signaled(s) => ExitCode::from(128u8.wrapping_add(s as u8)),
-    })
+    Ok(exit_code(ending))
 }

@@ -1,0 +1,239 @@
+//! Heap misuse in Rust for check mode (`HEAPKEEP_CHECK=1`), on heapkeep as
+//! the global allocator; one case per run, named by the first argument:
+//!
+//! - `double-free`: `dealloc` twice.
+//! - `uaf-write`: a byte of a freed 100-byte block written; found at exit.
+//! - `overflow`: the byte after a 100-byte block written, then `dealloc`.
+//! - `layout-mismatch-size`: 100 bytes allocated, freed with size 64.
+//! - `layout-mismatch-align`: allocated with align 64, freed with align 8.
+//! - `realloc-layout-mismatch`: `realloc` given size 64 for a 100-byte block.
+//! - `leak`: 5 boxes (1700 bytes) leaked and no longer referenced.
+//! - `clean`: `Vec`, `HashMap`, `String` and `std::alloc` used correctly;
+//!   prints `ok`.
+//!
+//! As in tests/c/check/misuse.c, every block comes from a named site
+//! (`alloc_site_small`, `alloc_site_aligned`, `leak_site_triple`,
+//! `leak_site_pair`) and every free or access from another (`free_site`,
+//! `free_again_site`, `free_wrong_layout_site`, `realloc_wrong_layout_site`,
+//! `uaf_write_site`, `overflow_write_site`), so a test can find the names in
+//! the report. A misuse check mode catches prints nothing of ours; if the
+//! program is still running after one that should have stopped it, it says
+//! so on stderr (not on a `heapkeep:` line).
+
+use std::alloc::{alloc, dealloc, realloc, Layout};
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::ptr;
+
+#[global_allocator]
+static A: heapkeep::HeapKeep = heapkeep::HeapKeep;
+
+const SMALL: usize = 100;
+
+fn layout(size: usize, align: usize) -> Layout {
+    Layout::from_size_align(size, align).expect("valid layout")
+}
+
+#[inline(never)]
+fn alloc_site_small(size: usize) -> *mut u8 {
+    // SAFETY: the layout is not zero-sized.
+    let p = unsafe { alloc(layout(size, 8)) };
+    assert!(!p.is_null());
+    p
+}
+
+#[inline(never)]
+fn alloc_site_aligned(size: usize, align: usize) -> *mut u8 {
+    // SAFETY: the layout is not zero-sized.
+    let p = unsafe { alloc(layout(size, align)) };
+    assert!(!p.is_null());
+    p
+}
+
+/// # Safety
+/// `p` was allocated with `l` and is not freed yet (for a correct free).
+#[inline(never)]
+unsafe fn free_site(p: *mut u8, l: Layout) {
+    unsafe { dealloc(p, l) }
+}
+
+/// # Safety
+/// None: this is the misuse (a second free of `p`).
+#[inline(never)]
+unsafe fn free_again_site(p: *mut u8, l: Layout) {
+    unsafe { dealloc(p, l) }
+}
+
+/// # Safety
+/// None: this is the misuse (`l` is not the layout `p` was allocated with).
+#[inline(never)]
+unsafe fn free_wrong_layout_site(p: *mut u8, l: Layout) {
+    unsafe { dealloc(p, l) }
+}
+
+/// # Safety
+/// None: this is the misuse (`l` is not the layout `p` was allocated with).
+#[inline(never)]
+unsafe fn realloc_wrong_layout_site(p: *mut u8, l: Layout, new_size: usize) -> *mut u8 {
+    unsafe { realloc(p, l, new_size) }
+}
+
+/// Writes `v` at `p + i`.
+///
+/// # Safety
+/// None: this is the misuse (`p` was freed).
+#[inline(never)]
+unsafe fn uaf_write_site(p: *mut u8, i: usize, v: u8) {
+    unsafe { ptr::write_volatile(p.add(i), v) }
+}
+
+/// Writes `v` at `p + i`.
+///
+/// # Safety
+/// None: this is the misuse (`p + i` is past the block).
+#[inline(never)]
+unsafe fn overflow_write_site(p: *mut u8, i: usize, v: u8) {
+    unsafe { ptr::write_volatile(p.add(i), v) }
+}
+
+/// The complement of the byte at `p + i`: writing it back always changes
+/// the byte, whatever fill pattern was there.
+///
+/// # Safety
+/// `p + i` must be readable (a freed small block or a redzone is).
+unsafe fn flipped(p: *mut u8, i: usize) -> u8 {
+    !unsafe { ptr::read_volatile(p.add(i)) }
+}
+
+/// Leaks a box of `n` bytes (its contents are no pointers).
+#[inline(never)]
+fn leak_site_triple(n: usize) {
+    black_box(Box::leak(vec![0x11u8; n].into_boxed_slice()).len());
+}
+
+/// Leaks a box of `n` bytes (its contents are no pointers).
+#[inline(never)]
+fn leak_site_pair(n: usize) {
+    black_box(Box::leak(vec![0x22u8; n].into_boxed_slice()).len());
+}
+
+/// Overwrites the stack below the caller with zeros, so no stale copy of a
+/// leaked pointer survives where the leak sites ran (the exiting thread's
+/// stack is a root of the leak search).
+#[inline(never)]
+fn scrub_stack() {
+    let mut zeros = [0u8; 64 * 1024];
+    black_box(&mut zeros);
+}
+
+/// 3 blocks of 100, 200 and 400 bytes and 2 of 500: 1700 bytes in 5
+/// blocks, each site called in a loop so its blocks share one stack.
+#[inline(never)]
+fn leak() {
+    for n in [100, 200, 400] {
+        leak_site_triple(n);
+    }
+    for _ in 0..2 {
+        leak_site_pair(500);
+    }
+    scrub_stack();
+}
+
+fn clean() {
+    let mut v: Vec<u64> = (0..10_000).collect();
+    v.retain(|x| x % 3 != 0);
+    let mut m: HashMap<String, Vec<usize>> = HashMap::new();
+    for i in 0..5000 {
+        m.entry(format!("key-{}", i % 257)).or_default().push(i);
+    }
+    let mut s = String::new();
+    for (k, list) in &m {
+        if list.len() > 19 {
+            s.push_str(k);
+        }
+    }
+    let boxes: Vec<Box<[u8]>> = (0..200)
+        .map(|i| vec![i as u8; i * 37].into_boxed_slice())
+        .collect();
+    // SAFETY: each block is used within its layout and freed with it.
+    unsafe {
+        for (size, align) in [(100, 8), (100, 64), (5000, 4096), (1 << 20, 16)] {
+            let l = layout(size, align);
+            let p = alloc(l);
+            assert!(!p.is_null() && (p as usize).is_multiple_of(align));
+            ptr::write_bytes(p, 7, size);
+            let q = realloc(p, l, size * 2);
+            assert!(!q.is_null() && *q.add(size - 1) == 7);
+            dealloc(q, layout(size * 2, align));
+        }
+    }
+    let total: u64 = v.iter().sum::<u64>()
+        + m.values().map(|l| l.len() as u64).sum::<u64>()
+        + boxes.iter().map(|b| b.len() as u64).sum::<u64>()
+        + s.len() as u64;
+    black_box(total);
+    println!("ok");
+}
+
+/// Runs `case`: `Some(true)` for a misuse only found at exit (main then
+/// returns normally), `Some(false)` for one that should have stopped us,
+/// `None` for an unknown case.
+fn run_case(case: &str) -> Option<bool> {
+    let small = layout(SMALL, 8);
+    // SAFETY: none; the misuses are the point. Every access that is not the
+    // misuse itself stays within a live or freed small block.
+    unsafe {
+        match case {
+            "double-free" => {
+                let p = alloc_site_small(SMALL);
+                free_site(p, small);
+                free_again_site(p, small);
+            }
+            "uaf-write" => {
+                let p = alloc_site_small(SMALL);
+                free_site(p, small);
+                uaf_write_site(p, 50, flipped(p, 50));
+                return Some(true);
+            }
+            "overflow" => {
+                let p = alloc_site_small(SMALL);
+                overflow_write_site(p, SMALL, flipped(p, SMALL));
+                free_site(p, small);
+            }
+            "layout-mismatch-size" => {
+                let p = alloc_site_small(SMALL);
+                free_wrong_layout_site(p, layout(64, 8));
+            }
+            "layout-mismatch-align" => {
+                let p = alloc_site_aligned(SMALL, 64);
+                free_wrong_layout_site(p, layout(SMALL, 8));
+            }
+            "realloc-layout-mismatch" => {
+                let p = alloc_site_small(SMALL);
+                black_box(realloc_wrong_layout_site(p, layout(64, 8), 200));
+            }
+            "leak" => {
+                leak();
+                return Some(true);
+            }
+            "clean" => {
+                clean();
+                return Some(true);
+            }
+            _ => return None,
+        }
+    }
+    Some(false)
+}
+
+fn main() {
+    let case = std::env::args().nth(1).unwrap_or_default();
+    match run_case(&case) {
+        None => {
+            eprintln!("check_misuse: unknown case {case:?}");
+            std::process::exit(2);
+        }
+        Some(false) => eprintln!("check_misuse: {case}: still running after the misuse"),
+        Some(true) => {}
+    }
+}
