@@ -149,7 +149,17 @@ impl Heap {
 /// Returns null when out of memory or when the request is impossible.
 #[inline(always)]
 pub(crate) fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
-    let heap = thread::current();
+    // SAFETY: the calling thread runs its current heap.
+    unsafe { alloc_in(thread::current(), size, align, zero) }
+}
+
+/// [`alloc`] from `heap`.
+///
+/// # Safety
+/// The calling thread runs `heap` (or holds the lock that serialises its
+/// use: check mode's inner heap); `heap` may be the static empty heap.
+#[inline(always)]
+pub(crate) unsafe fn alloc_in(heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
     if size <= DIRECT_MAX && align <= 16 {
         let idx = (size.max(align) + 7) >> 3;
         // SAFETY: `heap` is this thread's heap (or the static empty heap) and
@@ -261,7 +271,35 @@ unsafe fn clear_block(page: *mut Page, block: *mut Block, size: usize) {
 /// `p` was returned by this allocator and is not freed yet.
 #[inline(always)]
 pub(crate) unsafe fn free(p: *mut u8) {
+    // SAFETY: forwarded from the caller; align 0 says "layout not known".
+    unsafe { free_layout(p, 0, 0) }
+}
+
+/// Frees the block at `p`, which Rust code allocated with the layout
+/// `size`/`align` (align 0: not known). Only check mode looks at the layout.
+///
+/// # Safety
+/// `p` was returned by this allocator and is not freed yet.
+#[inline(always)]
+pub(crate) unsafe fn free_layout(p: *mut u8, size: usize, align: usize) {
     let heap = thread::current();
+    if heap == thread::empty_heap() {
+        // A thread without a heap (always so in check mode): before the
+        // block's headers are read, since check mode trusts no pointer.
+        // SAFETY: forwarded from the caller.
+        return unsafe { free_heapless(p, size, align) };
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { free_in(heap, p) }
+}
+
+/// [`free`] of a block to a thread whose heap is `heap`.
+///
+/// # Safety
+/// As for [`free`]; the calling thread runs `heap` (or holds the lock that
+/// serialises its use), which is not the static empty heap.
+#[inline(always)]
+pub(crate) unsafe fn free_in(heap: *mut Heap, p: *mut u8) {
     let seg = segment_of(p);
     // SAFETY: `p` is a live heapkeep block (caller), so its segment header is mapped.
     let page = unsafe { page_of(seg, p) };
@@ -285,6 +323,25 @@ pub(crate) unsafe fn free(p: *mut u8) {
 
 // ---------------------------------------------------------------------------
 // Freeing, cold parts
+
+/// [`free_layout`] on a thread that has no heap: check mode's free, or a
+/// remote free from a thread that never allocated.
+///
+/// # Safety
+/// As for [`free`] (in check mode `p` may be anything: it is looked up).
+#[cold]
+#[inline(never)]
+unsafe fn free_heapless(p: *mut u8, size: usize, align: usize) {
+    if crate::check::enabled() {
+        // SAFETY: check mode validates `p` before any use.
+        return unsafe { crate::check::free(p, size, align) };
+    }
+    // SAFETY: `p` is a live block (caller), so its headers are mapped.
+    unsafe {
+        let page = page_of(segment_of(p), p);
+        free_slow(thread::empty_heap(), page, p.cast());
+    }
+}
 
 /// Frees a block whose page is not simply "ours": a full page of ours, a page
 /// of another heap, or a huge block.
@@ -853,6 +910,12 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
     // SAFETY: `heap` is this thread's (caller); the empty heap is replaced first.
     unsafe {
         if (*heap).remote.state.load(Ordering::Relaxed) == STATE_EMPTY {
+            if !thread::global_init() {
+                return ptr::null_mut();
+            }
+            if crate::check::active() {
+                return crate::check::alloc(size, align, zero);
+            }
             heap = thread::init_current();
             if heap.is_null() {
                 return ptr::null_mut();
@@ -1103,6 +1166,20 @@ unsafe fn alloc_large(heap: *mut Heap, size: usize, align: usize, zero: bool) ->
 /// # Safety
 /// `p` is a live block of this allocator.
 pub(crate) unsafe fn usable_size(p: *const u8) -> usize {
+    if thread::current() == thread::empty_heap() && crate::check::enabled() {
+        // SAFETY: check mode validates `p` before any use.
+        return unsafe { crate::check::usable_size(p) };
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { block_usable(p) }
+}
+
+/// Usable bytes of the live block at `p`, from its headers (no check-mode
+/// routing: for check mode's own inner blocks).
+///
+/// # Safety
+/// `p` is a live block of this allocator.
+pub(crate) unsafe fn block_usable(p: *const u8) -> usize {
     let seg = segment_of(p);
     // SAFETY: the block is live, so its headers are mapped.
     unsafe {
@@ -1115,8 +1192,8 @@ pub(crate) unsafe fn usable_size(p: *const u8) -> usize {
     }
 }
 
-/// Resizes the block at `p` (old size `old_size`, alignment `align`) to
-/// `new_size`, in place when it can. Null when out of memory (the old block
+/// Resizes the block at `p` (old size `old_size`, `usize::MAX` when not
+/// known; alignment `align`) to `new_size`, in place when it can. Null when out of memory (the old block
 /// is then untouched).
 ///
 /// # Safety
@@ -1132,6 +1209,9 @@ pub(crate) unsafe fn realloc(
     // SAFETY: the block is live; `heap` is the calling thread's.
     unsafe {
         if (*heap).remote.state.load(Ordering::Relaxed) == STATE_EMPTY {
+            if crate::check::enabled() {
+                return crate::check::realloc(p, old_size, align, new_size);
+            }
             // The counts below need a heap of this thread.
             heap = thread::init_current();
             if heap.is_null() {
@@ -1173,6 +1253,11 @@ pub(crate) unsafe fn realloc(
         if q.is_null() {
             return q;
         }
+        let old_size = if old_size == usize::MAX {
+            usable
+        } else {
+            old_size
+        };
         ptr::copy_nonoverlapping(p, q, old_size.min(new_size));
         free(p);
         // The new block (and its size) and the free are counted already.

@@ -82,9 +82,10 @@ unsafe impl GlobalAlloc for HeapKeep {
     }
 
     #[inline]
-    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
-        // SAFETY: the caller passes a live block of this allocator.
-        unsafe { heap::free(ptr) }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller passes a live block of this allocator; the
+        // layout only matters to check mode (layout-mismatch reports).
+        unsafe { heap::free_layout(ptr, layout.size(), layout.align()) }
     }
 
     #[inline]
@@ -135,11 +136,9 @@ pub mod raw {
     /// `ptr` is a live block of this allocator allocated with `align`.
     #[inline]
     pub unsafe fn realloc(ptr: *mut u8, align: usize, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded; the usable size bounds what may be copied.
-        unsafe {
-            let old = crate::heap::usable_size(ptr);
-            crate::heap::realloc(ptr, old, align, new_size)
-        }
+        // SAFETY: forwarded; with the old size unknown (`usize::MAX`), the
+        // usable size bounds what is copied.
+        unsafe { crate::heap::realloc(ptr, usize::MAX, align, new_size) }
     }
 }
 

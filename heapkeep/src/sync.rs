@@ -34,6 +34,19 @@ impl<T> SpinLock<T> {
         SpinGuard { lock: self }
     }
 
+    /// Takes the lock if it comes free within `attempts` tries (each after
+    /// a yield); `None` otherwise. For a fault handler, which must not wait
+    /// forever on a lock its own thread may hold.
+    pub(crate) fn lock_within(&self, attempts: u32) -> Option<SpinGuard<'_, T>> {
+        for _ in 0..attempts {
+            if !self.locked.swap(true, Ordering::Acquire) {
+                return Some(SpinGuard { lock: self });
+            }
+            crate::os::yield_now();
+        }
+        None
+    }
+
     /// Takes the lock without producing a guard (fork handlers).
     pub(crate) fn raw_lock(&self) {
         let mut spins = 0u32;

@@ -135,6 +135,13 @@ pub(crate) fn empty_page() -> *mut Page {
     EMPTY_PAGE.0.get()
 }
 
+/// The static empty heap (a thread's heap until its first allocation; in
+/// check mode, for good).
+#[inline(always)]
+pub(crate) fn empty_heap() -> *mut Heap {
+    EMPTY_HEAP.0.get()
+}
+
 /// The calling thread's heap (the static empty heap if it has none yet).
 #[inline(always)]
 pub(crate) fn current() -> *mut Heap {
@@ -163,7 +170,7 @@ unsafe impl Send for PoolList {}
 
 /// One-time process set-up. False if the platform cannot run heapkeep.
 #[cold]
-fn global_init() -> bool {
+pub(crate) fn global_init() -> bool {
     loop {
         match INIT.load(Ordering::Acquire) {
             READY => return true,
@@ -191,9 +198,11 @@ fn global_init() -> bool {
     };
     SECRET.store(os::random_u64() as usize, Ordering::Relaxed);
     EXIT_KEY.store(key, Ordering::Relaxed);
+    crate::check::init();
     INIT.store(READY, Ordering::Release);
     // After READY: registering may allocate (glibc), which must find us ready.
     os::register_fork_handlers(fork_prepare, fork_parent, fork_child);
+    crate::check::start();
     true
 }
 
@@ -261,7 +270,7 @@ fn pool_take() -> Option<*mut Heap> {
 }
 
 /// Makes a new active heap from the heap arena.
-fn new_heap() -> *mut Heap {
+pub(crate) fn new_heap() -> *mut Heap {
     let size = core::mem::size_of::<Heap>().next_multiple_of(64);
     let mem = {
         let mut a = ARENA.lock();
@@ -315,6 +324,7 @@ unsafe extern "C" fn thread_exit(value: *mut libc::c_void) {
 }
 
 unsafe extern "C" fn fork_prepare() {
+    crate::check::fork_prepare();
     POOL.raw_lock();
     ARENA.raw_lock();
     crate::segment::fork_prepare();
@@ -328,6 +338,7 @@ unsafe extern "C" fn fork_parent() {
         crate::segment::fork_release();
         ARENA.raw_unlock();
         POOL.raw_unlock();
+        crate::check::fork_parent();
     }
 }
 
@@ -338,6 +349,7 @@ unsafe extern "C" fn fork_child() {
         crate::segment::fork_release();
         ARENA.force_unlock();
         POOL.force_unlock();
+        crate::check::fork_child();
     }
 }
 

@@ -1,9 +1,795 @@
 //! Check mode: catches heap misuse (double and invalid frees, use after
-//! free, overflows, layout mismatches, leaks) and reports where it happened.
-//! Turned on by `HEAPKEEP_CHECK=1` (`heapkeep check` sets it); see
-//! [`OPTIONS`] for the rest.
+//! free, overflows and underflows, layout mismatches, stack overflows,
+//! leaks) and reports each with the stacks that allocated and freed the
+//! block. Turned on by `HEAPKEEP_CHECK=1` (`heapkeep check` sets it); the
+//! other options are in [`OPTIONS`].
+//!
+//! ## How it hooks into the heap
+//! In check mode no thread ever gets a heap of its own: every thread stays
+//! on the static empty heap, so its allocations always miss the fast path
+//! and its frees take the heapless branch; `heap.rs` hands both to this
+//! module (`alloc`, `free`, `realloc`, `usable_size`). Fast mode pays one
+//! compare in `free` for this.
+//!
+//! ## Blocks
+//! - Small blocks (up to [`LARGE_MIN`]) come from one inner heap, used only
+//!   under the check lock, with a redzone of pattern bytes before and after
+//!   the requested bytes (checked on free, realloc and exit).
+//! - Large blocks get a mapping of their own: the block ends at the end of
+//!   its last data page, with an inaccessible guard page on each side, so a
+//!   read or write past the end faults and the fault handler reports it.
+//! - Freed blocks go to a quarantine (a FIFO bounded in bytes) instead of
+//!   back to the heap: small ones are filled with a pattern, verified when
+//!   they leave it and at exit; large ones are made inaccessible.
+//! - What is known about each block lives in a side table ([`table`]), so
+//!   bad pointers are looked up there, never dereferenced.
 
+mod fault;
+mod leaks;
 mod options;
 pub(crate) mod report;
+mod stack;
+mod table;
+
+use core::cell::Cell;
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 pub use options::{CheckOption, OPTIONS};
+
+use crate::heap::{self, Heap};
+use crate::os;
+use crate::sync::SpinLock;
+use options::id;
+use report::Writer;
+use stack::{Depot, Frames};
+use table::{Entry, Table, FREED, LARGE, LIVE, SMALL};
+
+/// Blocks larger than this get a mapping of their own with guard pages.
+pub(crate) const LARGE_MIN: usize = 64 * 1024;
+/// Byte of the redzones around small blocks (and the slack of large ones).
+const REDZONE_BYTE: u8 = 0xab;
+/// Byte freed small blocks are filled with.
+const FREED_BYTE: u8 = 0xdf;
+/// Alignment of every check-mode block (as the C heap gives).
+const MIN_ALIGN: usize = 16;
+
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// The process that turned check mode on (forked children skip the leak
+/// report: their heap is a copy of the parent's).
+static PID: AtomicU32 = AtomicU32::new(0);
+
+/// Everything behind the check lock.
+struct State {
+    /// The inner heap small blocks come from (null until first use).
+    heap: *mut Heap,
+    table: Table,
+    depot: Depot,
+    quarantine: Quarantine,
+}
+
+// SAFETY: the state is only reached through `STATE`'s lock; the inner heap
+// is used by whichever thread holds it.
+unsafe impl Send for State {}
+
+static STATE: SpinLock<State> = SpinLock::new(State {
+    heap: ptr::null_mut(),
+    table: Table::new(),
+    depot: Depot::new(),
+    quarantine: Quarantine::new(),
+});
+
+/// Per-thread state of check mode.
+struct ThreadState {
+    /// Kernel thread id (0 until known).
+    tid: Cell<u32>,
+    /// Inside the checker (capturing a stack or reporting): a nested
+    /// allocation skips its stack capture instead of recursing.
+    busy: Cell<bool>,
+    /// The thread's alternate signal stack and stack bounds are set up.
+    ready: Cell<bool>,
+}
+
+thread_local! {
+    static THREAD: ThreadState = const {
+        ThreadState { tid: Cell::new(0), busy: Cell::new(false), ready: Cell::new(false) }
+    };
+}
+
+/// Whether check mode is on (decided once, at start-up).
+#[inline]
+pub(crate) fn active() -> bool {
+    ACTIVE.load(Ordering::Relaxed)
+}
+
+/// Whether check mode is on, starting heapkeep first if nothing did yet
+/// (a program's first heap call may be a free or a realloc).
+pub(crate) fn enabled() -> bool {
+    crate::thread::global_init() && active()
+}
+
+/// Reads the options; turns check mode on if asked. Called once during
+/// heapkeep's start-up, before any block is handed out.
+pub(crate) fn init() {
+    options::read_all();
+    if options::get(id::CHECK) == 1 {
+        // SAFETY: getpid has no preconditions.
+        PID.store(unsafe { libc::getpid() } as u32, Ordering::Relaxed);
+        ACTIVE.store(true, Ordering::Release);
+    }
+}
+
+/// The rest of start-up, once the heap can serve allocations (these calls
+/// may allocate): the exit hook and the fault handler.
+pub(crate) fn start() {
+    if active() {
+        // SAFETY: registers a plain function.
+        unsafe { libc::atexit(at_exit) };
+        fault::install();
+    }
+}
+
+extern "C" fn at_exit() {
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } as u32 != PID.load(Ordering::Relaxed) {
+        return;
+    }
+    leaks::at_exit();
+}
+
+/// The calling thread's id, set-up done on first use.
+fn this_thread() -> u32 {
+    THREAD.with(|t| {
+        if !t.ready.get() {
+            t.ready.set(true);
+            t.busy.set(true);
+            fault::setup_thread();
+            t.busy.set(false);
+        }
+        let mut tid = t.tid.get();
+        if tid == 0 {
+            // SAFETY: gettid has no preconditions.
+            tid = unsafe { libc::gettid() } as u32;
+            t.tid.set(tid);
+        }
+        tid
+    })
+}
+
+/// Captures the stack of the checker's caller unless the thread is already
+/// inside the checker (then the stack stays empty). `marker` is the address
+/// of a local of the checker's entry point: frames below it are left out.
+#[inline(never)]
+fn capture_here(frames: &mut Frames, marker: usize) {
+    frames.len = 0;
+    THREAD.with(|t| {
+        if !t.busy.get() {
+            t.busy.set(true);
+            // A few more than asked: the allocator's own frames above the
+            // entry point (malloc, the slow path) are dropped when printed.
+            stack::capture(frames, options::get(id::STACK_DEPTH) + 3, marker);
+            t.busy.set(false);
+        }
+    });
+}
+
+/// The address of `x`, as a stack marker for [`capture_here`].
+#[inline(always)]
+fn marker<T>(x: &T) -> usize {
+    x as *const T as usize
+}
+
+/// A detected error, carried out of the lock to be reported.
+struct Error {
+    class: &'static str,
+    addr: usize,
+    detail: Writer,
+    block: Option<Entry>,
+    alloc: Frames,
+    free: Frames,
+}
+
+impl Error {
+    fn new(class: &'static str, addr: usize) -> Error {
+        Error {
+            class,
+            addr,
+            detail: Writer::buffer(),
+            block: None,
+            alloc: Frames::new(),
+            free: Frames::new(),
+        }
+    }
+
+    /// Attaches the block `e` (its stacks copied out of the depot).
+    fn with_block(mut self, st: &State, e: &Entry) -> Error {
+        copy_stack(&mut self.alloc, st.depot.get(e.alloc_stack));
+        copy_stack(&mut self.free, st.depot.get(e.free_stack));
+        self.block = Some(*e);
+        self
+    }
+}
+
+fn copy_stack(dst: &mut Frames, src: &[usize]) {
+    dst.len = src.len().min(dst.ips.len());
+    dst.ips[..dst.len].copy_from_slice(&src[..dst.len]);
+}
+
+/// Prints `err` (one screen) and aborts, unless the keep-going option is
+/// set. `here` is the stack of the call that found it (may be empty).
+#[cold]
+fn report(err: &Error, here: &Frames) {
+    THREAD.with(|t| t.busy.set(true));
+    let symbolize = options::get(id::SYMBOLIZE) == 1;
+    let tid = this_thread();
+    let mut w = Writer::new();
+    w.s("heapkeep: error: ")
+        .s(err.class)
+        .s(" on ")
+        .x(err.addr)
+        .s("\n  ")
+        .b(err.detail.as_bytes())
+        .s("\n");
+    if here.len > 0 {
+        w.s("  here (thread ").d(tid as usize).s("):\n");
+        stack::print(&mut w, here.as_slice(), symbolize);
+    }
+    if let Some(e) = &err.block {
+        w.s("  allocated (thread ").d(e.alloc_tid as usize).s("):\n");
+        stack::print(&mut w, err.alloc.as_slice(), symbolize);
+        if e.state == FREED {
+            w.s("  freed (thread ").d(e.free_tid as usize).s("):\n");
+            stack::print(&mut w, err.free.as_slice(), symbolize);
+        }
+    }
+    if options::get(id::KEEP_GOING) == 1 {
+        w.flush();
+        THREAD.with(|t| t.busy.set(false));
+        return;
+    }
+    w.s("heapkeep: aborting\n");
+    w.flush();
+    // SAFETY: abort has no preconditions.
+    unsafe { libc::abort() }
+}
+
+// ---------------------------------------------------------------------------
+// The quarantine
+
+/// Freed blocks held back from reuse, oldest first: a ring of block
+/// addresses (their entries, `FREED`, are in the table) and their bytes.
+///
+/// Invariant: `ring` maps `cap` words (0 = not mapped yet); the `len`
+/// addresses from `head` on are the quarantined blocks, in free order;
+/// `bytes` is the sum of their extents.
+struct Quarantine {
+    ring: *mut usize,
+    cap: usize,
+    head: usize,
+    len: usize,
+    bytes: usize,
+}
+
+impl Quarantine {
+    const fn new() -> Quarantine {
+        Quarantine {
+            ring: ptr::null_mut(),
+            cap: 0,
+            head: 0,
+            len: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Adds `addr` at the back; false if there is no room at all.
+    fn push(&mut self, addr: usize, bytes: usize) -> bool {
+        if self.cap == 0 {
+            let cap = 1 << 20;
+            let mem = os::map_aligned(cap * 8, os::PAGE_SIZE);
+            if mem.is_null() {
+                return false;
+            }
+            self.ring = mem.cast();
+            self.cap = cap;
+        }
+        if self.len == self.cap {
+            return false;
+        }
+        // SAFETY: the index is below `cap`; the ring is our mapping.
+        unsafe { *self.ring.add((self.head + self.len) % self.cap) = addr };
+        self.len += 1;
+        self.bytes += bytes;
+        true
+    }
+
+    /// Takes the oldest address.
+    fn pop(&mut self) -> Option<usize> {
+        if self.len == 0 {
+            return None;
+        }
+        // SAFETY: `head < cap`, a filled slot.
+        let a = unsafe { *self.ring.add(self.head) };
+        self.head = (self.head + 1) % self.cap;
+        self.len -= 1;
+        Some(a)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Pattern checks
+
+/// The first byte in `[from, to)` that is not `byte`, as an address.
+///
+/// # Safety
+/// The range is readable.
+unsafe fn first_not(from: usize, to: usize, byte: u8) -> Option<usize> {
+    let mut a = from;
+    let word = usize::from_ne_bytes([byte; 8]);
+    // SAFETY: reads inside the range (caller).
+    unsafe {
+        while a < to && a % 8 != 0 {
+            if *(a as *const u8) != byte {
+                return Some(a);
+            }
+            a += 1;
+        }
+        while a + 8 <= to {
+            if *(a as *const usize) != word {
+                break;
+            }
+            a += 8;
+        }
+        while a < to {
+            if *(a as *const u8) != byte {
+                return Some(a);
+            }
+            a += 1;
+        }
+    }
+    None
+}
+
+/// The edges of a block's data pages: `[lo, hi)` around the requested
+/// bytes, where the pattern must be intact (redzones of a small block, the
+/// slack in the first and last page of a large one).
+fn pattern_edges(e: &Entry) -> (usize, usize) {
+    if e.kind == SMALL {
+        (e.base, e.base + e.extent)
+    } else {
+        (e.base + os::PAGE_SIZE, e.base + e.extent - os::PAGE_SIZE)
+    }
+}
+
+/// Checks the redzones of live block `e`: an error if a byte before or
+/// after the requested bytes changed.
+fn check_redzones(st: &State, e: &Entry) -> Option<Error> {
+    let (lo, hi) = pattern_edges(e);
+    // SAFETY: both ranges are inside the block's memory, which is ours and
+    // accessible while the block is live.
+    unsafe {
+        if let Some(bad) = first_not(lo, e.addr, REDZONE_BYTE) {
+            let mut err = Error::new("heap-underflow", bad).with_block(st, e);
+            err.detail
+                .s("a ")
+                .d(e.size)
+                .s("-byte block at ")
+                .x(e.addr)
+                .s(" was written ")
+                .d(e.addr - bad)
+                .s(" bytes before its start (offset -")
+                .d(e.addr - bad)
+                .s(")");
+            return Some(err);
+        }
+        if let Some(bad) = first_not(e.addr + e.size, hi, REDZONE_BYTE) {
+            let mut err = Error::new("heap-overflow", bad).with_block(st, e);
+            err.detail
+                .s("a ")
+                .d(e.size)
+                .s("-byte block at ")
+                .x(e.addr)
+                .s(" was written past its end, at offset ")
+                .d(bad - e.addr);
+            return Some(err);
+        }
+    }
+    None
+}
+
+/// Checks that freed small block `e` still holds the freed pattern.
+fn check_freed(st: &State, e: &Entry) -> Option<Error> {
+    if e.kind != SMALL {
+        return None; // inaccessible while freed: a write would have faulted
+    }
+    // SAFETY: the block's memory is ours (quarantined) and accessible.
+    let bad = unsafe { first_not(e.addr, e.addr + e.size, FREED_BYTE) };
+    if let Some(bad) = bad {
+        let mut err = Error::new("use-after-free", bad).with_block(st, e);
+        err.detail
+            .s("a ")
+            .d(e.size)
+            .s("-byte block at ")
+            .x(e.addr)
+            .s(" was written after it was freed, at offset ")
+            .d(bad - e.addr);
+        return Some(err);
+    }
+    check_redzones(st, e)
+}
+
+// ---------------------------------------------------------------------------
+// Allocation
+
+/// The layout of a large block: mapping length and the offset of the block
+/// in it (the block ends as close to the trailing guard page as its
+/// alignment allows).
+fn large_layout(size: usize, align: usize) -> Option<(usize, usize)> {
+    let page = os::PAGE_SIZE;
+    let data = if align > page {
+        size.checked_add(align)?.checked_next_multiple_of(page)?
+    } else {
+        size.max(1).checked_next_multiple_of(page)?
+    };
+    let total = data.checked_add(2 * page)?;
+    if total > isize::MAX as usize {
+        return None;
+    }
+    let end = page + data;
+    Some((total, (end - size) & !(align - 1)))
+}
+
+/// Takes a new block (not yet in the table). Null when out of memory.
+fn take_block(st: &mut State, size: usize, align: usize, zero: bool) -> Option<Entry> {
+    let align = align.max(MIN_ALIGN);
+    let redzone = options::get(id::REDZONE);
+    let mut e = Entry {
+        addr: 0,
+        size,
+        base: 0,
+        extent: 0,
+        align: 0,
+        state: LIVE,
+        kind: SMALL,
+        alloc_tid: 0,
+        free_tid: 0,
+        alloc_stack: 0,
+        free_stack: 0,
+    };
+    if size <= LARGE_MIN && align <= LARGE_MIN {
+        if st.heap.is_null() {
+            st.heap = crate::thread::new_heap();
+            if st.heap.is_null() {
+                return None;
+            }
+        }
+        let front = redzone.next_multiple_of(align);
+        // SAFETY: the inner heap is ours while we hold the check lock.
+        let base = unsafe { heap::alloc_in(st.heap, front + size + redzone, align, zero) };
+        if base.is_null() {
+            return None;
+        }
+        e.base = base as usize;
+        // SAFETY: `base` is a live inner block.
+        e.extent = unsafe { heap::block_usable(base) };
+        e.addr = e.base + front;
+    } else {
+        let (total, offset) = large_layout(size, align)?;
+        let base = os::map_aligned(total, os::PAGE_SIZE);
+        if base.is_null() {
+            return None;
+        }
+        let page = os::PAGE_SIZE;
+        // SAFETY: the guard pages are the first and last page of our mapping.
+        unsafe {
+            os::protect(base, page, false);
+            os::protect(base.add(total - page), page, false);
+        }
+        e.kind = LARGE;
+        e.base = base as usize;
+        e.extent = total;
+        e.addr = e.base + offset;
+    }
+    let (lo, hi) = pattern_edges(&e);
+    // SAFETY: the redzones lie in memory we just took for this block.
+    unsafe {
+        ptr::write_bytes(lo as *mut u8, REDZONE_BYTE, e.addr - lo);
+        ptr::write_bytes((e.addr + size) as *mut u8, REDZONE_BYTE, hi - e.addr - size);
+    }
+    Some(e)
+}
+
+/// Returns a block's memory for good (it leaves the quarantine).
+fn release(st: &mut State, e: &Entry) {
+    if e.kind == SMALL {
+        // SAFETY: `base` is a live block of the inner heap, ours under the lock.
+        unsafe { heap::free_in(st.heap, e.base as *mut u8) };
+    } else {
+        // SAFETY: the whole mapping belongs to this block, which is gone.
+        unsafe { os::unmap(e.base as *mut u8, e.extent) };
+    }
+}
+
+/// Allocates a checked block. Null when out of memory or impossible.
+pub(crate) fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
+    let tid = this_thread();
+    let mut here = Frames::new();
+    let m = marker(&here);
+    capture_here(&mut here, m);
+    alloc_with(size, align, zero, tid, &here)
+}
+
+fn alloc_with(size: usize, align: usize, zero: bool, tid: u32, here: &Frames) -> *mut u8 {
+    if size > isize::MAX as usize / 2 || !align.is_power_of_two() {
+        return ptr::null_mut();
+    }
+    let mut st = STATE.lock();
+    let Some(mut e) = take_block(&mut st, size, align, zero) else {
+        return ptr::null_mut();
+    };
+    e.align = align as u32;
+    e.alloc_tid = tid;
+    e.alloc_stack = st.depot.intern(here.as_slice());
+    if !st.table.insert(e) {
+        release(&mut st, &e);
+        return ptr::null_mut();
+    }
+    e.addr as *mut u8
+}
+
+// ---------------------------------------------------------------------------
+// Free
+
+/// The error for a pointer that is not a block (`op` names the call).
+fn not_a_block(st: &mut State, addr: usize, op: &str) -> Error {
+    // A pointer into a block is worth naming.
+    let mut inside: Option<Entry> = None;
+    st.table.for_each(|e| {
+        if e.addr <= addr && addr < e.addr + e.size.max(1) {
+            inside = Some(*e);
+        }
+    });
+    match inside {
+        Some(e) => {
+            let mut err = Error::new("invalid-free", addr).with_block(st, &e);
+            err.detail
+                .s(op)
+                .s(" of a pointer ")
+                .d(addr - e.addr)
+                .s(" bytes inside a ")
+                .d(e.size)
+                .s("-byte block at ")
+                .x(e.addr)
+                .s(if e.state == FREED { " (freed)" } else { "" });
+            err
+        }
+        None => {
+            let mut err = Error::new("invalid-free", addr);
+            err.detail
+                .s(op)
+                .s(" of a pointer heapkeep did not return (not the start of any block)");
+            err
+        }
+    }
+}
+
+/// Frees a checked block. `size`/`align` are the Rust layout of the call
+/// (align 0: not known, as from C).
+///
+/// # Safety
+/// None beyond check mode being on: `p` is looked up, never trusted.
+pub(crate) unsafe fn free(p: *mut u8, size: usize, align: usize) {
+    let tid = this_thread();
+    let mut here = Frames::new();
+    let m = marker(&here);
+    capture_here(&mut here, m);
+    free_with(p as usize, size, align, tid, &here, "free");
+}
+
+fn free_with(addr: usize, size: usize, align: usize, tid: u32, here: &Frames, op: &str) {
+    let mut errors = [None, None];
+    {
+        let mut st = STATE.lock();
+        errors[0] = free_locked(&mut st, addr, size, align, tid, here, op, &mut errors[1]);
+    }
+    for e in errors.iter().flatten() {
+        report(e, here);
+    }
+}
+
+/// The free itself, under the lock. Returns the error found on the block
+/// (if any); `evicted` receives one found on a block leaving the quarantine.
+#[allow(clippy::too_many_arguments)]
+fn free_locked(
+    st: &mut State,
+    addr: usize,
+    size: usize,
+    align: usize,
+    tid: u32,
+    here: &Frames,
+    op: &str,
+    evicted: &mut Option<Error>,
+) -> Option<Error> {
+    let Some(e) = st.table.get(addr).copied() else {
+        return Some(not_a_block(st, addr, op));
+    };
+    if e.state == FREED {
+        let mut err = Error::new("double-free", addr).with_block(st, &e);
+        err.detail
+            .s(op)
+            .s(" of a ")
+            .d(e.size)
+            .s("-byte block that was already freed");
+        return Some(err);
+    }
+    let mut found = None;
+    if align != 0 && (size != e.size || align != e.align as usize) {
+        let mut err = Error::new("layout-mismatch", addr).with_block(st, &e);
+        err.detail
+            .s(op)
+            .s(" with Layout { size: ")
+            .d(size)
+            .s(", align: ")
+            .d(align)
+            .s(" } of a block allocated with { size: ")
+            .d(e.size)
+            .s(", align: ")
+            .d(e.align as usize)
+            .s(" }");
+        found = Some(err);
+    }
+    if found.is_none() {
+        found = check_redzones(st, &e);
+    }
+    let free_stack = st.depot.intern(here.as_slice());
+    let Some(slot) = st.table.get(addr) else {
+        return found;
+    };
+    slot.state = FREED;
+    slot.free_tid = tid;
+    slot.free_stack = free_stack;
+    // SAFETY: the block is ours (just freed); for a large block the data
+    // pages lie strictly inside its mapping.
+    unsafe {
+        if e.kind == SMALL {
+            ptr::write_bytes(addr as *mut u8, FREED_BYTE, e.size);
+        } else {
+            os::protect(
+                (e.base + os::PAGE_SIZE) as *mut u8,
+                e.extent - 2 * os::PAGE_SIZE,
+                false,
+            );
+        }
+    }
+    let limit = options::get(id::QUARANTINE_MB) << 20;
+    if !st.quarantine.push(addr, e.extent) {
+        evict_one(st, addr, evicted);
+    }
+    while st.quarantine.bytes > limit {
+        let Some(old) = st.quarantine.pop() else {
+            break;
+        };
+        evict_one(st, old, evicted);
+    }
+    found
+}
+
+/// Takes block `addr` out of the quarantine: verifies it, gives its memory
+/// back, forgets it.
+fn evict_one(st: &mut State, addr: usize, found: &mut Option<Error>) {
+    let Some(e) = st.table.get(addr).copied() else {
+        return;
+    };
+    if found.is_none() {
+        *found = check_freed(st, &e);
+    }
+    st.quarantine.bytes -= e.extent.min(st.quarantine.bytes);
+    st.table.remove(addr);
+    release(st, &e);
+}
+
+// ---------------------------------------------------------------------------
+// Realloc and usable size
+
+/// Resizes a checked block: always to a new block (so stale pointers to the
+/// old one are caught), the old one goes to the quarantine. `old_size` is
+/// the Rust layout's size (`usize::MAX`: not known, as from C).
+///
+/// # Safety
+/// None beyond check mode being on: `p` is looked up, never trusted.
+pub(crate) unsafe fn realloc(p: *mut u8, old_size: usize, align: usize, new_size: usize) -> *mut u8 {
+    let tid = this_thread();
+    let mut here = Frames::new();
+    let m = marker(&here);
+    capture_here(&mut here, m);
+    let addr = p as usize;
+    let (known, err) = {
+        let mut st = STATE.lock();
+        match st.table.get(addr).copied() {
+            None => (None, Some(not_a_block(&mut st, addr, "realloc"))),
+            Some(e) if e.state == FREED => {
+                let mut err = Error::new("use-after-free", addr).with_block(&st, &e);
+                err.detail
+                    .s("realloc of a ")
+                    .d(e.size)
+                    .s("-byte block that was already freed");
+                (None, Some(err))
+            }
+            Some(e) => (Some(e), None),
+        }
+    };
+    if let Some(err) = err {
+        report(&err, &here);
+        return ptr::null_mut();
+    }
+    let Some(e) = known else {
+        return ptr::null_mut();
+    };
+    let q = alloc_with(new_size, e.align as usize, false, tid, &here);
+    if q.is_null() {
+        return q;
+    }
+    // SAFETY: both blocks are live and distinct; `e.size` bytes are readable
+    // at `p`, `new_size` writable at `q`.
+    unsafe { ptr::copy_nonoverlapping(p, q, e.size.min(new_size)) };
+    let (size, align) = if old_size == usize::MAX {
+        (0, 0)
+    } else {
+        (old_size, align)
+    };
+    free_with(addr, size, align, tid, &here, "realloc");
+    q
+}
+
+/// The usable size of a checked block: exactly the size asked for (the
+/// redzone starts right after it).
+///
+/// # Safety
+/// None beyond check mode being on: `p` is looked up, never trusted.
+pub(crate) unsafe fn usable_size(p: *const u8) -> usize {
+    let addr = p as usize;
+    let (size, err) = {
+        let mut st = STATE.lock();
+        match st.table.get(addr).copied() {
+            Some(e) if e.state == LIVE => (e.size, None),
+            Some(e) => {
+                let mut err = Error::new("use-after-free", addr).with_block(&st, &e);
+                err.detail
+                    .s("malloc_usable_size of a ")
+                    .d(e.size)
+                    .s("-byte block that was already freed");
+                (0, Some(err))
+            }
+            None => (0, Some(not_a_block(&mut st, addr, "malloc_usable_size"))),
+        }
+    };
+    if let Some(err) = err {
+        let mut here = Frames::new();
+        let m = marker(&here);
+    capture_here(&mut here, m);
+        report(&err, &here);
+    }
+    size
+}
+
+// ---------------------------------------------------------------------------
+// Fork
+
+/// Fork handlers (see `thread.rs`): the check lock is held across `fork()`.
+pub(crate) fn fork_prepare() {
+    STATE.raw_lock();
+}
+
+/// # Safety
+/// `fork_prepare` took the lock in this thread.
+pub(crate) unsafe fn fork_parent() {
+    // SAFETY: forwarded from the caller.
+    unsafe { STATE.raw_unlock() };
+}
+
+/// # Safety
+/// Runs in the child's only thread, which took the lock before the fork.
+pub(crate) unsafe fn fork_child() {
+    // SAFETY: forwarded from the caller.
+    unsafe { STATE.force_unlock() };
+    THREAD.with(|t| t.tid.set(0));
+}

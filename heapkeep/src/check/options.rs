@@ -37,6 +37,7 @@ pub(crate) mod id {
 pub(crate) const LEAKS_OFF: usize = 0;
 /// Report blocks that no root (data segments, TLS, the exiting thread's
 /// stack) reaches, directly or through other blocks.
+#[allow(dead_code)] // the default; named for the table
 pub(crate) const LEAKS_UNREFERENCED: usize = 1;
 /// Report every block still allocated at exit.
 pub(crate) const LEAKS_ALL: usize = 2;

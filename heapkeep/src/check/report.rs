@@ -7,6 +7,8 @@ use crate::os;
 pub(crate) struct Writer {
     buf: [u8; 1024],
     len: usize,
+    /// Flushes to stderr (else a fixed buffer that drops what overflows).
+    sink: bool,
 }
 
 impl Writer {
@@ -15,13 +17,34 @@ impl Writer {
         Writer {
             buf: [0; 1024],
             len: 0,
+            sink: true,
         }
+    }
+
+    /// A writer into its own buffer only (text past 1 KiB is dropped).
+    pub(crate) const fn buffer() -> Writer {
+        Writer {
+            buf: [0; 1024],
+            len: 0,
+            sink: false,
+        }
+    }
+
+    /// The text buffered so far.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 
     /// Appends raw bytes.
     pub(crate) fn b(&mut self, bytes: &[u8]) -> &mut Writer {
         for chunk in bytes.chunks(self.buf.len()) {
             if self.len + chunk.len() > self.buf.len() {
+                if !self.sink {
+                    let room = self.buf.len() - self.len;
+                    self.buf[self.len..].copy_from_slice(&chunk[..room]);
+                    self.len = self.buf.len();
+                    return self;
+                }
                 self.flush();
             }
             self.buf[self.len..self.len + chunk.len()].copy_from_slice(chunk);
@@ -60,7 +83,7 @@ impl Writer {
 
     /// Writes what is buffered to stderr.
     pub(crate) fn flush(&mut self) {
-        if self.len > 0 {
+        if self.sink && self.len > 0 {
             os::write_stderr(&self.buf[..self.len]);
             self.len = 0;
         }
@@ -87,5 +110,8 @@ mod tests {
         w.b(&long[..10]);
         assert_eq!(w.len, 10);
         w.len = 0; // drop the text instead of printing it
+        let mut b = Writer::buffer();
+        b.b(&long);
+        assert_eq!(b.as_bytes().len(), 1024);
     }
 }

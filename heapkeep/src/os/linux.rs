@@ -259,3 +259,19 @@ pub(crate) fn getenv(name: &[u8]) -> Option<&'static [u8]> {
         }
     }
 }
+
+/// Makes `[p, p + len)` (page-aligned, inside a mapping of ours)
+/// read-write (`access`) or inaccessible.
+///
+/// # Safety
+/// The range belongs to a mapping from this layer, and nothing of
+/// heapkeep's own lives in it when it is made inaccessible.
+pub(crate) unsafe fn protect(p: *mut u8, len: usize, access: bool) {
+    let prot = if access {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_NONE
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe { libc::mprotect(p.cast(), len, prot) };
+}

@@ -1,0 +1,222 @@
+//! Faults in check mode: a `SIGSEGV`/`SIGBUS` handler that turns an access
+//! to a guard page or to a freed large block into a heap report, and a
+//! fault on a thread's stack guard into a stack-overflow report. It runs on
+//! an alternate signal stack (each thread gets one on its first call into
+//! check mode), so it works when the thread's own stack is exhausted.
+//!
+//! Faults that are not heapkeep's are passed on: the handler puts back the
+//! disposition it replaced and returns, so the faulting instruction runs
+//! again and meets the program's own handler (or the default action).
+
+use core::cell::{Cell, UnsafeCell};
+use core::ffi::c_void;
+use core::mem::MaybeUninit;
+use core::ptr;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use super::stack::Frames;
+use super::table::{FREED, LARGE};
+use super::{capture_here, report, Error, STATE};
+use crate::os;
+
+/// Bytes of each thread's alternate signal stack (reports symbolize on it).
+const ALT_STACK: usize = 256 * 1024;
+
+/// The dispositions of SIGSEGV and SIGBUS before ours.
+struct Saved(UnsafeCell<MaybeUninit<[libc::sigaction; 2]>>);
+// SAFETY: written once in `install` (before any fault can reach the
+// handler), only read afterwards.
+unsafe impl Sync for Saved {}
+static SAVED: Saved = Saved(UnsafeCell::new(MaybeUninit::uninit()));
+
+/// The pthread key whose destructor frees a thread's alternate stack.
+static ALT_KEY: AtomicU32 = AtomicU32::new(u32::MAX);
+
+thread_local! {
+    /// The calling thread's stack: `(lowest address, highest address)`.
+    static STACK: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+}
+
+/// Installs the handler (once, at start-up) and sets up the calling thread.
+pub(super) fn install() {
+    // SAFETY: plain system calls with valid arguments; SAVED is written here
+    // only, before the handler can run.
+    unsafe {
+        let mut act: libc::sigaction = core::mem::zeroed();
+        act.sa_sigaction = on_fault as *const () as usize;
+        act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        libc::sigemptyset(&mut act.sa_mask);
+        let saved = (*SAVED.0.get()).as_mut_ptr().cast::<libc::sigaction>();
+        libc::sigaction(libc::SIGSEGV, &act, saved);
+        libc::sigaction(libc::SIGBUS, &act, saved.add(1));
+        let mut key: libc::pthread_key_t = 0;
+        if libc::pthread_key_create(&mut key, Some(free_alt_stack)) == 0 {
+            ALT_KEY.store(key, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Gives the calling thread an alternate signal stack and records its
+/// stack bounds. May allocate (glibc), so the caller marks the thread busy.
+pub(super) fn setup_thread() {
+    // SAFETY: plain system calls on memory we own; `attr` is initialised by
+    // pthread_getattr_np before use and destroyed after.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) == 0 {
+            let mut addr: *mut c_void = ptr::null_mut();
+            let mut size = 0usize;
+            if libc::pthread_attr_getstack(&attr, &mut addr, &mut size) == 0 {
+                STACK.with(|s| s.set((addr as usize, addr as usize + size)));
+            }
+            libc::pthread_attr_destroy(&mut attr);
+        }
+        let mem = os::map_aligned(ALT_STACK, os::PAGE_SIZE);
+        if mem.is_null() {
+            return;
+        }
+        let ss = libc::stack_t {
+            ss_sp: mem.cast(),
+            ss_flags: 0,
+            ss_size: ALT_STACK,
+        };
+        libc::sigaltstack(&ss, ptr::null_mut());
+        let key = ALT_KEY.load(Ordering::Relaxed);
+        if key != u32::MAX {
+            libc::pthread_setspecific(key, mem.cast());
+        }
+    }
+}
+
+/// The calling thread's stack bounds, `(0, 0)` if unknown.
+pub(super) fn stack_bounds() -> (usize, usize) {
+    STACK.with(|s| s.get())
+}
+
+unsafe extern "C" fn free_alt_stack(mem: *mut c_void) {
+    // SAFETY: `mem` is the alternate stack this thread installed; it is
+    // switched off before it is unmapped. The thread is exiting and no
+    // longer runs on it.
+    unsafe {
+        let ss = libc::stack_t {
+            ss_sp: ptr::null_mut(),
+            ss_flags: libc::SS_DISABLE,
+            ss_size: 0,
+        };
+        libc::sigaltstack(&ss, ptr::null_mut());
+        os::unmap(mem.cast(), ALT_STACK);
+    }
+}
+
+/// The heap error behind a fault at `addr`, if it hit a large block's
+/// guard page or a freed large block.
+fn heap_fault(addr: usize) -> Option<Error> {
+    let st = STATE.lock_within(100_000)?;
+    let page = os::PAGE_SIZE;
+    let mut hit = None;
+    st.table.for_each(|e| {
+        if e.kind == LARGE && e.base <= addr && addr < e.base + e.extent {
+            hit = Some(*e);
+        }
+    });
+    let e = hit?;
+    let (class, what) = if addr < e.base + page {
+        ("heap-underflow", " was accessed before its start, at offset -")
+    } else if addr >= e.base + e.extent - page {
+        ("heap-overflow", " was accessed past its end, at offset ")
+    } else if e.state == FREED {
+        ("use-after-free", " was accessed after it was freed, at offset ")
+    } else {
+        return None;
+    };
+    let mut err = Error::new(class, addr).with_block(&st, &e);
+    err.detail.s("a ").d(e.size).s("-byte block at ").x(e.addr).s(what);
+    if addr < e.addr {
+        err.detail.d(e.addr - addr);
+    } else {
+        err.detail.d(addr - e.addr);
+    }
+    Some(err)
+}
+
+/// The stack-overflow error behind a fault at `addr` with stack pointer
+/// `sp`, if it hit below the thread's stack.
+fn stack_fault(addr: usize, sp: usize) -> Option<Error> {
+    let (lo, hi) = stack_bounds();
+    if lo == 0 {
+        return None;
+    }
+    let near = |a: usize| a >= lo.saturating_sub(1 << 20) && a < lo + 4 * os::PAGE_SIZE;
+    if !near(addr) || (sp != 0 && !near(sp)) {
+        return None;
+    }
+    let mut err = Error::new("stack-overflow", addr);
+    err.detail
+        .s("thread ")
+        .d(super::this_thread() as usize)
+        .s(" overflowed its stack of ")
+        .d((hi - lo) >> 10)
+        .s(" KiB (")
+        .x(lo)
+        .s("-")
+        .x(hi)
+        .s(")");
+    Some(err)
+}
+
+/// The stack pointer at the fault (0 where not known).
+fn fault_sp(ctx: *mut c_void) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: for an SA_SIGINFO handler the third argument is the
+        // interrupted context.
+        unsafe { (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RSP as usize] as usize }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = ctx;
+        0
+    }
+}
+
+/// The faulting instruction's address (0 where not known).
+fn fault_pc(ctx: *mut c_void) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: as in `fault_sp`.
+        unsafe { (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RIP as usize] as usize }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = ctx;
+        0
+    }
+}
+
+extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    let err = heap_fault(addr).or_else(|| stack_fault(addr, fault_sp(ctx)));
+    if let Some(err) = err {
+        let mut here = Frames::new();
+        capture_here(&mut here, 0);
+        // Start at the faulting instruction: drop the handler's frames.
+        let pc = fault_pc(ctx);
+        if let Some(k) = here.as_slice().iter().position(|&ip| ip == pc) {
+            here.ips.copy_within(k..here.len, 0);
+            here.len -= k;
+        }
+        report(&err, &here);
+        // Keep-going cannot resume a faulting access: end here.
+        // SAFETY: abort has no preconditions.
+        unsafe { libc::abort() }
+    }
+    // Not ours: put the previous disposition back and return, so the access
+    // faults again and meets it.
+    let idx = usize::from(sig == libc::SIGBUS);
+    // SAFETY: SAVED was filled by `install`.
+    unsafe {
+        let saved = (*SAVED.0.get()).as_ptr().cast::<libc::sigaction>();
+        libc::sigaction(sig, saved.add(idx), ptr::null_mut());
+    }
+}

@@ -1,0 +1,278 @@
+//! The end-of-run checks of check mode: every block in quarantine must
+//! still hold the freed pattern, every live block's redzones must be
+//! intact, and live blocks nothing refers to any more are leaks.
+//!
+//! Leaks are found as a conservative collector would: roots are the
+//! writable data of every loaded module, the exiting thread's TLS and its
+//! stack; any word that points into a live block (its start or inside)
+//! marks it, and marked blocks are scanned in turn. Unmarked blocks are
+//! leaked; they are summed per allocation stack.
+
+use core::ffi::c_void;
+use core::ptr;
+
+use super::report::Writer;
+use super::stack::{self, Frames};
+use super::table::{FREED, LIVE};
+use super::{check_freed, check_redzones, options, report, Error, State, STATE};
+use crate::os;
+use options::id;
+
+/// A live block in the scan: `[start, end)`, its stack, and whether a
+/// reference to it was found.
+#[derive(Clone, Copy)]
+struct Block {
+    start: usize,
+    end: usize,
+    size: usize,
+    stack: u32,
+    marked: bool,
+}
+
+/// Scratch memory for the scan, in a mapping of its own (the heap being
+/// checked is not used).
+struct Scratch<T> {
+    ptr: *mut T,
+    cap: usize,
+}
+
+impl<T: Copy> Scratch<T> {
+    fn new(cap: usize) -> Option<Scratch<T>> {
+        let bytes = (cap.max(1) * core::mem::size_of::<T>()).next_multiple_of(os::PAGE_SIZE);
+        let ptr = os::map_aligned(bytes, os::PAGE_SIZE).cast::<T>();
+        (!ptr.is_null()).then_some(Scratch { ptr, cap })
+    }
+
+    fn slice(&mut self, len: usize) -> &mut [T] {
+        debug_assert!(len <= self.cap);
+        // SAFETY: the mapping holds `cap` elements; T is plain data and the
+        // caller writes before reading (fresh mappings read as zero).
+        unsafe { core::slice::from_raw_parts_mut(self.ptr, len.min(self.cap)) }
+    }
+}
+
+impl<T> Drop for Scratch<T> {
+    fn drop(&mut self) {
+        let bytes = (self.cap.max(1) * core::mem::size_of::<T>()).next_multiple_of(os::PAGE_SIZE);
+        // SAFETY: our mapping, of this size.
+        unsafe { os::unmap(self.ptr.cast(), bytes) };
+    }
+}
+
+/// One leak site: a stack and what leaked from it.
+#[derive(Clone, Copy, Default)]
+struct Site {
+    stack: u32,
+    bytes: usize,
+    blocks: usize,
+}
+
+/// How many sites the report lists.
+const TOP_SITES: usize = 10;
+
+/// Runs the end-of-run checks and prints what they find.
+pub(super) fn at_exit() {
+    let first_error = {
+        let st = STATE.lock();
+        let mut found: Option<Error> = None;
+        st.table.for_each(|e| {
+            if found.is_none() {
+                found = match e.state {
+                    FREED => check_freed(&st, e),
+                    LIVE => check_redzones(&st, e),
+                    _ => None,
+                };
+            }
+        });
+        found
+    };
+    if let Some(err) = first_error {
+        report(&err, &Frames::new());
+    }
+    let mode = options::get(id::LEAKS);
+    if mode == options::LEAKS_OFF {
+        return;
+    }
+    let mut top = [Site::default(); TOP_SITES];
+    let mut stacks = [const { Frames::new() }; TOP_SITES];
+    let (bytes, blocks) = {
+        let st = STATE.lock();
+        let Some((bytes, blocks)) = find_leaks(&st, mode == options::LEAKS_ALL, &mut top) else {
+            return;
+        };
+        for (s, f) in top.iter().zip(stacks.iter_mut()) {
+            let ips = st.depot.get(s.stack);
+            f.len = ips.len();
+            f.ips[..ips.len()].copy_from_slice(ips);
+        }
+        (bytes, blocks)
+    };
+    if blocks == 0 {
+        return;
+    }
+    let symbolize = options::get(id::SYMBOLIZE) == 1;
+    let mut w = Writer::new();
+    w.s("heapkeep: leak: ")
+        .d(bytes)
+        .s(" bytes in ")
+        .d(blocks)
+        .s(" blocks\n");
+    for (s, f) in top.iter().zip(stacks.iter()) {
+        if s.blocks == 0 {
+            break;
+        }
+        w.s("  ")
+            .d(s.bytes)
+            .s(" bytes in ")
+            .d(s.blocks)
+            .s(" blocks allocated at:\n");
+        stack::print(&mut w, f.as_slice(), symbolize);
+    }
+    w.flush();
+    let code = options::get(id::LEAK_EXIT_CODE);
+    if code != 0 {
+        // SAFETY: flushes C streams (the program's buffered output), then
+        // ends the process with the chosen code.
+        unsafe {
+            libc::fflush(ptr::null_mut());
+            libc::_exit(code as i32);
+        }
+    }
+}
+
+/// Finds leaked blocks (all live ones if `all`); fills `top` with the
+/// biggest sites. Returns `(bytes, blocks)` leaked, `None` when the scan
+/// could not get memory.
+fn find_leaks(st: &State, all: bool, top: &mut [Site; TOP_SITES]) -> Option<(usize, usize)> {
+    let live = st.table.len();
+    let mut scratch = Scratch::<Block>::new(live)?;
+    let mut n = 0;
+    {
+        let blocks = scratch.slice(live);
+        st.table.for_each(|e| {
+            if e.state == LIVE && n < blocks.len() {
+                blocks[n] = Block {
+                    start: e.addr,
+                    end: e.addr + e.size.max(1),
+                    size: e.size,
+                    stack: e.alloc_stack,
+                    marked: all,
+                };
+                n += 1;
+            }
+        });
+        blocks[..n].sort_unstable_by_key(|b| b.start);
+    }
+    if !all {
+        let mut work = Scratch::<u32>::new(n)?;
+        let mut marker = Marker {
+            blocks: scratch.slice(n),
+            work: work.slice(n),
+            pending: 0,
+        };
+        scan_roots(&mut marker);
+        while marker.pending > 0 {
+            marker.pending -= 1;
+            let b = marker.blocks[marker.work[marker.pending] as usize];
+            marker.scan(b.start, b.start + b.size);
+        }
+    }
+    let blocks = scratch.slice(n);
+    let mut sites = Scratch::<Site>::new(n)?;
+    let sites = sites.slice(n);
+    let mut nsites = 0;
+    let (mut bytes, mut count) = (0, 0);
+    // Group the unmarked blocks by stack: sort by stack id, then sum runs.
+    blocks.sort_unstable_by_key(|b| (b.marked, b.stack));
+    for b in blocks.iter() {
+        if b.marked != all {
+            continue; // with `all`, every block counts (marked = true)
+        }
+        bytes += b.size;
+        count += 1;
+        if nsites > 0 && sites[nsites - 1].stack == b.stack {
+            sites[nsites - 1].bytes += b.size;
+            sites[nsites - 1].blocks += 1;
+        } else {
+            sites[nsites] = Site {
+                stack: b.stack,
+                bytes: b.size,
+                blocks: 1,
+            };
+            nsites += 1;
+        }
+    }
+    let sites = &mut sites[..nsites];
+    sites.sort_unstable_by(|a, b| b.bytes.cmp(&a.bytes).then(b.blocks.cmp(&a.blocks)));
+    for (t, s) in top.iter_mut().zip(sites.iter()) {
+        *t = *s;
+    }
+    Some((bytes, count))
+}
+
+/// The mark phase: blocks sorted by address, and a stack of blocks marked
+/// but not scanned yet.
+struct Marker<'a> {
+    blocks: &'a mut [Block],
+    work: &'a mut [u32],
+    pending: usize,
+}
+
+impl Marker<'_> {
+    /// Marks every block that a word in `[from, to)` points into.
+    fn scan(&mut self, from: usize, to: usize) {
+        let (Some(first), Some(last)) = (self.blocks.first(), self.blocks.last()) else {
+            return;
+        };
+        let (lo, hi) = (first.start, last.end);
+        let mut a = from.next_multiple_of(8);
+        while a + 8 <= to {
+            // SAFETY: the range is readable (a root region or a live block).
+            let w = unsafe { ptr::read_volatile(a as *const usize) };
+            a += 8;
+            if w < lo || w >= hi {
+                continue;
+            }
+            let i = self.blocks.partition_point(|b| b.start <= w);
+            if i == 0 {
+                continue;
+            }
+            let b = &mut self.blocks[i - 1];
+            if w < b.end && !b.marked {
+                b.marked = true;
+                self.work[self.pending] = (i - 1) as u32;
+                self.pending += 1;
+            }
+        }
+    }
+}
+
+/// Scans the roots: writable segments and TLS of every module, and the
+/// calling thread's stack from here up.
+fn scan_roots(m: &mut Marker<'_>) {
+    unsafe extern "C" fn each(info: *mut libc::dl_phdr_info, _size: usize, data: *mut c_void) -> i32 {
+        // SAFETY: the loader passes valid module info; `data` is our Marker.
+        unsafe {
+            let m = &mut *data.cast::<Marker<'_>>();
+            let info = &*info;
+            for i in 0..info.dlpi_phnum as usize {
+                let ph = &*info.dlpi_phdr.add(i);
+                if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_W != 0 {
+                    let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
+                    m.scan(start, start + ph.p_memsz as usize);
+                } else if ph.p_type == libc::PT_TLS && !info.dlpi_tls_data.is_null() {
+                    let start = info.dlpi_tls_data as usize;
+                    m.scan(start, start + ph.p_memsz as usize);
+                }
+            }
+        }
+        0
+    }
+    // SAFETY: `each` only reads module data; `m` outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(each), (m as *mut Marker<'_>).cast()) };
+    let (_, hi) = super::fault::stack_bounds();
+    let here = &m as *const _ as usize;
+    if hi > here {
+        m.scan(here, hi);
+    }
+}

@@ -1,0 +1,468 @@
+//! Stack traces for check mode: captured at every allocation and free,
+//! stored once per distinct stack in a depot (an id per stack), and
+//! symbolized only when a report prints them.
+//!
+//! Capture uses the platform unwinder (`_Unwind_Backtrace`, which reads the
+//! `.eh_frame` tables), so it works in programs built without frame
+//! pointers. Symbolization asks `addr2line` (a child process, as sanitizers
+//! do) for function, file and line of each frame, and falls back to the
+//! dynamic symbol table (`dladdr`) and `module+offset`.
+
+use core::ffi::{c_int, c_void};
+use core::ptr;
+
+use super::report::Writer;
+use crate::os;
+
+/// The deepest stack recorded.
+pub(crate) const MAX_DEPTH: usize = 64;
+
+/// A captured stack: return addresses, innermost first.
+pub(crate) struct Frames {
+    pub(crate) ips: [usize; MAX_DEPTH],
+    pub(crate) len: usize,
+}
+
+impl Frames {
+    pub(crate) const fn new() -> Frames {
+        Frames {
+            ips: [0; MAX_DEPTH],
+            len: 0,
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[usize] {
+        &self.ips[..self.len]
+    }
+}
+
+#[allow(non_camel_case_types)]
+type _Unwind_Trace_Fn = extern "C" fn(*mut c_void, *mut c_void) -> c_int;
+
+extern "C" {
+    // From libgcc_s, which the Rust standard library links on Linux.
+    fn _Unwind_Backtrace(trace: _Unwind_Trace_Fn, arg: *mut c_void) -> c_int;
+    fn _Unwind_GetIP(ctx: *mut c_void) -> usize;
+    fn _Unwind_GetCFA(ctx: *mut c_void) -> usize;
+}
+
+struct Capture<'a> {
+    frames: &'a mut Frames,
+    /// Frames whose canonical frame address is at or below this are the
+    /// checker's own (callees of the entry point that owns the marker).
+    below: usize,
+    depth: usize,
+}
+
+extern "C" fn on_frame(ctx: *mut c_void, arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `Capture` passed to `_Unwind_Backtrace` below,
+    // alive for the whole walk; `ctx` is the unwinder's frame context.
+    let cap = unsafe { &mut *arg.cast::<Capture<'_>>() };
+    let ip = unsafe { _Unwind_GetIP(ctx) };
+    if ip == 0 {
+        return 5; // _URC_END_OF_STACK
+    }
+    // SAFETY: as above.
+    if unsafe { _Unwind_GetCFA(ctx) } <= cap.below {
+        return 0;
+    }
+    cap.frames.ips[cap.frames.len] = ip;
+    cap.frames.len += 1;
+    if cap.frames.len >= cap.depth {
+        return 4; // _URC_NORMAL_STOP: stop the walk
+    }
+    0 // _URC_NO_REASON: go on
+}
+
+/// Captures the calling thread's stack, up to `depth` frames, leaving out
+/// every frame below `marker` (the address of a local variable of the
+/// checker's entry point: the frames it called, this one included).
+#[inline(never)]
+pub(crate) fn capture(frames: &mut Frames, depth: usize, marker: usize) {
+    frames.len = 0;
+    let mut cap = Capture {
+        frames,
+        below: marker,
+        depth: depth.clamp(1, MAX_DEPTH),
+    };
+    // SAFETY: `on_frame` matches the unwinder's callback type and receives
+    // `cap` back as its argument; the walk ends before `cap` goes away.
+    unsafe { _Unwind_Backtrace(on_frame, (&mut cap as *mut Capture<'_>).cast()) };
+}
+
+// ---------------------------------------------------------------------------
+// The depot
+
+/// Distinct stacks, each stored once: `[len, frames...]` words appended to
+/// one mapping; a stack's id is its word offset (0 = no stack). A hash
+/// table of ids finds a stack already stored.
+///
+/// Invariant: `words` maps `WORDS` words, of which `top` are used; every id
+/// in `index` is a valid offset of a stored stack; only the check-lock
+/// holder touches the depot.
+pub(crate) struct Depot {
+    words: *mut usize,
+    top: usize,
+    index: *mut u32,
+}
+
+// SAFETY: only reached through the check lock.
+unsafe impl Send for Depot {}
+
+/// Capacity of the depot in words (virtual; touched as used).
+const WORDS: usize = 32 << 20;
+/// Slots of the index (a power of two).
+const INDEX: usize = 1 << 20;
+
+fn hash_frames(ips: &[usize]) -> usize {
+    ips.iter().fold(0x51_7cc1_b727_220a_usize, |h, &ip| {
+        (h ^ ip).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(23)
+    })
+}
+
+impl Depot {
+    pub(crate) const fn new() -> Depot {
+        Depot {
+            words: ptr::null_mut(),
+            top: 1,
+            index: ptr::null_mut(),
+        }
+    }
+
+    /// The id of `ips` (stored now if new); 0 when empty or out of room.
+    pub(crate) fn intern(&mut self, ips: &[usize]) -> u32 {
+        if ips.is_empty() {
+            return 0;
+        }
+        if self.words.is_null() {
+            self.words = os::map_aligned(WORDS * 8, os::PAGE_SIZE).cast();
+            self.index = os::map_aligned(INDEX * 4, os::PAGE_SIZE).cast();
+            if self.words.is_null() || self.index.is_null() {
+                self.words = ptr::null_mut();
+                return 0;
+            }
+        }
+        let mut i = hash_frames(ips) & (INDEX - 1);
+        for _ in 0..64 {
+            // SAFETY: `i < INDEX`; the index mapping holds INDEX slots.
+            let slot = unsafe { &mut *self.index.add(i) };
+            if *slot == 0 {
+                if self.top + 1 + ips.len() > WORDS {
+                    return 0;
+                }
+                let id = self.top;
+                // SAFETY: `id + 1 + len <= WORDS`, inside the mapping.
+                unsafe {
+                    *self.words.add(id) = ips.len();
+                    ptr::copy_nonoverlapping(ips.as_ptr(), self.words.add(id + 1), ips.len());
+                }
+                self.top += 1 + ips.len();
+                *slot = id as u32;
+                return id as u32;
+            }
+            if self.get(*slot) == ips {
+                return *slot;
+            }
+            i = (i + 1) & (INDEX - 1);
+        }
+        0 // a long probe run: give up on this stack rather than scan on
+    }
+
+    /// The frames of stack `id` (empty for 0).
+    pub(crate) fn get(&self, id: u32) -> &[usize] {
+        if id == 0 || self.words.is_null() {
+            return &[];
+        }
+        let id = id as usize;
+        // SAFETY: ids come from `intern`, which stored `len` and the frames.
+        unsafe { core::slice::from_raw_parts(self.words.add(id + 1), *self.words.add(id)) }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Symbolization
+
+/// Function names that belong to the allocator itself (or to Rust's
+/// allocation shims): leading frames with these names are not printed.
+fn is_allocator_frame(name: &[u8]) -> bool {
+    const PREFIXES: &[&[u8]] = &[
+        b"heapkeep::",
+        b"<heapkeep::",
+        b"heapkeep_preload::",
+        b"__rust_alloc",
+        b"__rust_dealloc",
+        b"__rust_realloc",
+        b"__rdl_",
+        b"alloc::alloc::",
+        b"std::alloc::",
+        b"<alloc::alloc::Global",
+        b"<std::alloc::System",
+    ];
+    const EXACT: &[&[u8]] = &[
+        b"malloc",
+        b"calloc",
+        b"realloc",
+        b"reallocarray",
+        b"free",
+        b"free_sized",
+        b"free_aligned_sized",
+        b"posix_memalign",
+        b"aligned_alloc",
+        b"memalign",
+        b"valloc",
+        b"pvalloc",
+        b"malloc_usable_size",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p))
+        || EXACT.contains(&name)
+        || name.starts_with(b"operator new")
+        || name.starts_with(b"operator delete")
+        || name.starts_with(b"_Znw")
+        || name.starts_with(b"_Zna")
+        || name.starts_with(b"_Zdl")
+        || name.starts_with(b"_Zda")
+}
+
+/// Where a code address is: its module file, load bias and nearest
+/// exported symbol.
+struct Place {
+    file: [u8; 256],
+    file_len: usize,
+    bias: usize,
+    sym: [u8; 128],
+    sym_len: usize,
+}
+
+/// glibc's `dladdr1` flag asking for the module's `struct link_map`.
+const RTLD_DL_LINKMAP: libc::c_int = 2;
+
+fn place_of(ip: usize) -> Option<Place> {
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    let mut map: *mut libc::c_void = ptr::null_mut();
+    // SAFETY: `info` and `map` are valid out-pointers; dladdr1 does not
+    // allocate.
+    let ok = unsafe {
+        libc::dladdr1(
+            ip as *const c_void,
+            &mut info,
+            &mut map,
+            RTLD_DL_LINKMAP,
+        )
+    };
+    if ok == 0 {
+        return None;
+    }
+    let mut p = Place {
+        file: [0; 256],
+        file_len: 0,
+        bias: 0,
+        sym: [0; 128],
+        sym_len: 0,
+    };
+    // SAFETY: with RTLD_DL_LINKMAP, `map` is the module's `struct link_map`,
+    // whose first field is `l_addr` (the load bias).
+    if !map.is_null() {
+        p.bias = unsafe { *map.cast::<usize>() };
+    }
+    let copy = |src: *const libc::c_char, dst: &mut [u8]| -> usize {
+        if src.is_null() {
+            return 0;
+        }
+        // SAFETY: dladdr returns NUL-terminated strings owned by the loader.
+        let s = unsafe { core::ffi::CStr::from_ptr(src) }.to_bytes();
+        let n = s.len().min(dst.len() - 1);
+        dst[..n].copy_from_slice(&s[..n]);
+        n
+    };
+    p.file_len = copy(info.dli_fname, &mut p.file);
+    if p.file_len == 0 {
+        // The main program: dladdr reports an empty name.
+        let n = unsafe {
+            libc::readlink(
+                c"/proc/self/exe".as_ptr(),
+                p.file.as_mut_ptr().cast(),
+                p.file.len() - 1,
+            )
+        };
+        p.file_len = n.max(0) as usize;
+    }
+    p.sym_len = copy(info.dli_sname, &mut p.sym);
+    Some(p)
+}
+
+/// The text `addr2line` printed for one address: function, then location.
+struct Lines {
+    buf: [u8; 8192],
+    len: usize,
+}
+
+/// Runs `addr2line -C -f -e FILE ADDR` for one address and returns its two
+/// output lines (function, `file:line`). `None` if it cannot be run.
+fn addr2line(file: &[u8], addr: usize, out: &mut Lines) -> bool {
+    let mut path = [0u8; 257];
+    if file.len() >= path.len() {
+        return false;
+    }
+    path[..file.len()].copy_from_slice(file);
+    let mut hex = [0u8; 24];
+    hex[..2].copy_from_slice(b"0x");
+    let n = crate::fmt_hex(addr, &mut hex[2..]);
+    hex[2 + n] = 0;
+    let argv: [*const libc::c_char; 7] = [
+        c"addr2line".as_ptr(),
+        c"-C".as_ptr(),
+        c"-f".as_ptr(),
+        c"-e".as_ptr(),
+        path.as_ptr().cast(),
+        hex.as_ptr().cast(),
+        ptr::null(),
+    ];
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: plain system calls on our own descriptors and buffers; the
+    // child runs `addr2line` with a clean environment and stdout on the pipe.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return false;
+        }
+        let pid = libc::fork();
+        if pid < 0 {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+            return false;
+        }
+        if pid == 0 {
+            libc::dup2(fds[1], 1);
+            let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+            if devnull >= 0 {
+                libc::dup2(devnull, 2);
+            }
+            let envp: [*const libc::c_char; 2] = [c"PATH=/usr/bin:/bin".as_ptr(), ptr::null()];
+            libc::execve(
+                c"/usr/bin/addr2line".as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+            );
+            libc::_exit(127);
+        }
+        libc::close(fds[1]);
+        out.len = 0;
+        loop {
+            let r = libc::read(
+                fds[0],
+                out.buf.as_mut_ptr().add(out.len).cast(),
+                out.buf.len() - out.len,
+            );
+            if r <= 0 {
+                break;
+            }
+            out.len += r as usize;
+            if out.len == out.buf.len() {
+                break;
+            }
+        }
+        libc::close(fds[0]);
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 && out.len > 0
+    }
+}
+
+/// Prints `ips` as numbered frames (`    #0 0x... in f file:line`), leaving
+/// out the allocator's own leading frames.
+pub(crate) fn print(w: &mut Writer, ips: &[usize], symbolize: bool) {
+    if ips.is_empty() {
+        w.s("    (no stack recorded)\n");
+        return;
+    }
+    let mut lines = Lines {
+        buf: [0; 8192],
+        len: 0,
+    };
+    let mut shown = 0;
+    let mut leading = true;
+    for (k, &ip) in ips.iter().enumerate() {
+        // Return addresses point after the call; look up the call itself.
+        let look = if k == 0 { ip } else { ip - 1 };
+        let place = place_of(look);
+        let mut func: &[u8] = b"??";
+        let mut loc: &[u8] = b"";
+        if let Some(p) = &place {
+            if p.sym_len > 0 {
+                func = &p.sym[..p.sym_len];
+            }
+            if symbolize && p.file_len > 0 && addr2line(&p.file[..p.file_len], look - p.bias, &mut lines)
+            {
+                let text = &lines.buf[..lines.len];
+                let mut it = text.split(|&c| c == b'\n');
+                if let Some(f) = it.next() {
+                    if f != b"??" && !f.is_empty() {
+                        func = f;
+                    }
+                }
+                if let Some(l) = it.next() {
+                    if !l.starts_with(b"??") {
+                        loc = l;
+                    }
+                }
+            }
+        }
+        if leading && is_allocator_frame(func) {
+            continue;
+        }
+        leading = false;
+        w.s("    #").d(shown).s(" ").x(ip).s(" in ").b(func);
+        if !loc.is_empty() {
+            w.s(" ").b(loc);
+        } else if let Some(p) = &place {
+            let name = &p.file[..p.file_len];
+            let base = name.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1);
+            w.s(" (").b(&name[base..]).s("+").x(look - p.bias).s(")");
+        }
+        w.s("\n");
+        shown += 1;
+    }
+    if shown == 0 {
+        w.s("    (only allocator frames)\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn deeper(frames: &mut Frames, n: usize) {
+        if n == 0 {
+            capture(frames, 32, 0);
+        } else {
+            deeper(frames, n - 1);
+            core::hint::black_box(n);
+        }
+    }
+
+    #[test]
+    fn capture_and_intern() {
+        let mut a = Frames::new();
+        let mut b = Frames::new();
+        deeper(&mut a, 3);
+        deeper(&mut b, 5);
+        assert!(a.len >= 4, "frames: {}", a.len);
+        assert!(b.len > a.len || b.len == 32);
+        let mut d = Depot::new();
+        let ia = d.intern(a.as_slice());
+        let ib = d.intern(b.as_slice());
+        assert!(ia != 0 && ib != 0 && ia != ib);
+        assert_eq!(d.intern(a.as_slice()), ia);
+        assert_eq!(d.get(ia), a.as_slice());
+        assert_eq!(d.get(0), &[] as &[usize]);
+    }
+
+    #[test]
+    fn allocator_frames() {
+        assert!(is_allocator_frame(b"malloc"));
+        assert!(is_allocator_frame(b"heapkeep::check::alloc"));
+        assert!(is_allocator_frame(b"operator new(unsigned long)"));
+        assert!(!is_allocator_frame(b"main"));
+        assert!(!is_allocator_frame(b"mallocator"));
+    }
+}

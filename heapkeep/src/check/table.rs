@@ -1,0 +1,258 @@
+//! The side table of check mode: what is known about every block handed out
+//! (live) or held in quarantine (freed), keyed by the address the program
+//! got. It lives in its own mappings, away from user memory, so a program
+//! that writes out of bounds cannot corrupt it, and a bad pointer is looked
+//! up here without ever being dereferenced.
+//!
+//! Open addressing with linear probing; deleted slots become tombstones; the
+//! table doubles (rehashing into a fresh mapping) when live plus dead slots
+//! pass half of its capacity. Only the holder of the check lock touches it.
+
+use core::ptr;
+
+use crate::os;
+
+/// A block handed out and not yet freed.
+pub(crate) const LIVE: u8 = 1;
+/// A freed block in quarantine.
+pub(crate) const FREED: u8 = 2;
+
+/// A block carved from the inner heap, with redzones on both sides.
+pub(crate) const SMALL: u8 = 0;
+/// A block with a mapping of its own and guard pages on both sides.
+pub(crate) const LARGE: u8 = 1;
+
+/// Key of a slot never used.
+const EMPTY: usize = 0;
+/// Key of a slot whose entry was removed.
+const TOMBSTONE: usize = 1;
+
+/// What check mode knows about one block.
+///
+/// Invariant: for a `SMALL` block, `base .. base + extent` is the inner
+/// heap's block holding `[redzone][addr .. addr + size][redzone]`; for a
+/// `LARGE` block it is the whole mapping, guard pages included.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub(crate) struct Entry {
+    /// The address the program got (the key).
+    pub(crate) addr: usize,
+    /// The size the program asked for.
+    pub(crate) size: usize,
+    /// Start of the memory behind the block (inner block or mapping).
+    pub(crate) base: usize,
+    /// Bytes of the memory behind the block.
+    pub(crate) extent: usize,
+    /// The alignment the program asked for.
+    pub(crate) align: u32,
+    /// `LIVE` or `FREED`.
+    pub(crate) state: u8,
+    /// `SMALL` or `LARGE`.
+    pub(crate) kind: u8,
+    /// Thread that allocated the block (kernel thread id).
+    pub(crate) alloc_tid: u32,
+    /// Thread that freed it (0 while live).
+    pub(crate) free_tid: u32,
+    /// Stack of the allocation (a depot id, 0 = none).
+    pub(crate) alloc_stack: u32,
+    /// Stack of the free (a depot id, 0 = none).
+    pub(crate) free_stack: u32,
+}
+
+impl Entry {
+    const VACANT: Entry = Entry {
+        addr: EMPTY,
+        size: 0,
+        base: 0,
+        extent: 0,
+        align: 0,
+        state: 0,
+        kind: 0,
+        alloc_tid: 0,
+        free_tid: 0,
+        alloc_stack: 0,
+        free_stack: 0,
+    };
+}
+
+/// The table. Invariant: `slots` points to `cap` entries (a power of two)
+/// in a mapping of its own, or is null with `cap == 0`; `used` counts
+/// live keys plus tombstones and stays below `cap / 2`.
+pub(crate) struct Table {
+    slots: *mut Entry,
+    cap: usize,
+    used: usize,
+    len: usize,
+}
+
+// SAFETY: the table is only reached through the check lock.
+unsafe impl Send for Table {}
+
+#[inline]
+fn hash(addr: usize) -> usize {
+    (addr >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (addr >> 29)
+}
+
+impl Table {
+    pub(crate) const fn new() -> Table {
+        Table {
+            slots: ptr::null_mut(),
+            cap: 0,
+            used: 0,
+            len: 0,
+        }
+    }
+
+    /// Entries present (live and freed).
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn slot(&self, i: usize) -> *mut Entry {
+        debug_assert!(i < self.cap);
+        // SAFETY: `i < cap` and `slots` holds `cap` entries (invariant).
+        unsafe { self.slots.add(i) }
+    }
+
+    /// The entry for `addr`, if any.
+    pub(crate) fn get(&mut self, addr: usize) -> Option<&mut Entry> {
+        if self.cap == 0 || addr <= TOMBSTONE {
+            return None;
+        }
+        let mask = self.cap - 1;
+        let mut i = hash(addr) & mask;
+        loop {
+            // SAFETY: `slot` is in bounds; the table is ours (check lock).
+            let e = unsafe { &mut *self.slot(i) };
+            if e.addr == addr {
+                return Some(e);
+            }
+            if e.addr == EMPTY {
+                return None;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Adds `entry` (its key must not be present). False when out of memory.
+    pub(crate) fn insert(&mut self, entry: Entry) -> bool {
+        debug_assert!(entry.addr > TOMBSTONE);
+        if (self.used + 1) * 2 > self.cap && !self.grow() {
+            return false;
+        }
+        let mask = self.cap - 1;
+        let mut i = hash(entry.addr) & mask;
+        loop {
+            // SAFETY: in bounds; ours.
+            let e = unsafe { &mut *self.slot(i) };
+            if e.addr == EMPTY || e.addr == TOMBSTONE {
+                if e.addr == EMPTY {
+                    self.used += 1;
+                }
+                *e = entry;
+                self.len += 1;
+                return true;
+            }
+            debug_assert!(e.addr != entry.addr, "key inserted twice");
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Removes the entry for `addr`.
+    pub(crate) fn remove(&mut self, addr: usize) {
+        if let Some(e) = self.get(addr) {
+            e.addr = TOMBSTONE;
+            self.len -= 1;
+        }
+    }
+
+    /// Calls `f` on every entry.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&Entry)) {
+        for i in 0..self.cap {
+            // SAFETY: in bounds; ours.
+            let e = unsafe { &*self.slot(i) };
+            if e.addr > TOMBSTONE {
+                f(e);
+            }
+        }
+    }
+
+    /// Doubles the capacity (or sizes a first table); drops tombstones.
+    fn grow(&mut self) -> bool {
+        let cap = if self.cap == 0 {
+            1 << 14
+        } else if self.len * 4 < self.cap {
+            self.cap // mostly tombstones: rehash at the same size
+        } else {
+            self.cap * 2
+        };
+        let bytes = cap * core::mem::size_of::<Entry>();
+        let mem = os::map_aligned(bytes, os::PAGE_SIZE).cast::<Entry>();
+        if mem.is_null() {
+            return false;
+        }
+        let old = core::mem::replace(
+            self,
+            Table {
+                slots: mem,
+                cap,
+                used: 0,
+                len: 0,
+            },
+        );
+        // Fresh mappings read as zero: every slot is EMPTY (key 0).
+        debug_assert_eq!(Entry::VACANT.addr, 0);
+        old.for_each(|e| {
+            let ok = self.insert(*e);
+            debug_assert!(ok);
+        });
+        if old.cap > 0 {
+            // SAFETY: the old slots are our mapping of exactly this size.
+            unsafe { os::unmap(old.slots.cast(), old.cap * core::mem::size_of::<Entry>()) };
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(addr: usize) -> Entry {
+        Entry {
+            addr,
+            size: addr / 16,
+            ..Entry::VACANT
+        }
+    }
+
+    #[test]
+    fn insert_get_remove_and_grow() {
+        let mut t = Table::new();
+        let n = 40_000; // past the first capacity (16K slots, half full)
+        for k in 0..n {
+            assert!(t.insert(entry(0x1000 + k * 16)));
+        }
+        assert_eq!(t.len(), n);
+        for k in 0..n {
+            assert_eq!(t.get(0x1000 + k * 16).map(|e| e.size), Some((0x1000 + k * 16) / 16));
+        }
+        assert!(t.get(0x1008).is_none());
+        for k in (0..n).step_by(2) {
+            t.remove(0x1000 + k * 16);
+        }
+        assert_eq!(t.len(), n / 2);
+        assert!(t.get(0x1000).is_none());
+        assert!(t.get(0x1010).is_some());
+        let mut seen = 0;
+        t.for_each(|_| seen += 1);
+        assert_eq!(seen, n / 2);
+        // Churn through tombstones without the table growing without bound.
+        for k in 0..200_000usize {
+            let a = 0x10_0000_0000 + k * 16;
+            assert!(t.insert(entry(a)));
+            t.remove(a);
+        }
+        assert!(t.cap <= 1 << 17, "cap {}", t.cap);
+    }
+}
