@@ -142,6 +142,17 @@ pub mod raw {
     }
 }
 
+/// Starts heapkeep when the program (or the preload library) is loaded,
+/// before `main`: options are read and check mode's fault handler is in
+/// place even for a program whose first heap call comes late, or never.
+#[used]
+#[link_section = ".init_array"]
+static START_AT_LOAD: extern "C" fn() = start_at_load;
+
+extern "C" fn start_at_load() {
+    thread::global_init();
+}
+
 /// Bytes currently mapped from the OS by heapkeep (resident or not).
 pub fn os_mapped_bytes() -> usize {
     os::mapped_bytes()

@@ -8,7 +8,7 @@
 //! disposition it replaced and returns, so the faulting instruction runs
 //! again and meets the program's own handler (or the default action).
 
-use core::cell::{Cell, UnsafeCell};
+use core::cell::UnsafeCell;
 use core::ffi::c_void;
 use core::mem::MaybeUninit;
 use core::ptr;
@@ -32,11 +32,6 @@ static SAVED: Saved = Saved(UnsafeCell::new(MaybeUninit::uninit()));
 /// The pthread key whose destructor frees a thread's alternate stack.
 static ALT_KEY: AtomicU32 = AtomicU32::new(u32::MAX);
 
-thread_local! {
-    /// The calling thread's stack: `(lowest address, highest address)`.
-    static STACK: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
-}
-
 /// Installs the handler (once, at start-up) and sets up the calling thread.
 pub(super) fn install() {
     // SAFETY: plain system calls with valid arguments; SAVED is written here
@@ -56,25 +51,15 @@ pub(super) fn install() {
     }
 }
 
-/// Gives the calling thread an alternate signal stack and records its
-/// stack bounds. May allocate (glibc), so the caller marks the thread busy.
+/// Gives the calling thread an alternate signal stack.
 pub(super) fn setup_thread() {
-    // SAFETY: plain system calls on memory we own; `attr` is initialised by
-    // pthread_getattr_np before use and destroyed after.
+    let mem = os::map_aligned(ALT_STACK, os::PAGE_SIZE);
+    if mem.is_null() {
+        return;
+    }
+    // SAFETY: `mem` is our fresh mapping of ALT_STACK bytes; the key's
+    // destructor unmaps it when the thread exits.
     unsafe {
-        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
-        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) == 0 {
-            let mut addr: *mut c_void = ptr::null_mut();
-            let mut size = 0usize;
-            if libc::pthread_attr_getstack(&attr, &mut addr, &mut size) == 0 {
-                STACK.with(|s| s.set((addr as usize, addr as usize + size)));
-            }
-            libc::pthread_attr_destroy(&mut attr);
-        }
-        let mem = os::map_aligned(ALT_STACK, os::PAGE_SIZE);
-        if mem.is_null() {
-            return;
-        }
         let ss = libc::stack_t {
             ss_sp: mem.cast(),
             ss_flags: 0,
@@ -88,9 +73,70 @@ pub(super) fn setup_thread() {
     }
 }
 
-/// The calling thread's stack bounds, `(0, 0)` if unknown.
-pub(super) fn stack_bounds() -> (usize, usize) {
-    STACK.with(|s| s.get())
+/// The mapping `[lo, hi)` that starts lowest above `addr` or holds it
+/// (`above`: strictly above), read from `/proc/self/maps` without
+/// allocating. For a stack: the mapping holding an address in it, or the
+/// one above a guard page.
+pub(super) fn mapping_near(addr: usize, above: bool) -> Option<(usize, usize)> {
+    let mut buf = [0u8; 4096];
+    let mut carry = 0;
+    let mut best: Option<(usize, usize)> = None;
+    // SAFETY: plain system calls on our own descriptor and buffer.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/maps".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    loop {
+        // SAFETY: reads into the free part of `buf`.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().add(carry).cast(), buf.len() - carry) };
+        if n <= 0 {
+            break;
+        }
+        let len = carry + n as usize;
+        let mut start = 0;
+        while let Some(nl) = buf[start..len].iter().position(|&c| c == b'\n') {
+            let line = &buf[start..start + nl];
+            start += nl + 1;
+            let Some((lo, hi)) = parse_range(line) else {
+                continue;
+            };
+            let fits = if above {
+                lo > addr
+            } else {
+                lo <= addr && addr < hi
+            };
+            if fits && best.is_none_or(|(b, _)| lo < b) {
+                best = Some((lo, hi));
+            }
+        }
+        buf.copy_within(start..len, 0);
+        carry = len - start;
+        if carry == buf.len() {
+            carry = 0; // a line longer than the buffer: drop it
+        }
+    }
+    // SAFETY: closes our descriptor.
+    unsafe { libc::close(fd) };
+    best
+}
+
+/// `lo-hi` at the start of a maps line.
+fn parse_range(line: &[u8]) -> Option<(usize, usize)> {
+    let hex = |s: &[u8]| -> Option<usize> {
+        let mut v = 0usize;
+        for &c in s {
+            v = v.checked_mul(16)? + (c as char).to_digit(16)? as usize;
+        }
+        (!s.is_empty()).then_some(v)
+    };
+    let dash = line.iter().position(|&c| c == b'-')?;
+    let space = line.iter().position(|&c| c == b' ')?;
+    Some((hex(&line[..dash])?, hex(line.get(dash + 1..space)?)?))
 }
 
 unsafe extern "C" fn free_alt_stack(mem: *mut c_void) {
@@ -121,16 +167,27 @@ fn heap_fault(addr: usize) -> Option<Error> {
     });
     let e = hit?;
     let (class, what) = if addr < e.base + page {
-        ("heap-underflow", " was accessed before its start, at offset -")
+        (
+            "heap-underflow",
+            " was accessed before its start, at offset -",
+        )
     } else if addr >= e.base + e.extent - page {
         ("heap-overflow", " was accessed past its end, at offset ")
     } else if e.state == FREED {
-        ("use-after-free", " was accessed after it was freed, at offset ")
+        (
+            "use-after-free",
+            " was accessed after it was freed, at offset ",
+        )
     } else {
         return None;
     };
     let mut err = Error::new(class, addr).with_block(&st, &e);
-    err.detail.s("a ").d(e.size).s("-byte block at ").x(e.addr).s(what);
+    err.detail
+        .s("a ")
+        .d(e.size)
+        .s("-byte block at ")
+        .x(e.addr)
+        .s(what);
     if addr < e.addr {
         err.detail.d(e.addr - addr);
     } else {
@@ -140,27 +197,41 @@ fn heap_fault(addr: usize) -> Option<Error> {
 }
 
 /// The stack-overflow error behind a fault at `addr` with stack pointer
-/// `sp`, if it hit below the thread's stack.
+/// `sp`: the access was within 64 KiB of the stack pointer, which only an
+/// exhausted stack makes fault.
 fn stack_fault(addr: usize, sp: usize) -> Option<Error> {
-    let (lo, hi) = stack_bounds();
-    if lo == 0 {
-        return None;
-    }
-    let near = |a: usize| a >= lo.saturating_sub(1 << 20) && a < lo + 4 * os::PAGE_SIZE;
-    if !near(addr) || (sp != 0 && !near(sp)) {
+    const NEAR: usize = 64 * 1024;
+    if sp == 0 || addr.abs_diff(sp) > NEAR {
         return None;
     }
     let mut err = Error::new("stack-overflow", addr);
     err.detail
         .s("thread ")
         .d(super::this_thread() as usize)
-        .s(" overflowed its stack of ")
-        .d((hi - lo) >> 10)
-        .s(" KiB (")
-        .x(lo)
-        .s("-")
-        .x(hi)
-        .s(")");
+        .s(" overflowed its stack");
+    if let Some((lo, hi)) = mapping_near(addr, true) {
+        // The stack is the mapping right above the guard it ran into; the
+        // main thread's may still grow to its limit.
+        let mut size = hi - lo;
+        // SAFETY: getpid/gettid/getrlimit have no preconditions.
+        unsafe {
+            let mut lim: libc::rlimit = core::mem::zeroed();
+            if libc::getpid() == libc::gettid()
+                && libc::getrlimit(libc::RLIMIT_STACK, &mut lim) == 0
+                && lim.rlim_cur != libc::RLIM_INFINITY
+            {
+                size = size.max(lim.rlim_cur as usize);
+            }
+        }
+        err.detail
+            .s(" of ")
+            .d(size >> 10)
+            .s(" KiB (")
+            .x(lo)
+            .s("-")
+            .x(hi)
+            .s(")");
+    }
     Some(err)
 }
 
@@ -170,7 +241,9 @@ fn fault_sp(ctx: *mut c_void) -> usize {
     {
         // SAFETY: for an SA_SIGINFO handler the third argument is the
         // interrupted context.
-        unsafe { (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RSP as usize] as usize }
+        unsafe {
+            (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RSP as usize] as usize
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -184,7 +257,9 @@ fn fault_pc(ctx: *mut c_void) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: as in `fault_sp`.
-        unsafe { (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RIP as usize] as usize }
+        unsafe {
+            (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RIP as usize] as usize
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

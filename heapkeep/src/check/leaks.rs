@@ -86,8 +86,12 @@ pub(super) fn at_exit() {
         });
         found
     };
-    if let Some(err) = first_error {
-        report(&err, &Frames::new());
+    if let Some(mut err) = first_error {
+        err.detail.s(" (found when the program exited)");
+        let mut here = Frames::new();
+        let m = super::marker(&here);
+        super::capture_here(&mut here, m);
+        report(&err, &here);
     }
     let mode = options::get(id::LEAKS);
     if mode == options::LEAKS_OFF {
@@ -202,6 +206,15 @@ fn find_leaks(st: &State, all: bool, top: &mut [Site; TOP_SITES]) -> Option<(usi
             nsites += 1;
         }
     }
+    // Blocks the dynamic loader allocated for itself are not the program's.
+    for site in sites[..nsites].iter_mut() {
+        if stack::loader_owned(st.depot.get(site.stack)) {
+            bytes -= site.bytes;
+            count -= site.blocks;
+            site.bytes = 0;
+            site.blocks = 0;
+        }
+    }
     let sites = &mut sites[..nsites];
     sites.sort_unstable_by(|a, b| b.bytes.cmp(&a.bytes).then(b.blocks.cmp(&a.blocks)));
     for (t, s) in top.iter_mut().zip(sites.iter()) {
@@ -250,7 +263,11 @@ impl Marker<'_> {
 /// Scans the roots: writable segments and TLS of every module, and the
 /// calling thread's stack from here up.
 fn scan_roots(m: &mut Marker<'_>) {
-    unsafe extern "C" fn each(info: *mut libc::dl_phdr_info, _size: usize, data: *mut c_void) -> i32 {
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut c_void,
+    ) -> i32 {
         // SAFETY: the loader passes valid module info; `data` is our Marker.
         unsafe {
             let m = &mut *data.cast::<Marker<'_>>();
@@ -270,9 +287,8 @@ fn scan_roots(m: &mut Marker<'_>) {
     }
     // SAFETY: `each` only reads module data; `m` outlives the call.
     unsafe { libc::dl_iterate_phdr(Some(each), (m as *mut Marker<'_>).cast()) };
-    let (_, hi) = super::fault::stack_bounds();
     let here = &m as *const _ as usize;
-    if hi > here {
+    if let Some((_, hi)) = super::fault::mapping_near(here, false) {
         m.scan(here, hi);
     }
 }

@@ -86,7 +86,7 @@ struct ThreadState {
     /// Inside the checker (capturing a stack or reporting): a nested
     /// allocation skips its stack capture instead of recursing.
     busy: Cell<bool>,
-    /// The thread's alternate signal stack and stack bounds are set up.
+    /// The thread's alternate signal stack is set up.
     ready: Cell<bool>,
 }
 
@@ -126,6 +126,7 @@ pub(crate) fn start() {
         // SAFETY: registers a plain function.
         unsafe { libc::atexit(at_exit) };
         fault::install();
+        this_thread(); // the starting thread's alternate signal stack
     }
 }
 
@@ -235,7 +236,9 @@ fn report(err: &Error, here: &Frames) {
         stack::print(&mut w, here.as_slice(), symbolize);
     }
     if let Some(e) = &err.block {
-        w.s("  allocated (thread ").d(e.alloc_tid as usize).s("):\n");
+        w.s("  allocated (thread ")
+            .d(e.alloc_tid as usize)
+            .s("):\n");
         stack::print(&mut w, err.alloc.as_slice(), symbolize);
         if e.state == FREED {
             w.s("  freed (thread ").d(e.free_tid as usize).s("):\n");
@@ -420,10 +423,9 @@ fn check_freed(st: &State, e: &Entry) -> Option<Error> {
 // ---------------------------------------------------------------------------
 // Allocation
 
-/// The layout of a large block: mapping length and the offset of the block
-/// in it (the block ends as close to the trailing guard page as its
-/// alignment allows).
-fn large_layout(size: usize, align: usize) -> Option<(usize, usize)> {
+/// The mapping length of a large block: its data pages (room for `size`
+/// bytes at any `align`ment) and a guard page on each side.
+fn large_mapping(size: usize, align: usize) -> Option<usize> {
     let page = os::PAGE_SIZE;
     let data = if align > page {
         size.checked_add(align)?.checked_next_multiple_of(page)?
@@ -431,11 +433,7 @@ fn large_layout(size: usize, align: usize) -> Option<(usize, usize)> {
         size.max(1).checked_next_multiple_of(page)?
     };
     let total = data.checked_add(2 * page)?;
-    if total > isize::MAX as usize {
-        return None;
-    }
-    let end = page + data;
-    Some((total, (end - size) & !(align - 1)))
+    (total <= isize::MAX as usize).then_some(total)
 }
 
 /// Takes a new block (not yet in the table). Null when out of memory.
@@ -473,7 +471,7 @@ fn take_block(st: &mut State, size: usize, align: usize, zero: bool) -> Option<E
         e.extent = unsafe { heap::block_usable(base) };
         e.addr = e.base + front;
     } else {
-        let (total, offset) = large_layout(size, align)?;
+        let total = large_mapping(size, align)?;
         let base = os::map_aligned(total, os::PAGE_SIZE);
         if base.is_null() {
             return None;
@@ -487,7 +485,8 @@ fn take_block(st: &mut State, size: usize, align: usize, zero: bool) -> Option<E
         e.kind = LARGE;
         e.base = base as usize;
         e.extent = total;
-        e.addr = e.base + offset;
+        // As close to the trailing guard page as the alignment allows.
+        e.addr = (e.base + total - page - size) & !(align - 1);
     }
     let (lo, hi) = pattern_edges(&e);
     // SAFETY: the redzones lie in memory we just took for this block.
@@ -696,7 +695,12 @@ fn evict_one(st: &mut State, addr: usize, found: &mut Option<Error>) {
 ///
 /// # Safety
 /// None beyond check mode being on: `p` is looked up, never trusted.
-pub(crate) unsafe fn realloc(p: *mut u8, old_size: usize, align: usize, new_size: usize) -> *mut u8 {
+pub(crate) unsafe fn realloc(
+    p: *mut u8,
+    old_size: usize,
+    align: usize,
+    new_size: usize,
+) -> *mut u8 {
     let tid = this_thread();
     let mut here = Frames::new();
     let m = marker(&here);
@@ -765,7 +769,7 @@ pub(crate) unsafe fn usable_size(p: *const u8) -> usize {
     if let Some(err) = err {
         let mut here = Frames::new();
         let m = marker(&here);
-    capture_here(&mut here, m);
+        capture_here(&mut here, m);
         report(&err, &here);
     }
     size

@@ -189,6 +189,7 @@ fn is_allocator_frame(name: &[u8]) -> bool {
         b"heapkeep::",
         b"<heapkeep::",
         b"heapkeep_preload::",
+        b"__rustc::",
         b"__rust_alloc",
         b"__rust_dealloc",
         b"__rust_realloc",
@@ -223,6 +224,38 @@ fn is_allocator_frame(name: &[u8]) -> bool {
         || name.starts_with(b"_Zda")
 }
 
+/// The load address of the module holding `ip` (0 if none).
+fn module_base(ip: usize) -> usize {
+    // SAFETY: `info` is a valid out-pointer; dladdr does not allocate.
+    unsafe {
+        let mut info: libc::Dl_info = core::mem::zeroed();
+        if libc::dladdr(ip as *const c_void, &mut info) == 0 {
+            return 0;
+        }
+        info.dli_fbase as usize
+    }
+}
+
+/// Whether the stack `ips` was allocated by the dynamic loader itself: its
+/// first frame outside heapkeep's own module is in the loader (thread
+/// vectors of TLS blocks, kept with cached thread stacks, which are not
+/// roots of the leak scan).
+pub(crate) fn loader_owned(ips: &[usize]) -> bool {
+    // SAFETY: getauxval has no preconditions.
+    let loader = unsafe { libc::getauxval(libc::AT_BASE) } as usize;
+    let own = module_base(loader_owned as *const () as usize);
+    if loader == 0 {
+        return false;
+    }
+    for &ip in ips {
+        let base = module_base(ip - 1);
+        if base != own {
+            return base == loader;
+        }
+    }
+    false
+}
+
 /// Where a code address is: its module file, load bias and nearest
 /// exported symbol.
 struct Place {
@@ -241,14 +274,7 @@ fn place_of(ip: usize) -> Option<Place> {
     let mut map: *mut libc::c_void = ptr::null_mut();
     // SAFETY: `info` and `map` are valid out-pointers; dladdr1 does not
     // allocate.
-    let ok = unsafe {
-        libc::dladdr1(
-            ip as *const c_void,
-            &mut info,
-            &mut map,
-            RTLD_DL_LINKMAP,
-        )
-    };
+    let ok = unsafe { libc::dladdr1(ip as *const c_void, &mut info, &mut map, RTLD_DL_LINKMAP) };
     if ok == 0 {
         return None;
     }
@@ -337,11 +363,7 @@ fn addr2line(file: &[u8], addr: usize, out: &mut Lines) -> bool {
                 libc::dup2(devnull, 2);
             }
             let envp: [*const libc::c_char; 2] = [c"PATH=/usr/bin:/bin".as_ptr(), ptr::null()];
-            libc::execve(
-                c"/usr/bin/addr2line".as_ptr(),
-                argv.as_ptr(),
-                envp.as_ptr(),
-            );
+            libc::execve(c"/usr/bin/addr2line".as_ptr(), argv.as_ptr(), envp.as_ptr());
             libc::_exit(127);
         }
         libc::close(fds[1]);
@@ -390,7 +412,9 @@ pub(crate) fn print(w: &mut Writer, ips: &[usize], symbolize: bool) {
             if p.sym_len > 0 {
                 func = &p.sym[..p.sym_len];
             }
-            if symbolize && p.file_len > 0 && addr2line(&p.file[..p.file_len], look - p.bias, &mut lines)
+            if symbolize
+                && p.file_len > 0
+                && addr2line(&p.file[..p.file_len], look - p.bias, &mut lines)
             {
                 let text = &lines.buf[..lines.len];
                 let mut it = text.split(|&c| c == b'\n');

@@ -235,7 +235,10 @@ mod tests {
         }
         assert_eq!(t.len(), n);
         for k in 0..n {
-            assert_eq!(t.get(0x1000 + k * 16).map(|e| e.size), Some((0x1000 + k * 16) / 16));
+            assert_eq!(
+                t.get(0x1000 + k * 16).map(|e| e.size),
+                Some((0x1000 + k * 16) / 16)
+            );
         }
         assert!(t.get(0x1008).is_none());
         for k in (0..n).step_by(2) {
