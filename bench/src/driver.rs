@@ -22,10 +22,14 @@ pub fn exe_dir() -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{} has no parent directory", exe.display()))
 }
 
-/// Path of the worker binary for `allocator`.
+/// Path of the worker binary for `allocator` (check mode runs heapkeep's).
 pub fn worker_path(dir: &Path, allocator: &str) -> PathBuf {
+    let binary = match allocator {
+        "heapkeep-check" => "heapkeep",
+        a => a,
+    };
     dir.join(format!(
-        "hk-worker-{allocator}{}",
+        "hk-worker-{binary}{}",
         std::env::consts::EXE_SUFFIX
     ))
 }
@@ -79,15 +83,25 @@ fn build_package(package: &str) -> Result<(), String> {
     }
 }
 
-/// Runs `worker workload scale`, waiting at most `timeout`.
+/// Environment the worker of `allocator` runs with.
+pub fn worker_env(allocator: &str) -> &'static [(&'static str, &'static str)] {
+    match allocator {
+        "heapkeep-check" => &[("HEAPKEEP_CHECK", "1")],
+        _ => &[],
+    }
+}
+
+/// Runs `worker workload scale` with `env` added, waiting at most `timeout`.
 pub fn run_worker(
     worker: &Path,
+    env: &[(&str, &str)],
     workload: &str,
     scale: Scale,
     timeout: Duration,
 ) -> Result<WorkerReport, String> {
     let mut child = Command::new(worker)
         .args([workload, scale.as_str()])
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -33,13 +33,15 @@ pub const ALLOCATORS: &[&str] = &[
     "jemalloc",
     "snmalloc",
     "heapkeep-nostats",
+    "heapkeep-check",
 ];
 
 /// The allocators a run compares when none are named.
 pub const DEFAULT_ALLOCATORS: &[&str] = &["heapkeep", "system", "mimalloc", "jemalloc", "snmalloc"];
 
-/// A build of heapkeep itself with something turned off, to measure what that
-/// costs (`heapkeep-nostats`: no operation counters). Ratios against it are
+/// A build or mode of heapkeep itself, to measure what something costs
+/// (`heapkeep-nostats`: no operation counters; `heapkeep-check`: check mode,
+/// the heapkeep worker run with `HEAPKEEP_CHECK=1`). Ratios against it are
 /// reported, but it is no peer for the bar.
 pub fn is_variant(allocator: &str) -> bool {
     allocator.starts_with("heapkeep-")

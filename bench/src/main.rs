@@ -182,7 +182,13 @@ fn run(cli: &Cli) -> Result<(), String> {
                 let i = (k + round - 1) % allocators.len();
                 let allocator = &allocators[i];
                 bar.set_message(format!("round {round}/{rounds} {workload} {allocator}"));
-                let sample = match driver::run_worker(&workers[i], workload, scale, timeout) {
+                let sample = match driver::run_worker(
+                    &workers[i],
+                    driver::worker_env(allocator),
+                    workload,
+                    scale,
+                    timeout,
+                ) {
                     Ok(r) => Sample {
                         round,
                         workload: workload.clone(),

@@ -73,72 +73,6 @@ pub(super) fn setup_thread() {
     }
 }
 
-/// The mapping `[lo, hi)` that starts lowest above `addr` or holds it
-/// (`above`: strictly above), read from `/proc/self/maps` without
-/// allocating. For a stack: the mapping holding an address in it, or the
-/// one above a guard page.
-pub(super) fn mapping_near(addr: usize, above: bool) -> Option<(usize, usize)> {
-    let mut buf = [0u8; 4096];
-    let mut carry = 0;
-    let mut best: Option<(usize, usize)> = None;
-    // SAFETY: plain system calls on our own descriptor and buffer.
-    let fd = unsafe {
-        libc::open(
-            c"/proc/self/maps".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
-    loop {
-        // SAFETY: reads into the free part of `buf`.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().add(carry).cast(), buf.len() - carry) };
-        if n <= 0 {
-            break;
-        }
-        let len = carry + n as usize;
-        let mut start = 0;
-        while let Some(nl) = buf[start..len].iter().position(|&c| c == b'\n') {
-            let line = &buf[start..start + nl];
-            start += nl + 1;
-            let Some((lo, hi)) = parse_range(line) else {
-                continue;
-            };
-            let fits = if above {
-                lo > addr
-            } else {
-                lo <= addr && addr < hi
-            };
-            if fits && best.is_none_or(|(b, _)| lo < b) {
-                best = Some((lo, hi));
-            }
-        }
-        buf.copy_within(start..len, 0);
-        carry = len - start;
-        if carry == buf.len() {
-            carry = 0; // a line longer than the buffer: drop it
-        }
-    }
-    // SAFETY: closes our descriptor.
-    unsafe { libc::close(fd) };
-    best
-}
-
-/// `lo-hi` at the start of a maps line.
-fn parse_range(line: &[u8]) -> Option<(usize, usize)> {
-    let hex = |s: &[u8]| -> Option<usize> {
-        let mut v = 0usize;
-        for &c in s {
-            v = v.checked_mul(16)? + (c as char).to_digit(16)? as usize;
-        }
-        (!s.is_empty()).then_some(v)
-    };
-    let dash = line.iter().position(|&c| c == b'-')?;
-    let space = line.iter().position(|&c| c == b' ')?;
-    Some((hex(&line[..dash])?, hex(line.get(dash + 1..space)?)?))
-}
-
 unsafe extern "C" fn free_alt_stack(mem: *mut c_void) {
     // SAFETY: `mem` is the alternate stack this thread installed; it is
     // switched off before it is unmapped. The thread is exiting and no
@@ -209,7 +143,7 @@ fn stack_fault(addr: usize, sp: usize) -> Option<Error> {
         .s("thread ")
         .d(super::this_thread() as usize)
         .s(" overflowed its stack");
-    if let Some((lo, hi)) = mapping_near(addr, true) {
+    if let Some((lo, hi)) = super::maps::near(addr, true) {
         // The stack is the mapping right above the guard it ran into; the
         // main thread's may still grow to its limit.
         let mut size = hi - lo;

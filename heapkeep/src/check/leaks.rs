@@ -13,8 +13,8 @@ use core::ptr;
 
 use super::report::Writer;
 use super::stack::{self, Frames};
-use super::table::{FREED, LIVE};
-use super::{check_freed, check_redzones, options, report, Error, State, STATE};
+use super::table::{FREED, LARGE, LIVE};
+use super::{check_freed, check_redzones, maps, options, report, Error, State, STATE};
 use crate::os;
 use options::id;
 
@@ -51,11 +51,19 @@ impl<T: Copy> Scratch<T> {
     }
 }
 
+impl<T> Scratch<T> {
+    /// The mapping, `(start, bytes)`.
+    fn range(&self) -> (usize, usize) {
+        let bytes = (self.cap.max(1) * core::mem::size_of::<T>()).next_multiple_of(os::PAGE_SIZE);
+        (self.ptr as usize, bytes)
+    }
+}
+
 impl<T> Drop for Scratch<T> {
     fn drop(&mut self) {
-        let bytes = (self.cap.max(1) * core::mem::size_of::<T>()).next_multiple_of(os::PAGE_SIZE);
+        let (start, bytes) = self.range();
         // SAFETY: our mapping, of this size.
-        unsafe { os::unmap(self.ptr.cast(), bytes) };
+        unsafe { os::unmap(start as *mut u8, bytes) };
     }
 }
 
@@ -66,6 +74,9 @@ struct Site {
     bytes: usize,
     blocks: usize,
 }
+
+/// Anonymous mappings larger than this are not scanned as roots.
+const MAX_ROOT_MAPPING: usize = 4 << 30;
 
 /// How many sites the report lists.
 const TOP_SITES: usize = 10;
@@ -169,12 +180,18 @@ fn find_leaks(st: &State, all: bool, top: &mut [Site; TOP_SITES]) -> Option<(usi
     }
     if !all {
         let mut work = Scratch::<u32>::new(n)?;
+        let mut skip = Scratch::<(usize, usize)>::new(n + 1024)?;
+        let nskip = own_mappings(
+            st,
+            &[scratch.range(), work.range(), skip.range()],
+            skip.slice(n + 1024),
+        );
         let mut marker = Marker {
             blocks: scratch.slice(n),
             work: work.slice(n),
             pending: 0,
         };
-        scan_roots(&mut marker);
+        scan_roots(&mut marker, skip.slice(nskip));
         while marker.pending > 0 {
             marker.pending -= 1;
             let b = marker.blocks[marker.work[marker.pending] as usize];
@@ -260,9 +277,50 @@ impl Marker<'_> {
     }
 }
 
-/// Scans the roots: writable segments and TLS of every module, and the
-/// calling thread's stack from here up.
-fn scan_roots(m: &mut Marker<'_>) {
+/// Fills `out` with the memory heapkeep itself holds, as `[lo, hi)`
+/// sorted by address: the inner heap's segments, large blocks, the side
+/// table, the depot, the quarantine ring and `scratch` (the scan's own
+/// buffers). None of it is a root: live blocks in it are scanned when
+/// something marks them, and the rest (freed blocks, bookkeeping) would
+/// make leaked blocks look referenced. Returns how many ranges it wrote.
+fn own_mappings(st: &State, scratch: &[(usize, usize)], out: &mut [(usize, usize)]) -> usize {
+    let mut n = 0;
+    let mut add = |start: usize, bytes: usize| {
+        if bytes > 0 && n < out.len() {
+            out[n] = (start, start + bytes);
+            n += 1;
+        }
+    };
+    for &(s, b) in scratch.iter().chain(&st.depot.mappings()) {
+        add(s, b);
+    }
+    let (s, b) = st.table.mapping();
+    add(s, b);
+    add(st.quarantine.ring as usize, st.quarantine.cap * 8);
+    st.table.for_each(|e| {
+        if e.kind == LARGE {
+            add(e.base, e.extent);
+        }
+    });
+    if !st.heap.is_null() {
+        // SAFETY: the inner heap and its segment list are ours (check lock).
+        unsafe {
+            let mut seg = (*st.heap).segments;
+            while !seg.is_null() {
+                add(seg as usize, (*seg).map_size);
+                seg = (*seg).next;
+            }
+        }
+    }
+    out[..n].sort_unstable();
+    n
+}
+
+/// Scans the roots: writable data and TLS of every module, then every
+/// writable anonymous mapping (thread stacks, memory the program mapped
+/// itself) except `skip`, heapkeep's own. The calling thread's stack is
+/// scanned from here up only: below lie dead frames.
+fn scan_roots(m: &mut Marker<'_>, skip: &[(usize, usize)]) {
     unsafe extern "C" fn each(
         info: *mut libc::dl_phdr_info,
         _size: usize,
@@ -288,7 +346,27 @@ fn scan_roots(m: &mut Marker<'_>) {
     // SAFETY: `each` only reads module data; `m` outlives the call.
     unsafe { libc::dl_iterate_phdr(Some(each), (m as *mut Marker<'_>).cast()) };
     let here = &m as *const _ as usize;
-    if let Some((_, hi)) = super::fault::mapping_near(here, false) {
-        m.scan(here, hi);
-    }
+    maps::for_each(|map| {
+        // Reservations of many GiB (runtimes reserve address space this
+        // way) are skipped: reading them would fault in zero pages.
+        if !map.rw || !map.anon || map.hi - map.lo > MAX_ROOT_MAPPING {
+            return;
+        }
+        let mut lo = map.lo;
+        if lo <= here && here < map.hi {
+            lo = here;
+        }
+        for &(s, e) in skip {
+            if e <= lo || s >= map.hi {
+                continue;
+            }
+            if s > lo {
+                m.scan(lo, s);
+            }
+            lo = lo.max(e);
+        }
+        if lo < map.hi {
+            m.scan(lo, map.hi);
+        }
+    });
 }

@@ -26,6 +26,7 @@
 
 mod fault;
 mod leaks;
+mod maps;
 mod options;
 pub(crate) mod report;
 mod stack;
@@ -266,8 +267,8 @@ fn report(err: &Error, here: &Frames) {
 /// addresses from `head` on are the quarantined blocks, in free order;
 /// `bytes` is the sum of their extents.
 struct Quarantine {
-    ring: *mut usize,
-    cap: usize,
+    pub(crate) ring: *mut usize,
+    pub(crate) cap: usize,
     head: usize,
     len: usize,
     bytes: usize,

@@ -168,6 +168,17 @@ impl Depot {
         0 // a long probe run: give up on this stack rather than scan on
     }
 
+    /// The depot's own mappings, `(start, bytes)` each.
+    pub(crate) fn mappings(&self) -> [(usize, usize); 2] {
+        if self.words.is_null() {
+            return [(0, 0); 2];
+        }
+        [
+            (self.words as usize, WORDS * 8),
+            (self.index as usize, INDEX * 4),
+        ]
+    }
+
     /// The frames of stack `id` (empty for 0).
     pub(crate) fn get(&self, id: u32) -> &[usize] {
         if id == 0 || self.words.is_null() {

@@ -103,6 +103,14 @@ impl Table {
         }
     }
 
+    /// The table's own mapping `(start, bytes)` (`(0, 0)` before the first).
+    pub(crate) fn mapping(&self) -> (usize, usize) {
+        (
+            self.slots as usize,
+            self.cap * core::mem::size_of::<Entry>(),
+        )
+    }
+
     /// Entries present (live and freed).
     pub(crate) fn len(&self) -> usize {
         self.len
