@@ -1103,3 +1103,121 @@ heapkeep: aborting\n";
     assert!(parse_leaks(&unordered).is_err());
     assert!(parse_leaks("heapkeep: error: double-free on 0x10\n").is_err());
 }
+
+// ---------------------------------------------------------------------------
+// Real programs under `heapkeep check`: same output and status as a plain
+// run, and no error report.
+
+/// Runs `program args` (stdin from `input`) plainly and under
+/// `heapkeep check`; asserts the same status and stdout and no
+/// `heapkeep: error:` line. Returns the check run's stderr (leak lines may
+/// be in it: programs that leave memory allocated at exit on purpose).
+fn same_under_check(program: &str, args: &[&str], env: &[(&str, &str)], input: &str) -> String {
+    use std::io::Write;
+    let run = |mut cmd: Command| -> Output {
+        cmd.envs(env.iter().copied())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {program}: {e}"));
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let which = |p: &str| -> PathBuf {
+        let out = Command::new("sh")
+            .args(["-c", &format!("command -v {p}")])
+            .output()
+            .unwrap();
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    };
+    let exe = which(program);
+    let mut plain = hermetic(&exe);
+    plain.args(args);
+    let plain = run(plain);
+    let mut checked = hermetic(heapkeep_cmd());
+    checked.arg("check").arg("--").arg(&exe).args(args);
+    let checked = run(checked);
+    let err = String::from_utf8_lossy(&checked.stderr).to_string();
+    assert!(
+        !err.contains("heapkeep: error:"),
+        "{program} under check mode reported an error:\n{err}"
+    );
+    assert_eq!(
+        checked.status.code(),
+        plain.status.code(),
+        "{program}: {err}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&plain.stdout),
+        "{program}: output differs under check mode"
+    );
+    err
+}
+
+#[test]
+fn real_programs_run_clean_under_check() {
+    // Python frees what it holds at exit: no leak either.
+    let err = same_under_check(
+        "python3",
+        &[workspace()
+            .join("examples/alloc_heavy.py")
+            .to_str()
+            .unwrap()],
+        &[],
+        "",
+    );
+    assert!(!err.contains("heapkeep:"), "python3: {err}");
+    // Perl frees everything at exit only when asked to.
+    let err = same_under_check(
+        "perl",
+        &["-e", "my %h; $h{$_} = 'x' x ($_ % 100) for 1..20000; my @k = sort keys %h; print scalar(@k), qq{\\n};"],
+        &[("PERL_DESTRUCT_LEVEL", "2")],
+        "",
+    );
+    assert!(!err.contains("heapkeep:"), "perl: {err}");
+    same_under_check(
+        "sqlite3",
+        &[":memory:"],
+        &[],
+        "create table t(a, b);\n\
+         with recursive c(x) as (select 1 union all select x + 1 from c where x < 20000)\n\
+         insert into t select x, hex(randomblob(16)) from c;\n\
+         create index i on t(b);\n\
+         select count(*), sum(length(b)) from t;\n",
+    );
+    same_under_check(
+        "git",
+        &[
+            "-C",
+            workspace().to_str().unwrap(),
+            "log",
+            "--stat",
+            "-n",
+            "50",
+            "--format=%s",
+        ],
+        &[],
+        "",
+    );
+    // gcc's driver, cc1 and as (which leaves its tables allocated at exit).
+    let out = workspace().join("target").join("check-tests").join("api.o");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    same_under_check(
+        "gcc",
+        &[
+            "-O2",
+            "-c",
+            "-o",
+            out.to_str().unwrap(),
+            workspace().join("tests/c/api.c").to_str().unwrap(),
+        ],
+        &[],
+        "",
+    );
+}
