@@ -327,37 +327,55 @@ fn place_of(ip: usize) -> Option<Place> {
     Some(p)
 }
 
-/// The text `addr2line` printed for one address: function, then location.
-struct Lines {
-    buf: [u8; 8192],
+/// Text from `addr2line` for the frames of one stack: each frame's
+/// function and location as ranges of `text`.
+struct Symbols {
+    text: [u8; 32 * 1024],
     len: usize,
+    func: [(u32, u32); MAX_DEPTH],
+    loc: [(u32, u32); MAX_DEPTH],
 }
 
-/// Runs `addr2line -C -f -e FILE ADDR` for one address and returns its two
-/// output lines (function, `file:line`). `None` if it cannot be run.
-fn addr2line(file: &[u8], addr: usize, out: &mut Lines) -> bool {
+impl Symbols {
+    fn get(&self, r: (u32, u32)) -> &[u8] {
+        &self.text[r.0 as usize..r.1 as usize]
+    }
+}
+
+/// Runs `addr2line -C -f -e FILE ADDR...` once for the frames `which` of
+/// one module (addresses `addrs`, relative to its load bias) and records
+/// each frame's function and `file:line` in `out`. False if it cannot run.
+fn addr2line(file: &[u8], addrs: &[usize], which: &[usize], out: &mut Symbols) -> bool {
     let mut path = [0u8; 257];
-    if file.len() >= path.len() {
+    if file.len() >= path.len() || addrs.is_empty() {
         return false;
     }
     path[..file.len()].copy_from_slice(file);
-    let mut hex = [0u8; 24];
-    hex[..2].copy_from_slice(b"0x");
-    let n = crate::fmt_hex(addr, &mut hex[2..]);
-    hex[2 + n] = 0;
-    let argv: [*const libc::c_char; 7] = [
+    // Hex arguments, NUL-terminated, side by side.
+    let mut hex = [0u8; MAX_DEPTH * 20];
+    let mut argv: [*const libc::c_char; MAX_DEPTH + 6] = [ptr::null(); MAX_DEPTH + 6];
+    argv[..5].copy_from_slice(&[
         c"addr2line".as_ptr(),
         c"-C".as_ptr(),
         c"-f".as_ptr(),
         c"-e".as_ptr(),
         path.as_ptr().cast(),
-        hex.as_ptr().cast(),
-        ptr::null(),
-    ];
+    ]);
+    let mut at = 0;
+    for (k, &a) in addrs.iter().enumerate() {
+        argv[5 + k] = hex[at..].as_ptr().cast();
+        hex[at..at + 2].copy_from_slice(b"0x");
+        at += 2 + crate::fmt_hex(a, &mut hex[at + 2..at + 18]);
+        hex[at] = 0;
+        at += 1;
+    }
+    let start = out.len;
     let mut fds = [0 as c_int; 2];
     // SAFETY: plain system calls on our own descriptors and buffers; the
-    // child runs `addr2line` with a clean environment and stdout on the pipe.
-    unsafe {
+    // child runs `addr2line` with a minimal environment and stdout on the
+    // pipe (argv/envp are NUL-terminated arrays of C strings that outlive
+    // the exec).
+    let ok = unsafe {
         if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
             return false;
         }
@@ -378,26 +396,42 @@ fn addr2line(file: &[u8], addr: usize, out: &mut Lines) -> bool {
             libc::_exit(127);
         }
         libc::close(fds[1]);
-        out.len = 0;
         loop {
-            let r = libc::read(
-                fds[0],
-                out.buf.as_mut_ptr().add(out.len).cast(),
-                out.buf.len() - out.len,
-            );
+            let room = out.text.len() - out.len;
+            if room == 0 {
+                break;
+            }
+            let r = libc::read(fds[0], out.text.as_mut_ptr().add(out.len).cast(), room);
             if r <= 0 {
                 break;
             }
             out.len += r as usize;
-            if out.len == out.buf.len() {
-                break;
-            }
         }
         libc::close(fds[0]);
         let mut status = 0;
         libc::waitpid(pid, &mut status, 0);
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 && out.len > 0
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+    };
+    if !ok {
+        out.len = start;
+        return false;
     }
+    // Two lines per address: function, then file:line.
+    let mut pos = start;
+    let mut line = || -> (u32, u32) {
+        let end = out.text[pos..out.len]
+            .iter()
+            .position(|&c| c == b'\n')
+            .map_or(out.len, |i| pos + i);
+        let r = (pos as u32, end as u32);
+        pos = (end + 1).min(out.len);
+        r
+    };
+    for &frame in which {
+        out.func[frame] = line();
+        out.loc[frame] = line();
+    }
+    true
 }
 
 /// Prints `ips` as numbered frames (`    #0 0x... in f file:line`), leaving
@@ -407,39 +441,65 @@ pub(crate) fn print(w: &mut Writer, ips: &[usize], symbolize: bool) {
         w.s("    (no stack recorded)\n");
         return;
     }
-    let mut lines = Lines {
-        buf: [0; 8192],
+    let ips = &ips[..ips.len().min(MAX_DEPTH)];
+    // Return addresses point after the call; look up the call itself.
+    let look = |k: usize| if k == 0 { ips[0] } else { ips[k] - 1 };
+    let places: [Option<Place>; MAX_DEPTH] = core::array::from_fn(|k| {
+        if k < ips.len() {
+            place_of(look(k))
+        } else {
+            None
+        }
+    });
+    let mut syms = Symbols {
+        text: [0; 32 * 1024],
         len: 0,
+        func: [(0, 0); MAX_DEPTH],
+        loc: [(0, 0); MAX_DEPTH],
     };
+    if symbolize {
+        // One addr2line run per module, for all of its frames.
+        let mut done = [false; MAX_DEPTH];
+        for k in 0..ips.len() {
+            let Some(p) = &places[k] else { continue };
+            if done[k] || p.file_len == 0 {
+                continue;
+            }
+            let file = &p.file[..p.file_len];
+            let mut which = [0usize; MAX_DEPTH];
+            let mut addrs = [0usize; MAX_DEPTH];
+            let mut n = 0;
+            for j in k..ips.len() {
+                if let Some(q) = &places[j] {
+                    if !done[j] && &q.file[..q.file_len] == file {
+                        done[j] = true;
+                        which[n] = j;
+                        addrs[n] = look(j) - q.bias;
+                        n += 1;
+                    }
+                }
+            }
+            addr2line(file, &addrs[..n], &which[..n], &mut syms);
+        }
+    }
     let mut shown = 0;
     let mut leading = true;
     for (k, &ip) in ips.iter().enumerate() {
-        // Return addresses point after the call; look up the call itself.
-        let look = if k == 0 { ip } else { ip - 1 };
-        let place = place_of(look);
+        let place = &places[k];
         let mut func: &[u8] = b"??";
         let mut loc: &[u8] = b"";
-        if let Some(p) = &place {
+        if let Some(p) = place {
             if p.sym_len > 0 {
                 func = &p.sym[..p.sym_len];
             }
-            if symbolize
-                && p.file_len > 0
-                && addr2line(&p.file[..p.file_len], look - p.bias, &mut lines)
-            {
-                let text = &lines.buf[..lines.len];
-                let mut it = text.split(|&c| c == b'\n');
-                if let Some(f) = it.next() {
-                    if f != b"??" && !f.is_empty() {
-                        func = f;
-                    }
-                }
-                if let Some(l) = it.next() {
-                    if !l.starts_with(b"??") {
-                        loc = l;
-                    }
-                }
-            }
+        }
+        let f = syms.get(syms.func[k]);
+        if !f.is_empty() && f != b"??" {
+            func = f;
+        }
+        let l = syms.get(syms.loc[k]);
+        if !l.is_empty() && !l.starts_with(b"??") {
+            loc = l;
         }
         if leading && is_allocator_frame(func) {
             continue;
@@ -448,10 +508,10 @@ pub(crate) fn print(w: &mut Writer, ips: &[usize], symbolize: bool) {
         w.s("    #").d(shown).s(" ").x(ip).s(" in ").b(func);
         if !loc.is_empty() {
             w.s(" ").b(loc);
-        } else if let Some(p) = &place {
+        } else if let Some(p) = place {
             let name = &p.file[..p.file_len];
             let base = name.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1);
-            w.s(" (").b(&name[base..]).s("+").x(look - p.bias).s(")");
+            w.s(" (").b(&name[base..]).s("+").x(look(k) - p.bias).s(")");
         }
         w.s("\n");
         shown += 1;
