@@ -31,6 +31,7 @@ use core::ptr;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use crate::counters::{Counters, ORPHAN};
+use crate::guard;
 use crate::huge;
 use crate::os;
 use crate::page::{
@@ -112,6 +113,9 @@ pub(crate) struct Heap {
     pub(crate) pool_next: *mut Heap,
     /// What this heap's thread(s) did (`counters.rs`).
     pub(crate) counters: Counters,
+    /// Allocations (estimated on the slow path) until the sampled guard
+    /// takes one (`guard.rs`).
+    pub(crate) sample_left: isize,
 }
 
 impl Heap {
@@ -138,6 +142,7 @@ impl Heap {
             all_next: ptr::null_mut(),
             pool_next: ptr::null_mut(),
             counters: Counters::new(),
+            sample_left: 0,
         }
     }
 }
@@ -358,6 +363,14 @@ unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
             b"free of a pointer heapkeep does not own (double free?)",
             block.cast(),
         );
+    }
+    if owner == guard::OWNER_GUARD {
+        // SAFETY: a sampled block's page entry; the block is freed here.
+        unsafe {
+            count_free(heap, (*page).block_size);
+            guard::free(page, block.cast());
+        }
+        return;
     }
     // SAFETY: the block is live, so its page (or huge segment) is mapped.
     unsafe {
@@ -927,6 +940,27 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
             (*heap).next_decay = now + DECAY_INTERVAL_MS;
             decay(heap, now);
         }
+        // The sampled guard: its countdown falls by the blocks each refill
+        // makes available (below), so it takes about one allocation in N.
+        let period = guard::period();
+        if period != 0 && (*heap).sample_left <= 0 {
+            // A heap starts at 0: its first countdown begins now, so a new
+            // thread's first allocation is not always the one sampled.
+            let due = (*heap).sample_left < 0;
+            (*heap).sample_left = next_sample(heap, period);
+            let p = if due {
+                guard::alloc(size, align, zero)
+            } else {
+                ptr::null_mut()
+            };
+            if !p.is_null() {
+                let usable = block_usable(p);
+                if (*heap).counters.on_alloc(usable, size) {
+                    (*heap).counters.rise();
+                }
+                return p;
+            }
+        }
         // Medium sizes take this path on every call: the small branch knows
         // its block size, only large and huge blocks look theirs up.
         let (p, usable) = if let Some(bin) = size_align_to_bin(size, align) {
@@ -937,6 +971,8 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
             let block = (*page).free;
             (*page).free = next_of(block, (*page).key);
             (*page).used += 1;
+            // Blocks this refill makes available to the fast path.
+            (*heap).sample_left -= (*page).capacity as isize - (*page).used as isize + 1;
             if zero {
                 clear_block(page, block, size);
             }
@@ -950,6 +986,7 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
             if p.is_null() {
                 return p;
             }
+            (*heap).sample_left -= 1;
             (p, usable_size(p))
         };
         if (*heap).counters.on_alloc(usable, size) {
@@ -957,6 +994,16 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
         }
         p
     }
+}
+
+/// The next sampled-guard countdown: `period` allocations, give or take a
+/// quarter (from the heap's key and the clock), so sampling does not lock
+/// onto a program's own periods.
+fn next_sample(heap: *mut Heap, period: usize) -> isize {
+    // SAFETY: reads the calling thread's heap's key.
+    let mix = unsafe { (*heap).key } ^ os::now_ms() as usize;
+    let jitter = (mix.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) % (period / 2 + 1);
+    (period - period / 4 + jitter) as isize
 }
 
 /// A page of bin `class` with a free block, at the head of its queue.

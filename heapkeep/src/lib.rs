@@ -32,6 +32,7 @@ use core::alloc::{GlobalAlloc, Layout};
 
 pub mod check;
 mod counters;
+mod guard;
 mod heap;
 mod huge;
 #[cfg(any(test, feature = "invariants"))]

@@ -62,6 +62,8 @@ pub(crate) enum Kind {
     Normal = 0,
     /// One huge block (see `huge.rs`).
     Huge = 1,
+    /// The sampled guard's pool of slots (see `guard.rs`).
+    Guard = 2,
 }
 
 /// The header at the start of every segment.

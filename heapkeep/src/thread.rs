@@ -325,6 +325,7 @@ unsafe extern "C" fn thread_exit(value: *mut libc::c_void) {
 
 unsafe extern "C" fn fork_prepare() {
     crate::check::fork_prepare();
+    crate::guard::fork_prepare();
     POOL.raw_lock();
     ARENA.raw_lock();
     crate::segment::fork_prepare();
@@ -338,6 +339,7 @@ unsafe extern "C" fn fork_parent() {
         crate::segment::fork_release();
         ARENA.raw_unlock();
         POOL.raw_unlock();
+        crate::guard::fork_parent();
         crate::check::fork_parent();
     }
 }
@@ -349,6 +351,7 @@ unsafe extern "C" fn fork_child() {
         crate::segment::fork_release();
         ARENA.force_unlock();
         POOL.force_unlock();
+        crate::guard::fork_child();
         crate::check::fork_child();
     }
 }

@@ -1221,3 +1221,80 @@ fn real_programs_run_clean_under_check() {
         "",
     );
 }
+
+// ---------------------------------------------------------------------------
+// The sampled guard of fast mode (HEAPKEEP_GUARD_SAMPLE; no check mode)
+
+/// Runs tests/c/check/guard.c `case` on the preload library in fast mode,
+/// sampling every slow-path allocation.
+fn guard_run(case: &str) -> Output {
+    let exe = compile("cc", "check/guard.c", "guard", &["-pthread"]);
+    hermetic(&exe)
+        .arg(case)
+        .env("LD_PRELOAD", preload_lib())
+        .env("HEAPKEEP_GUARD_SAMPLE", "1")
+        .output()
+        .expect("run guard.c")
+}
+
+#[test]
+fn sampled_guard_catches_overflow_and_use_after_free() {
+    for (case, class, freed) in [
+        ("overflow", "heap-overflow", false),
+        ("uaf", "use-after-free", true),
+    ] {
+        let out = guard_run(case);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGABRT),
+            "{case}: {}",
+            describe(&out)
+        );
+        let first = err.lines().next().unwrap_or("");
+        assert!(
+            first.starts_with(&format!("heapkeep: error: {class} on 0x")),
+            "{case}: {err}"
+        );
+        assert!(err.contains("sampled by the guard"), "{case}: {err}");
+        let allocated = err.split("  allocated").nth(1).unwrap_or("");
+        assert!(
+            names_function(allocated, "guard_alloc_site"),
+            "{case}: {err}"
+        );
+        assert!(
+            names_function(
+                err.split("  here").nth(1).unwrap_or(""),
+                "guard_bad_read_site"
+            ),
+            "{case}: {err}"
+        );
+        if freed {
+            let freed = err.split("  freed").nth(1).unwrap_or("");
+            assert!(names_function(freed, "guard_free_site"), "{case}: {err}");
+        }
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("not caught"));
+    }
+}
+
+#[test]
+fn sampled_guard_is_silent_on_correct_programs() {
+    let out = guard_run("clean");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+    assert!(out.stderr.is_empty(), "{}", describe(&out));
+    // The C API edge cases and threads with every slow-path block sampled.
+    for (src, name, flags) in [
+        ("api.c", "api", &["-ldl"][..]),
+        ("threads.c", "threads", &["-pthread"][..]),
+    ] {
+        let exe = compile("cc", src, name, flags);
+        let out = hermetic(&exe)
+            .env("LD_PRELOAD", preload_lib())
+            .env("HEAPKEEP_GUARD_SAMPLE", "1")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{src}: {}", describe(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n", "{src}");
+    }
+}

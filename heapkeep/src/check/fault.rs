@@ -205,8 +205,7 @@ fn fault_pc(ctx: *mut c_void) -> usize {
 extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
     let addr = unsafe { (*info).si_addr() } as usize;
-    let err = heap_fault(addr).or_else(|| stack_fault(addr, fault_sp(ctx)));
-    if let Some(err) = err {
+    let here = || {
         let mut here = Frames::new();
         capture_here(&mut here, 0);
         // Start at the faulting instruction: drop the handler's frames.
@@ -215,7 +214,19 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c
             here.ips.copy_within(k..here.len, 0);
             here.len -= k;
         }
-        report(&err, &here);
+        here
+    };
+    if crate::guard::report_fault(addr, here().as_slice()) {
+        // SAFETY: abort has no preconditions.
+        unsafe { libc::abort() }
+    }
+    let err = if super::active() {
+        heap_fault(addr).or_else(|| stack_fault(addr, fault_sp(ctx)))
+    } else {
+        None
+    };
+    if let Some(err) = err {
+        report(&err, &here());
         // Keep-going cannot resume a faulting access: end here.
         // SAFETY: abort has no preconditions.
         unsafe { libc::abort() }

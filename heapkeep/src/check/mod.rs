@@ -29,7 +29,7 @@ mod leaks;
 mod maps;
 mod options;
 pub(crate) mod report;
-mod stack;
+pub(crate) mod stack;
 mod table;
 
 use core::cell::Cell;
@@ -113,6 +113,10 @@ pub(crate) fn enabled() -> bool {
 /// heapkeep's start-up, before any block is handed out.
 pub(crate) fn init() {
     options::read_all();
+    // The sampled guard is for fast mode; check mode guards every block.
+    if options::get(id::CHECK) != 1 {
+        crate::guard::set_period(options::get(id::GUARD_SAMPLE));
+    }
     if options::get(id::CHECK) == 1 {
         // SAFETY: getpid has no preconditions.
         PID.store(unsafe { libc::getpid() } as u32, Ordering::Relaxed);
@@ -126,9 +130,31 @@ pub(crate) fn start() {
     if active() {
         // SAFETY: registers a plain function.
         unsafe { libc::atexit(at_exit) };
-        fault::install();
+        install_fault_handler();
         this_thread(); // the starting thread's alternate signal stack
     }
+}
+
+/// Installs the fault handler (once): at start-up in check mode, at the
+/// first sampled block in fast mode.
+pub(crate) fn install_fault_handler() {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if !DONE.swap(true, Ordering::AcqRel) {
+        fault::install();
+    }
+}
+
+/// The calling thread's kernel id (cached).
+pub(crate) fn thread_id() -> u32 {
+    THREAD.with(|t| {
+        let mut tid = t.tid.get();
+        if tid == 0 {
+            // SAFETY: gettid has no preconditions.
+            tid = unsafe { libc::gettid() } as u32;
+            t.tid.set(tid);
+        }
+        tid
+    })
 }
 
 extern "C" fn at_exit() {
@@ -148,14 +174,8 @@ fn this_thread() -> u32 {
             fault::setup_thread();
             t.busy.set(false);
         }
-        let mut tid = t.tid.get();
-        if tid == 0 {
-            // SAFETY: gettid has no preconditions.
-            tid = unsafe { libc::gettid() } as u32;
-            t.tid.set(tid);
-        }
-        tid
-    })
+    });
+    thread_id()
 }
 
 /// Captures the stack of the checker's caller unless the thread is already

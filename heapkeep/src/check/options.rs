@@ -1,4 +1,4 @@
-//! The options of check mode: one table (name,
+//! The options of check mode and of the sampled guard: one table (name,
 //! environment variable, default, meaning), read once at start-up with
 //! `getenv` (which does not allocate). A value that does not parse is
 //! reported on stderr and the default is kept.
@@ -30,6 +30,7 @@ pub(crate) mod id {
     pub const REDZONE: usize = 5;
     pub const STACK_DEPTH: usize = 6;
     pub const SYMBOLIZE: usize = 7;
+    pub const GUARD_SAMPLE: usize = 8;
 }
 
 /// Leak report modes (`HEAPKEEP_CHECK_LEAKS`).
@@ -41,7 +42,7 @@ pub(crate) const LEAKS_UNREFERENCED: usize = 1;
 /// Report every block still allocated at exit.
 pub(crate) const LEAKS_ALL: usize = 2;
 
-/// Every option of check mode.
+/// Every option of check mode and of the sampled guard.
 pub const OPTIONS: &[CheckOption] = &[
     CheckOption {
         name: "check",
@@ -91,10 +92,16 @@ pub const OPTIONS: &[CheckOption] = &[
         default: "1",
         meaning: "1: name functions, files and lines in reports (runs addr2line)",
     },
+    CheckOption {
+        name: "guard-sample",
+        env: "HEAPKEEP_GUARD_SAMPLE",
+        default: "32768",
+        meaning: "fast mode: about one allocation (of at most 4 KiB) in N gets guard pages, 0 off",
+    },
 ];
 
 /// Values read from the environment, in [`OPTIONS`] order.
-static VALUES: [AtomicUsize; 8] = [const { AtomicUsize::new(0) }; 8];
+static VALUES: [AtomicUsize; 9] = [const { AtomicUsize::new(0) }; 9];
 
 /// The value of option `i` (see [`id`]); read after [`read_all`].
 #[inline]
