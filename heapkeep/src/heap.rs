@@ -987,7 +987,7 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
                 return p;
             }
             (*heap).sample_left -= 1;
-            (p, usable_size(p))
+            (p, block_usable(p))
         };
         if (*heap).counters.on_alloc(usable, size) {
             (*heap).counters.rise();
@@ -1293,7 +1293,7 @@ pub(crate) unsafe fn realloc(
         let c = &(*heap).counters;
         if !in_place.is_null() {
             c.on_realloc(new_size, false);
-            c.on_resize(usable, usable_size(in_place));
+            c.on_resize(usable, block_usable(in_place));
             return in_place;
         }
         let q = alloc(new_size, align, false);

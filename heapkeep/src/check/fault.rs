@@ -92,7 +92,6 @@ unsafe extern "C" fn free_alt_stack(mem: *mut c_void) {
 /// guard page or a freed large block.
 fn heap_fault(addr: usize) -> Option<Error> {
     let st = STATE.lock_within(100_000)?;
-    let page = os::PAGE_SIZE;
     let mut hit = None;
     st.table.for_each(|e| {
         if e.kind == LARGE && e.base <= addr && addr < e.base + e.extent {
@@ -100,12 +99,12 @@ fn heap_fault(addr: usize) -> Option<Error> {
         }
     });
     let e = hit?;
-    let (class, what) = if addr < e.base + page {
+    let (class, what) = if addr < super::first_page(&e) {
         (
             "heap-underflow",
             " was accessed before its start, at offset -",
         )
-    } else if addr >= e.base + e.extent - page {
+    } else if addr >= super::end_page(&e) {
         ("heap-overflow", " was accessed past its end, at offset ")
     } else if e.state == FREED {
         (

@@ -380,8 +380,19 @@ fn pattern_edges(e: &Entry) -> (usize, usize) {
     if e.kind == SMALL {
         (e.base, e.base + e.extent)
     } else {
-        (e.base + os::PAGE_SIZE, e.base + e.extent - os::PAGE_SIZE)
+        (first_page(e), end_page(e))
     }
+}
+
+/// The first data page of large block `e` (all before it is inaccessible).
+fn first_page(e: &Entry) -> usize {
+    e.addr & !(os::PAGE_SIZE - 1)
+}
+
+/// The end of large block `e`'s last data page (all after it is
+/// inaccessible).
+fn end_page(e: &Entry) -> usize {
+    (e.addr + e.size.max(1)).next_multiple_of(os::PAGE_SIZE)
 }
 
 /// Checks the redzones of live block `e`: an error if a byte before or
@@ -498,16 +509,19 @@ fn take_block(st: &mut State, size: usize, align: usize, zero: bool) -> Option<E
             return None;
         }
         let page = os::PAGE_SIZE;
-        // SAFETY: the guard pages are the first and last page of our mapping.
-        unsafe {
-            os::protect(base, page, false);
-            os::protect(base.add(total - page), page, false);
-        }
         e.kind = LARGE;
         e.base = base as usize;
         e.extent = total;
-        // As close to the trailing guard page as the alignment allows.
+        // As close to the trailing guard page as the alignment allows;
+        // everything outside the block's own pages is inaccessible (at
+        // least a page on each side; more for big alignments).
         e.addr = (e.base + total - page - size) & !(align - 1);
+        let (lo, hi) = (first_page(&e), end_page(&e));
+        // SAFETY: both ranges lie inside our fresh mapping.
+        unsafe {
+            os::protect(base, lo - e.base, false);
+            os::protect(hi as *mut u8, e.base + total - hi, false);
+        }
     }
     let (lo, hi) = pattern_edges(&e);
     // SAFETY: the redzones lie in memory we just took for this block.
@@ -546,7 +560,7 @@ fn alloc_with(size: usize, align: usize, zero: bool, tid: u32, here: &Frames) ->
     let Some(mut e) = take_block(&mut st, size, align, zero) else {
         return ptr::null_mut();
     };
-    e.align = align as u32;
+    e.align = align;
     e.alloc_tid = tid;
     e.alloc_stack = st.depot.intern(here.as_slice());
     if !st.table.insert(e) {
@@ -642,7 +656,7 @@ fn free_locked(
         return Some(err);
     }
     let mut found = None;
-    if align != 0 && (size != e.size || align != e.align as usize) {
+    if align != 0 && (size != e.size || align != e.align) {
         let mut err = Error::new("layout-mismatch", addr).with_block(st, &e);
         err.detail
             .s(op)
@@ -653,7 +667,7 @@ fn free_locked(
             .s(" } of a block allocated with { size: ")
             .d(e.size)
             .s(", align: ")
-            .d(e.align as usize)
+            .d(e.align)
             .s(" }");
         found = Some(err);
     }
@@ -673,11 +687,8 @@ fn free_locked(
         if e.kind == SMALL {
             ptr::write_bytes(addr as *mut u8, FREED_BYTE, e.size);
         } else {
-            os::protect(
-                (e.base + os::PAGE_SIZE) as *mut u8,
-                e.extent - 2 * os::PAGE_SIZE,
-                false,
-            );
+            let lo = first_page(&e);
+            os::protect(lo as *mut u8, end_page(&e) - lo, false);
         }
     }
     let limit = options::get(id::QUARANTINE_MB) << 20;
@@ -749,7 +760,7 @@ pub(crate) unsafe fn realloc(
     let Some(e) = known else {
         return ptr::null_mut();
     };
-    let q = alloc_with(new_size, e.align as usize, false, tid, &here);
+    let q = alloc_with(new_size, e.align, false, tid, &here);
     if q.is_null() {
         return q;
     }

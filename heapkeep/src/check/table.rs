@@ -44,7 +44,7 @@ pub(crate) struct Entry {
     /// Bytes of the memory behind the block.
     pub(crate) extent: usize,
     /// The alignment the program asked for.
-    pub(crate) align: u32,
+    pub(crate) align: usize,
     /// `LIVE` or `FREED`.
     pub(crate) state: u8,
     /// `SMALL` or `LARGE`.
