@@ -31,6 +31,8 @@ mod options;
 pub(crate) mod report;
 pub(crate) mod stack;
 mod table;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod unwind;
 
 use core::cell::Cell;
 use core::ptr;
@@ -89,11 +91,19 @@ struct ThreadState {
     busy: Cell<bool>,
     /// The thread's alternate signal stack is set up.
     ready: Cell<bool>,
+    /// The top of the thread's stack mapping (0: unknown), bounding the
+    /// fast unwinder's loads.
+    stack_top: Cell<usize>,
 }
 
 thread_local! {
     static THREAD: ThreadState = const {
-        ThreadState { tid: Cell::new(0), busy: Cell::new(false), ready: Cell::new(false) }
+        ThreadState {
+            tid: Cell::new(0),
+            busy: Cell::new(false),
+            ready: Cell::new(false),
+            stack_top: Cell::new(0),
+        }
     };
 }
 
@@ -172,6 +182,11 @@ fn this_thread() -> u32 {
             t.ready.set(true);
             t.busy.set(true);
             fault::setup_thread();
+            let local = 0u8;
+            let here = core::hint::black_box(&local) as *const u8 as usize;
+            if let Some((_, hi)) = maps::near(here, false) {
+                t.stack_top.set(hi);
+            }
             t.busy.set(false);
         }
     });
@@ -189,7 +204,17 @@ fn capture_here(frames: &mut Frames, marker: usize) {
             t.busy.set(true);
             // A few more than asked: the allocator's own frames above the
             // entry point (malloc, the slow path) are dropped when printed.
-            stack::capture(frames, options::get(id::STACK_DEPTH) + 3, marker);
+            let depth = options::get(id::STACK_DEPTH) + 3;
+            #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+            let done = {
+                let top = t.stack_top.get();
+                top != 0 && unwind::walk(frames, depth, marker, top)
+            };
+            #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+            let done = false;
+            if !done {
+                stack::capture(frames, depth, marker);
+            }
             t.busy.set(false);
         }
     });

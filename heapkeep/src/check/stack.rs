@@ -48,8 +48,9 @@ extern "C" {
 
 struct Capture<'a> {
     frames: &'a mut Frames,
-    /// Frames whose canonical frame address is at or below this are the
-    /// checker's own (callees of the entry point that owns the marker).
+    /// Frames whose frame address as the unwinder reports it (the stack
+    /// pointer in the frame) is at or below this are the checker's own: the
+    /// entry point that owns the marker and what it called.
     below: usize,
     depth: usize,
 }

@@ -1,0 +1,297 @@
+//! A fast unwinder for check mode's stack captures (x86_64 Linux): the
+//! unwind rules of each return address are read once from the module's
+//! `.eh_frame` (found with glibc's `_dl_find_object`, decoded with `gimli`)
+//! and cached; a walk is then a cache lookup and two loads per frame.
+//!
+//! Only the common shapes are cached: the frame address is `rsp` or `rbp`
+//! plus an offset, the return address is stored just below it, and `rbp` is
+//! either saved at an offset from it or untouched. Anything else (signal
+//! frames, rules given as expressions, code without unwind tables) makes
+//! the walk fail, and the caller falls back to the platform unwinder.
+//! Every load stays between the walk's starting stack pointer and the top
+//! of the mapping holding it, and frame addresses must grow.
+
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use gimli::{
+    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, EndianSlice, LittleEndian, Pointer, Register,
+    RegisterRule, UnwindContext, UnwindContextStorage, UnwindSection, UnwindTableRow,
+};
+
+use super::stack::{Frames, MAX_DEPTH};
+
+/// glibc's `struct dl_find_object` (2.35+).
+#[repr(C)]
+struct DlFindObject {
+    flags: u64,
+    map_start: *mut c_void,
+    map_end: *mut c_void,
+    link_map: *mut c_void,
+    eh_frame: *mut c_void,
+    reserved: [u64; 7],
+}
+
+extern "C" {
+    fn _dl_find_object(pc: *mut c_void, result: *mut DlFindObject) -> libc::c_int;
+}
+
+/// gimli's rule storage, on the stack (no allocation inside malloc).
+struct OnStack;
+
+impl UnwindContextStorage<usize> for OnStack {
+    type Rules = [(Register, RegisterRule<usize>); 32];
+    type Stack = [UnwindTableRow<usize, Self>; 2];
+}
+
+const RSP: Register = Register(7);
+const RBP: Register = Register(6);
+const RA: Register = Register(16);
+
+/// A cached rule, packed: bit 0 valid, bit 1 CFA from rbp (else rsp),
+/// bit 2 rbp saved, bit 3 last frame (return address undefined), bit 4
+/// unsupported; bits 16..32 the rbp save offset (i16); bits 32..64 the CFA
+/// offset (i32).
+#[derive(Clone, Copy)]
+struct Rule(u64);
+
+const VALID: u64 = 1;
+const CFA_RBP: u64 = 2;
+const RBP_SAVED: u64 = 4;
+const LAST: u64 = 8;
+const UNSUPPORTED: u64 = 16;
+
+impl Rule {
+    fn cfa_off(self) -> i64 {
+        (self.0 >> 32) as i32 as i64
+    }
+    fn rbp_off(self) -> i64 {
+        (self.0 >> 16) as u16 as i16 as i64
+    }
+    fn has(self, flag: u64) -> bool {
+        self.0 & flag != 0
+    }
+}
+
+/// Slots of the rule cache (a power of two): `(pc, rule)` pairs. A writer
+/// takes a slot by swapping its key to `BUSY`, writes the rule, then
+/// publishes the key; a reader accepts a rule only if the key reads the
+/// same before and after it (rules are fixed per address, so a reader can
+/// never pair a key with another address's rule).
+const SLOTS: usize = 1 << 14;
+const BUSY: u64 = u64::MAX;
+static KEYS: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+static RULES: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+
+fn slot(pc: usize) -> usize {
+    (pc.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 50) & (SLOTS - 1)
+}
+
+fn cached(pc: usize) -> Option<Rule> {
+    let i = slot(pc);
+    let k1 = KEYS[i].load(Ordering::Acquire);
+    if k1 != pc as u64 {
+        return None;
+    }
+    let r = RULES[i].load(Ordering::Acquire);
+    (KEYS[i].load(Ordering::Acquire) == k1).then_some(Rule(r))
+}
+
+fn remember(pc: usize, rule: Rule) {
+    let i = slot(pc);
+    let old = KEYS[i].load(Ordering::Relaxed);
+    if old == BUSY
+        || KEYS[i]
+            .compare_exchange(old, BUSY, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    RULES[i].store(rule.0, Ordering::Release);
+    KEYS[i].store(pc as u64, Ordering::Release);
+}
+
+/// Reads the unwind rule for `pc` from its module's `.eh_frame`.
+fn decode(pc: usize) -> Rule {
+    let unsupported = Rule(VALID | UNSUPPORTED);
+    let mut obj: DlFindObject = unsafe { core::mem::zeroed() };
+    // SAFETY: `obj` is a valid out-pointer; _dl_find_object does not allocate.
+    if unsafe { _dl_find_object(pc as *mut c_void, &mut obj) } != 0 || obj.eh_frame.is_null() {
+        return unsupported;
+    }
+    let hdr_addr = obj.eh_frame as usize;
+    let end = obj.map_end as usize;
+    if end <= hdr_addr {
+        return unsupported;
+    }
+    // SAFETY: the loader maps the module's headers and `.eh_frame` read-only
+    // for its lifetime, between the header and the end of its mapping.
+    let hdr_bytes = unsafe { core::slice::from_raw_parts(hdr_addr as *const u8, end - hdr_addr) };
+    let bases = BaseAddresses::default().set_eh_frame_hdr(hdr_addr as u64);
+    let Ok(hdr) = EhFrameHdr::new(hdr_bytes, LittleEndian).parse(&bases, 8) else {
+        return unsupported;
+    };
+    let Pointer::Direct(frame_addr) = hdr.eh_frame_ptr() else {
+        return unsupported;
+    };
+    let frame_addr = frame_addr as usize;
+    if frame_addr >= end {
+        return unsupported;
+    }
+    // SAFETY: as above, `.eh_frame` lies inside the module's mapping.
+    let frame_bytes =
+        unsafe { core::slice::from_raw_parts(frame_addr as *const u8, end - frame_addr) };
+    let eh_frame = EhFrame::new(frame_bytes, LittleEndian);
+    let bases = bases.set_eh_frame(frame_addr as u64);
+    let Some(table) = hdr.table() else {
+        return unsupported;
+    };
+    let mut ctx = UnwindContext::<usize, OnStack>::new_in();
+    let row = table.unwind_info_for_address(
+        &eh_frame,
+        &bases,
+        &mut ctx,
+        pc as u64,
+        |f: &EhFrame<EndianSlice<'_, LittleEndian>>, b, o| f.cie_from_offset(b, o),
+    );
+    let Ok(row) = row else {
+        return unsupported;
+    };
+    let mut bits = VALID;
+    match *row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset } if i32::try_from(offset).is_ok() => {
+            if register == RBP {
+                bits |= CFA_RBP;
+            } else if register != RSP {
+                return unsupported;
+            }
+            bits |= (offset as i32 as u32 as u64) << 32;
+        }
+        _ => return unsupported,
+    }
+    match row.register(RA) {
+        RegisterRule::Offset(-8) => {}
+        RegisterRule::Undefined => bits |= LAST,
+        _ => return unsupported,
+    }
+    match row.register(RBP) {
+        RegisterRule::Offset(off) if i16::try_from(off).is_ok() => {
+            bits |= RBP_SAVED | ((off as i16 as u16 as u64) << 16);
+        }
+        RegisterRule::Undefined | RegisterRule::SameValue => {}
+        _ => return unsupported,
+    }
+    Rule(bits)
+}
+
+fn rule_for(pc: usize) -> Rule {
+    if let Some(r) = cached(pc) {
+        return r;
+    }
+    let r = decode(pc);
+    remember(pc, r);
+    r
+}
+
+/// Walks the calling thread's stack, recording into `frames` the program
+/// counter of up to `depth` frames whose stack pointer is above `marker`
+/// (return addresses, as the platform unwinder gives them). `stack_top` bounds every load. False if
+/// a frame could not be unwound this way (then `frames` is unspecified).
+#[inline(never)]
+pub(super) fn walk(frames: &mut Frames, depth: usize, marker: usize, stack_top: usize) -> bool {
+    let (mut pc, mut sp, mut fp): (usize, usize, usize);
+    // SAFETY: reads this function's own program counter, stack pointer and
+    // frame register; the unwind rule for `pc` describes this very point.
+    unsafe {
+        core::arch::asm!(
+            "lea {pc}, [rip]",
+            "mov {sp}, rsp",
+            "mov {fp}, rbp",
+            pc = out(reg) pc,
+            sp = out(reg) sp,
+            fp = out(reg) fp,
+            options(nomem, nostack, preserves_flags),
+        );
+    }
+    let floor = sp;
+    frames.len = 0;
+    let depth = depth.min(MAX_DEPTH);
+    let mut first = true;
+    loop {
+        // Return addresses point after the call: look up the call itself.
+        let rule = rule_for(if first { pc } else { pc - 1 });
+        first = false;
+        if rule.has(UNSUPPORTED) {
+            return false;
+        }
+        let base = if rule.has(CFA_RBP) { fp } else { sp };
+        let cfa = (base as i64 + rule.cfa_off()) as usize;
+        if cfa <= sp || cfa < floor + 8 || cfa > stack_top || cfa % 8 != 0 {
+            return false;
+        }
+        // This frame is recorded when its stack pointer lies above the
+        // marker (the marker's own frame and those it called are the
+        // checker's), as the platform unwinder's frame address reads.
+        if sp > marker {
+            frames.ips[frames.len] = pc;
+            frames.len += 1;
+            if frames.len >= depth {
+                return true;
+            }
+        }
+        if rule.has(LAST) {
+            return true;
+        }
+        // SAFETY: `cfa - 8` lies in [floor, stack_top): this thread's stack.
+        let ra = unsafe { *((cfa - 8) as *const usize) };
+        if rule.has(RBP_SAVED) {
+            let at = (cfa as i64 + rule.rbp_off()) as usize;
+            if at < floor || at + 8 > stack_top {
+                return false;
+            }
+            // SAFETY: checked to lie in the thread's stack just above.
+            fp = unsafe { *(at as *const usize) };
+        }
+        sp = cfa;
+        if ra == 0 {
+            return true;
+        }
+        pc = ra;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::{maps, stack};
+
+    /// Captures the same stack with the platform unwinder and with `walk`.
+    #[inline(never)]
+    fn both(n: usize, a: &mut Frames, b: &mut Frames) -> bool {
+        if n > 0 {
+            let ok = both(n - 1, a, b);
+            core::hint::black_box(n);
+            return ok;
+        }
+        let local = 0u8;
+        let marker = core::hint::black_box(&local) as *const u8 as usize;
+        let (_, top) = maps::near(marker, false).expect("stack mapping");
+        stack::capture(a, 40, marker);
+        walk(b, 40, marker, top)
+    }
+
+    #[test]
+    fn walk_matches_the_platform_unwinder() {
+        let mut a = Frames::new();
+        let mut b = Frames::new();
+        assert!(both(6, &mut a, &mut b), "the fast walk gave up");
+        assert!(a.len > 8, "frames: {}", a.len);
+        assert_eq!(a.len, b.len);
+        assert_eq!(a.as_slice(), b.as_slice());
+        // Cached rules give the same walk again.
+        let mut c = Frames::new();
+        let mut d = Frames::new();
+        assert!(both(6, &mut c, &mut d));
+        assert_eq!(c.as_slice(), d.as_slice());
+    }
+}
