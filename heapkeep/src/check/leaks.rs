@@ -88,11 +88,11 @@ pub(super) fn at_exit() {
         let mut found: Option<Error> = None;
         st.table.for_each(|e| {
             if found.is_none() {
-                found = match e.state {
-                    FREED => check_freed(&st, e),
-                    LIVE => check_redzones(&st, e),
-                    _ => None,
-                };
+                match e.state {
+                    FREED => check_freed(&st, e, &mut found),
+                    LIVE => check_redzones(&st, e, &mut found),
+                    _ => {}
+                }
             }
         });
         found

@@ -420,14 +420,26 @@ fn end_page(e: &Entry) -> usize {
     (e.addr + e.size.max(1)).next_multiple_of(os::PAGE_SIZE)
 }
 
-/// Checks the redzones of live block `e`: an error if a byte before or
-/// after the requested bytes changed.
-fn check_redzones(st: &State, e: &Entry) -> Option<Error> {
+/// Checks the redzones of live block `e`: puts an error in `out` if a byte
+/// before or after the requested bytes changed. (Errors are written in
+/// place: an `Error` is large, and the checks run on every free.)
+fn check_redzones(st: &State, e: &Entry, out: &mut Option<Error>) {
     let (lo, hi) = pattern_edges(e);
     // SAFETY: both ranges are inside the block's memory, which is ours and
     // accessible while the block is live.
-    unsafe {
-        if let Some(bad) = first_not(lo, e.addr, REDZONE_BYTE) {
+    let bad = unsafe {
+        first_not(lo, e.addr, REDZONE_BYTE).or_else(|| first_not(e.addr + e.size, hi, REDZONE_BYTE))
+    };
+    if let Some(bad) = bad {
+        *out = Some(redzone_error(st, e, bad));
+    }
+}
+
+/// The report of a damaged redzone byte at `bad`.
+#[cold]
+fn redzone_error(st: &State, e: &Entry, bad: usize) -> Error {
+    {
+        if bad < e.addr {
             let mut err = Error::new("heap-underflow", bad).with_block(st, e);
             err.detail
                 .s("a ")
@@ -439,42 +451,47 @@ fn check_redzones(st: &State, e: &Entry) -> Option<Error> {
                 .s(" bytes before its start (offset -")
                 .d(e.addr - bad)
                 .s(")");
-            return Some(err);
+            return err;
         }
-        if let Some(bad) = first_not(e.addr + e.size, hi, REDZONE_BYTE) {
-            let mut err = Error::new("heap-overflow", bad).with_block(st, e);
-            err.detail
-                .s("a ")
-                .d(e.size)
-                .s("-byte block at ")
-                .x(e.addr)
-                .s(" was written past its end, at offset ")
-                .d(bad - e.addr);
-            return Some(err);
-        }
-    }
-    None
-}
-
-/// Checks that freed small block `e` still holds the freed pattern.
-fn check_freed(st: &State, e: &Entry) -> Option<Error> {
-    if e.kind != SMALL {
-        return None; // inaccessible while freed: a write would have faulted
-    }
-    // SAFETY: the block's memory is ours (quarantined) and accessible.
-    let bad = unsafe { first_not(e.addr, e.addr + e.size, FREED_BYTE) };
-    if let Some(bad) = bad {
-        let mut err = Error::new("use-after-free", bad).with_block(st, e);
+        let mut err = Error::new("heap-overflow", bad).with_block(st, e);
         err.detail
             .s("a ")
             .d(e.size)
             .s("-byte block at ")
             .x(e.addr)
-            .s(" was written after it was freed, at offset ")
+            .s(" was written past its end, at offset ")
             .d(bad - e.addr);
-        return Some(err);
+        err
     }
-    check_redzones(st, e)
+}
+
+/// Checks that freed small block `e` still holds the freed pattern (and its
+/// redzones); puts an error in `out` if not.
+fn check_freed(st: &State, e: &Entry, out: &mut Option<Error>) {
+    if e.kind != SMALL {
+        return; // inaccessible while freed: a write would have faulted
+    }
+    // SAFETY: the block's memory is ours (quarantined) and accessible.
+    let bad = unsafe { first_not(e.addr, e.addr + e.size, FREED_BYTE) };
+    if let Some(bad) = bad {
+        *out = Some(freed_error(st, e, bad));
+        return;
+    }
+    check_redzones(st, e, out)
+}
+
+/// The report of a freed block written at `bad`.
+#[cold]
+fn freed_error(st: &State, e: &Entry, bad: usize) -> Error {
+    let mut err = Error::new("use-after-free", bad).with_block(st, e);
+    err.detail
+        .s("a ")
+        .d(e.size)
+        .s("-byte block at ")
+        .x(e.addr)
+        .s(" was written after it was freed, at offset ")
+        .d(bad - e.addr);
+    err
 }
 
 // ---------------------------------------------------------------------------
@@ -648,15 +665,16 @@ fn free_with(addr: usize, size: usize, align: usize, tid: u32, here: &Frames, op
     let mut errors = [None, None];
     {
         let mut st = STATE.lock();
-        errors[0] = free_locked(&mut st, addr, size, align, tid, here, op, &mut errors[1]);
+        let [found, evicted] = &mut errors;
+        free_locked(&mut st, addr, size, align, tid, here, op, found, evicted);
     }
     for e in errors.iter().flatten() {
         report(e, here);
     }
 }
 
-/// The free itself, under the lock. Returns the error found on the block
-/// (if any); `evicted` receives one found on a block leaving the quarantine.
+/// The free itself, under the lock. `found` receives the error found on the
+/// block (if any), `evicted` one found on a block leaving the quarantine.
 #[allow(clippy::too_many_arguments)]
 fn free_locked(
     st: &mut State,
@@ -666,10 +684,12 @@ fn free_locked(
     tid: u32,
     here: &Frames,
     op: &str,
+    found: &mut Option<Error>,
     evicted: &mut Option<Error>,
-) -> Option<Error> {
+) {
     let Some(e) = st.table.get(addr).copied() else {
-        return Some(not_a_block(st, addr, op));
+        *found = Some(not_a_block(st, addr, op));
+        return;
     };
     if e.state == FREED {
         let mut err = Error::new("double-free", addr).with_block(st, &e);
@@ -678,9 +698,9 @@ fn free_locked(
             .s(" of a ")
             .d(e.size)
             .s("-byte block that was already freed");
-        return Some(err);
+        *found = Some(err);
+        return;
     }
-    let mut found = None;
     if align != 0 && (size != e.size || align != e.align) {
         let mut err = Error::new("layout-mismatch", addr).with_block(st, &e);
         err.detail
@@ -694,14 +714,14 @@ fn free_locked(
             .s(", align: ")
             .d(e.align)
             .s(" }");
-        found = Some(err);
+        *found = Some(err);
     }
     if found.is_none() {
-        found = check_redzones(st, &e);
+        check_redzones(st, &e, found);
     }
     let free_stack = st.depot.intern(here.as_slice());
     let Some(slot) = st.table.get(addr) else {
-        return found;
+        return;
     };
     slot.state = FREED;
     slot.free_tid = tid;
@@ -726,7 +746,6 @@ fn free_locked(
         };
         evict_one(st, old, evicted);
     }
-    found
 }
 
 /// Takes block `addr` out of the quarantine: verifies it, gives its memory
@@ -736,7 +755,7 @@ fn evict_one(st: &mut State, addr: usize, found: &mut Option<Error>) {
         return;
     };
     if found.is_none() {
-        *found = check_freed(st, &e);
+        check_freed(st, &e, found);
     }
     st.quarantine.bytes -= e.extent.min(st.quarantine.bytes);
     st.table.remove(addr);

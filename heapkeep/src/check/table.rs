@@ -90,7 +90,9 @@ unsafe impl Send for Table {}
 
 #[inline]
 fn hash(addr: usize) -> usize {
-    (addr >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (addr >> 29)
+    // The product's high bits depend on every address bit; fold them down.
+    let h = (addr >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ (h >> 32)
 }
 
 impl Table {
