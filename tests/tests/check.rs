@@ -836,6 +836,68 @@ fn rust_double_free_and_use_after_free() {
 }
 
 #[test]
+fn rust_every_class_small_and_large() {
+    check_rust_cases(&[
+        case(
+            "double-free-large",
+            "double-free",
+            Named("free_again_site"),
+            Named("alloc_site_large"),
+            Named("free_site"),
+            Unchecked,
+        ),
+        case(
+            "invalid-free-stack",
+            "invalid-free",
+            Named("invalid_free_site"),
+            Absent,
+            Absent,
+            Unchecked,
+        ),
+        case(
+            "invalid-free-interior",
+            "invalid-free",
+            Named("invalid_free_site"),
+            Named("alloc_site_small"),
+            Absent,
+            Unchecked,
+        ),
+        case(
+            "uaf-read-large",
+            "use-after-free",
+            Named("bad_read_site"),
+            Named("alloc_site_large"),
+            Named("free_site"),
+            Exactly(4096 * 3),
+        ),
+        case(
+            "overflow-large-read",
+            "heap-overflow",
+            Named("bad_read_site"),
+            Named("alloc_site_large"),
+            Absent,
+            AtLeast(1 << 20),
+        ),
+        case(
+            "underflow",
+            "heap-underflow",
+            Named("free_site"),
+            Named("alloc_site_small"),
+            Any,
+            Mentioned,
+        ),
+        case(
+            "stack-overflow",
+            "stack-overflow",
+            Named("stack_overflow_recurse"),
+            Absent,
+            Absent,
+            Unchecked,
+        ),
+    ]);
+}
+
+#[test]
 fn rust_overflow() {
     check_rust_cases(&[case(
         "overflow",
@@ -1297,4 +1359,36 @@ fn sampled_guard_is_silent_on_correct_programs() {
         assert!(out.status.success(), "{src}: {}", describe(&out));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n", "{src}");
     }
+}
+
+#[test]
+fn keep_going_reports_and_continues() {
+    // The misuse is reported, and the program runs to its end.
+    let out = heapkeep_check(&["--keep-going"], misuse_c(), &["double-free-small"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("heapkeep: error: double-free on 0x"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!err.contains("heapkeep: aborting"), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    // The program said it was still running after the misuse.
+    assert!(err.contains("still running"), "{}", describe(&out));
+    // A bad option value warns and keeps the default (abort on error).
+    let out = hermetic(misuse_c())
+        .arg("double-free-small")
+        .env("LD_PRELOAD", preload_lib())
+        .env("HEAPKEEP_CHECK", "1")
+        .env("HEAPKEEP_CHECK_KEEP_GOING", "maybe")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("heapkeep: warning: ignoring HEAPKEEP_CHECK_KEEP_GOING=maybe"),
+        "{}",
+        describe(&out)
+    );
+    assert!(err.contains("heapkeep: aborting"), "{}", describe(&out));
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT));
 }

@@ -1,7 +1,13 @@
 //! Heap misuse in Rust for check mode (`HEAPKEEP_CHECK=1`), on heapkeep as
 //! the global allocator; one case per run, named by the first argument:
 //!
-//! - `double-free`: `dealloc` twice.
+//! - `double-free`: `dealloc` twice; `double-free-large`: the same, 1 MiB.
+//! - `invalid-free-stack`: `dealloc` of a local's address;
+//!   `invalid-free-interior`: of a pointer 16 bytes into a block.
+//! - `uaf-read-large`: a byte of a freed 1 MiB block read (it faults).
+//! - `overflow-large-read`: a byte read just past a 1 MiB block (guard page).
+//! - `underflow`: the byte before a 100-byte block written, then `dealloc`.
+//! - `stack-overflow`: unbounded recursion.
 //! - `uaf-write`: a byte of a freed 100-byte block written; found at exit.
 //! - `overflow`: the byte after a 100-byte block written, then `dealloc`.
 //! - `layout-mismatch-size`: 100 bytes allocated, freed with size 64.
@@ -29,6 +35,7 @@ use std::ptr;
 static A: heapkeep::HeapKeep = heapkeep::HeapKeep;
 
 const SMALL: usize = 100;
+const LARGE: usize = 1 << 20;
 
 fn layout(size: usize, align: usize) -> Layout {
     Layout::from_size_align(size, align).expect("valid layout")
@@ -48,6 +55,37 @@ fn alloc_site_aligned(size: usize, align: usize) -> *mut u8 {
     let p = unsafe { alloc(layout(size, align)) };
     assert!(!p.is_null());
     p
+}
+
+#[inline(never)]
+fn alloc_site_large(size: usize) -> *mut u8 {
+    // SAFETY: the layout is not zero-sized.
+    let p = unsafe { alloc(layout(size, 16)) };
+    assert!(!p.is_null());
+    p
+}
+
+/// # Safety
+/// None: this is the misuse (`p` is not a block).
+#[inline(never)]
+unsafe fn invalid_free_site(p: *mut u8, l: Layout) {
+    unsafe { dealloc(p, l) }
+}
+
+/// Reads the byte at `p + i`.
+///
+/// # Safety
+/// None: this is the misuse.
+#[inline(never)]
+unsafe fn bad_read_site(p: *mut u8, i: usize) -> u8 {
+    unsafe { ptr::read_volatile(p.add(i)) }
+}
+
+/// Recurses without end, with a frame the optimiser cannot drop.
+#[inline(never)]
+fn stack_overflow_recurse(depth: u64) -> u64 {
+    let frame = black_box([depth; 64]);
+    stack_overflow_recurse(depth + 1) + frame[63]
 }
 
 /// # Safety
@@ -188,6 +226,36 @@ fn run_case(case: &str) -> Option<bool> {
                 let p = alloc_site_small(SMALL);
                 free_site(p, small);
                 free_again_site(p, small);
+            }
+            "double-free-large" => {
+                let p = alloc_site_large(LARGE);
+                free_site(p, layout(LARGE, 16));
+                free_again_site(p, layout(LARGE, 16));
+            }
+            "invalid-free-stack" => {
+                let mut local = [0u8; 32];
+                invalid_free_site(black_box(local.as_mut_ptr()), small);
+            }
+            "invalid-free-interior" => {
+                let p = alloc_site_small(SMALL);
+                invalid_free_site(p.add(16), small);
+            }
+            "uaf-read-large" => {
+                let p = alloc_site_large(LARGE);
+                free_site(p, layout(LARGE, 16));
+                black_box(bad_read_site(p, 4096 * 3));
+            }
+            "overflow-large-read" => {
+                let p = alloc_site_large(LARGE);
+                black_box(bad_read_site(p, LARGE + 8));
+            }
+            "underflow" => {
+                let p = alloc_site_small(SMALL);
+                overflow_write_site(p.sub(1), 0, flipped(p.sub(1), 0));
+                free_site(p, small);
+            }
+            "stack-overflow" => {
+                black_box(stack_overflow_recurse(black_box(0)));
             }
             "uaf-write" => {
                 let p = alloc_site_small(SMALL);
