@@ -59,6 +59,7 @@ extern "C" fn on_frame(ctx: *mut c_void, arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `Capture` passed to `_Unwind_Backtrace` below,
     // alive for the whole walk; `ctx` is the unwinder's frame context.
     let cap = unsafe { &mut *arg.cast::<Capture<'_>>() };
+    // SAFETY: `ctx` is the live frame context the unwinder passed us.
     let ip = unsafe { _Unwind_GetIP(ctx) };
     if ip == 0 {
         return 5; // _URC_END_OF_STACK
@@ -282,6 +283,7 @@ struct Place {
 const RTLD_DL_LINKMAP: libc::c_int = 2;
 
 fn place_of(ip: usize) -> Option<Place> {
+    // SAFETY: `Dl_info` is plain data; all-zero is a valid value.
     let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
     let mut map: *mut libc::c_void = ptr::null_mut();
     // SAFETY: `info` and `map` are valid out-pointers; dladdr1 does not
@@ -315,6 +317,7 @@ fn place_of(ip: usize) -> Option<Place> {
     p.file_len = copy(info.dli_fname, &mut p.file);
     if p.file_len == 0 {
         // The main program: dladdr reports an empty name.
+        // SAFETY: readlink writes at most `len - 1` bytes into our buffer.
         let n = unsafe {
             libc::readlink(
                 c"/proc/self/exe".as_ptr(),

@@ -114,6 +114,7 @@ fn remember(pc: usize, rule: Rule) {
 /// Reads the unwind rule for `pc` from its module's `.eh_frame`.
 fn decode(pc: usize) -> Rule {
     let unsupported = Rule(VALID | UNSUPPORTED);
+    // SAFETY: `DlFindObject` is plain data; all-zero is a valid value.
     let mut obj: DlFindObject = unsafe { core::mem::zeroed() };
     // SAFETY: `obj` is a valid out-pointer; _dl_find_object does not allocate.
     if unsafe { _dl_find_object(pc as *mut c_void, &mut obj) } != 0 || obj.eh_frame.is_null() {
