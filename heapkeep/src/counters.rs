@@ -29,7 +29,7 @@
 //! Threads without a heap (the static empty heap) count into [`ORPHAN`] with
 //! atomic read-modify-writes, since several such threads may count at once.
 
-use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 /// Whether counting is compiled in (feature `stats`).
 pub(crate) const ENABLED: bool = cfg!(feature = "stats");
@@ -70,6 +70,10 @@ pub(crate) struct Counters {
     /// `realloc` calls that moved the block: their new and old block are also
     /// counted in `allocs`/`frees`, which `stats.rs` subtracts.
     pub(crate) realloc_moves: AtomicU64,
+    /// Counts that are not the program's (check mode's inner heap, whose
+    /// blocks carry redzones): never flushed into [`LIVE`]/[`PEAK`], left
+    /// out of `stats()`.
+    pub(crate) private: AtomicBool,
 }
 
 /// Adds `n` to a counter that only the calling thread writes.
@@ -92,6 +96,7 @@ impl Counters {
             requested: AtomicU64::new(0),
             reallocs: AtomicU64::new(0),
             realloc_moves: AtomicU64::new(0),
+            private: AtomicBool::new(false),
         }
     }
 
@@ -192,8 +197,10 @@ impl Counters {
         let net = self.net();
         let flushed = self.flushed.load(r);
         let hi = self.hi.load(r).max(net);
-        let base = LIVE.fetch_add(net - flushed, r);
-        PEAK.fetch_max(base - flushed + hi, r);
+        if !self.private.load(r) {
+            let base = LIVE.fetch_add(net - flushed, r);
+            PEAK.fetch_max(base - flushed + hi, r);
+        }
         self.flushed.store(net, r);
         self.hi.store(net, r);
         self.top

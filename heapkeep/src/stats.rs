@@ -81,9 +81,13 @@ impl Sums {
 pub fn stats() -> Stats {
     let mut s = Sums::default();
     s.add(&ORPHAN, false);
+    s.add(crate::check::counters(), true);
     thread::for_each_heap(|h| {
         // SAFETY: heaps are never freed; counters are atomics anyone may read.
-        s.add(unsafe { &(*h).counters }, true)
+        let c = unsafe { &(*h).counters };
+        if !c.private.load(Ordering::Relaxed) {
+            s.add(c, true);
+        }
     });
     let live = s.bytes_out.saturating_sub(s.bytes_in);
     // A heap's high point since its flush on top of the others' current

@@ -151,3 +151,16 @@ fn tempdir() -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// Check mode counts the program's calls with the sizes it asked for (its
+/// blocks' redzones and quarantine are not the program's): the same exact
+/// counts as fast mode, except for realloc, which always moves a block in
+/// check mode (counts.c checks reallocs only from 3 blocks on).
+#[test]
+fn check_mode_counts_the_programs_own_calls() {
+    let out = heapkeep(&["check", "--", counts_program().to_str().unwrap(), "2", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok 2\n", "{err}");
+    assert!(!err.contains("heapkeep:"), "{err}");
+}

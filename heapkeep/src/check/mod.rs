@@ -40,6 +40,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 pub use options::{CheckOption, OPTIONS};
 
+use crate::counters::Counters;
 use crate::heap::{self, Heap};
 use crate::os;
 use crate::sync::SpinLock;
@@ -74,6 +75,16 @@ struct State {
 // SAFETY: the state is only reached through `STATE`'s lock; the inner heap
 // is used by whichever thread holds it.
 unsafe impl Send for State {}
+
+/// What the program did in check mode, counted with the sizes it asked for
+/// (the inner heap's own counters, redzones included, are private). Written
+/// under the check lock only.
+static USER: Counters = Counters::new();
+
+/// Check mode's counts of the program's calls, for `stats()`.
+pub(crate) fn counters() -> &'static Counters {
+    &USER
+}
 
 static STATE: SpinLock<State> = SpinLock::new(State {
     heap: ptr::null_mut(),
@@ -533,6 +544,8 @@ fn take_block(st: &mut State, size: usize, align: usize, zero: bool) -> Option<E
             if st.heap.is_null() {
                 return None;
             }
+            // SAFETY: the inner heap is ours under the lock.
+            unsafe { (*st.heap).counters.private.store(true, Ordering::Relaxed) };
         }
         let front = redzone.next_multiple_of(align);
         // SAFETY: the inner heap is ours while we hold the check lock.
@@ -608,6 +621,9 @@ fn alloc_with(size: usize, align: usize, zero: bool, tid: u32, here: &Frames) ->
     if !st.table.insert(e) {
         release(&mut st, &e);
         return ptr::null_mut();
+    }
+    if USER.on_alloc(size, size) {
+        USER.rise();
     }
     e.addr as *mut u8
 }
@@ -726,6 +742,8 @@ fn free_locked(
     slot.state = FREED;
     slot.free_tid = tid;
     slot.free_stack = free_stack;
+    USER.on_free(e.size);
+    USER.check_fall();
     // SAFETY: the block is ours (just freed); for a large block the data
     // pages lie strictly inside its mapping.
     unsafe {
@@ -817,6 +835,11 @@ pub(crate) unsafe fn realloc(
         (old_size, align)
     };
     free_with(addr, size, align, tid, &here, "realloc");
+    {
+        // The new block (with its size) and the free are counted already.
+        let _lock = STATE.lock();
+        USER.on_realloc(0, true);
+    }
     q
 }
 
