@@ -70,6 +70,9 @@ pub(crate) struct Counters {
     /// `realloc` calls that moved the block: their new and old block are also
     /// counted in `allocs`/`frees`, which `stats.rs` subtracts.
     pub(crate) realloc_moves: AtomicU64,
+    /// Highest net figure seen at flushes since a `measure` scope began
+    /// (flushes reset `hi`; this keeps the scope's high point).
+    pub(crate) scope_hi: AtomicI64,
     /// Counts that are not the program's (check mode's inner heap, whose
     /// blocks carry redzones): never flushed into [`LIVE`]/[`PEAK`], left
     /// out of `stats()`.
@@ -96,6 +99,7 @@ impl Counters {
             requested: AtomicU64::new(0),
             reallocs: AtomicU64::new(0),
             realloc_moves: AtomicU64::new(0),
+            scope_hi: AtomicI64::new(i64::MIN),
             private: AtomicBool::new(false),
         }
     }
@@ -197,6 +201,7 @@ impl Counters {
         let net = self.net();
         let flushed = self.flushed.load(r);
         let hi = self.hi.load(r).max(net);
+        self.scope_hi.fetch_max(hi, r);
         if !self.private.load(r) {
             let base = LIVE.fetch_add(net - flushed, r);
             PEAK.fetch_max(base - flushed + hi, r);

@@ -37,6 +37,7 @@ mod heap;
 mod huge;
 #[cfg(any(test, feature = "invariants"))]
 mod invariants;
+mod measure;
 mod os;
 mod page;
 mod segment;
@@ -47,6 +48,7 @@ mod sync;
 mod tests_internal;
 mod thread;
 
+pub use measure::{measure, Measured};
 pub use stats::{stats, Stats};
 
 /// Whether this build counts operations (cargo feature `stats`, on by
