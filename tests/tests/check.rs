@@ -76,6 +76,23 @@ fn misuse_c() -> &'static Path {
     EXE.get_or_init(|| compile("cc", "check/misuse.c", "misuse", &[]))
 }
 
+/// The C programs more than one test runs, each compiled once (tests run in
+/// parallel: two compiling to one path would race with a run of it).
+fn api_c() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| compile("cc", "api.c", "api", &["-ldl"]))
+}
+
+fn threads_c() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| compile("cc", "threads.c", "threads", &["-pthread"]))
+}
+
+fn guard_c() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| compile("cc", "check/guard.c", "guard", &["-pthread"]))
+}
+
 fn leaks_c() -> &'static Path {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
     EXE.get_or_init(|| compile("cc", "check/leaks.c", "leaks", &["-pthread"]))
@@ -786,16 +803,14 @@ fn c_leak_exit_code_and_leaks_off() {
 
 #[test]
 fn c_clean_api_edge_cases_silent() {
-    let exe = compile("cc", "api.c", "api", &["-ldl"]);
-    let out = heapkeep_check(&[], &exe, &[]);
+    let out = heapkeep_check(&[], api_c(), &[]);
     assert_silent(&out, "api.c");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
 }
 
 #[test]
 fn c_clean_threads_and_fork_silent() {
-    let exe = compile("cc", "threads.c", "threads", &["-pthread"]);
-    let out = heapkeep_check(&[], &exe, &[]);
+    let out = heapkeep_check(&[], threads_c(), &[]);
     assert_silent(&out, "threads.c");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
 }
@@ -1290,8 +1305,7 @@ fn real_programs_run_clean_under_check() {
 /// Runs tests/c/check/guard.c `case` on the preload library in fast mode,
 /// sampling every slow-path allocation.
 fn guard_run(case: &str) -> Output {
-    let exe = compile("cc", "check/guard.c", "guard", &["-pthread"]);
-    hermetic(&exe)
+    hermetic(guard_c())
         .arg(case)
         .env("LD_PRELOAD", preload_lib())
         .env("HEAPKEEP_GUARD_SAMPLE", "1")
@@ -1346,12 +1360,8 @@ fn sampled_guard_is_silent_on_correct_programs() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
     assert!(out.stderr.is_empty(), "{}", describe(&out));
     // The C API edge cases and threads with every slow-path block sampled.
-    for (src, name, flags) in [
-        ("api.c", "api", &["-ldl"][..]),
-        ("threads.c", "threads", &["-pthread"][..]),
-    ] {
-        let exe = compile("cc", src, name, flags);
-        let out = hermetic(&exe)
+    for (src, exe) in [("api.c", api_c()), ("threads.c", threads_c())] {
+        let out = hermetic(exe)
             .env("LD_PRELOAD", preload_lib())
             .env("HEAPKEEP_GUARD_SAMPLE", "1")
             .output()
