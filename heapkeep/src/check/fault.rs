@@ -3,6 +3,9 @@
 //! fault on a thread's stack guard into a stack-overflow report. It runs on
 //! an alternate signal stack (each thread gets one on its first call into
 //! check mode), so it works when the thread's own stack is exhausted.
+//! In fast mode the same handler is installed when the sampled guard
+//! (`guard.rs`) places its first block, and reports only faults in the
+//! guard's pool.
 //!
 //! Faults that are not heapkeep's are passed on: the handler puts back the
 //! disposition it replaced and returns, so the faulting instruction runs
