@@ -232,7 +232,7 @@ pub(crate) fn report_fault(addr: usize, here: &[usize]) -> bool {
         "heap-underflow"
     };
     let symbolize = true;
-    let mut w = crate::check::report::Writer::new();
+    let mut w = crate::writer::Writer::new();
     w.s("heapkeep: error: ")
         .s(class)
         .s(" on ")

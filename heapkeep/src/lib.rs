@@ -47,6 +47,7 @@ mod sync;
 #[cfg(test)]
 mod tests_internal;
 mod thread;
+mod writer;
 
 pub use measure::{measure, Measured};
 pub use stats::{stats, Stats};
@@ -174,45 +175,17 @@ pub fn check_invariants() -> Result<(), String> {
     invariants::check()
 }
 
-/// Writes `v` in hexadecimal into `out`; returns the number of bytes written.
-pub(crate) fn fmt_hex(v: usize, out: &mut [u8]) -> usize {
-    let digits = b"0123456789abcdef";
-    let n = (usize::BITS as usize / 4 - v.leading_zeros() as usize / 4).max(1);
-    for i in 0..n.min(out.len()) {
-        out[i] = digits[(v >> (4 * (n - 1 - i))) & 15];
-    }
-    n.min(out.len())
-}
-
 /// Reports a pointer heapkeep cannot accept and aborts.
 #[cold]
 #[inline(never)]
 pub(crate) fn fatal_pointer(what: &[u8], p: *const u8) -> ! {
-    let mut buf = [0u8; 160];
-    let head = b"heapkeep: fatal: ";
-    let mut n = 0;
-    for part in [&head[..], what, b" at 0x"] {
-        let m = part.len().min(buf.len() - n - 20);
-        buf[n..n + m].copy_from_slice(&part[..m]);
-        n += m;
-    }
-    n += fmt_hex(p as usize, &mut buf[n..]);
-    buf[n] = b'\n';
-    os::write_stderr(&buf[..=n]);
+    writer::Writer::new()
+        .s("heapkeep: fatal: ")
+        .b(what)
+        .s(" at ")
+        .x(p as usize)
+        .s("\n")
+        .flush();
     // SAFETY: abort has no preconditions.
     unsafe { libc::abort() }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hex() {
-        let mut b = [0u8; 20];
-        let n = fmt_hex(0xdead_beef, &mut b);
-        assert_eq!(&b[..n], b"deadbeef");
-        let n = fmt_hex(0, &mut b);
-        assert_eq!(&b[..n], b"0");
-    }
 }

@@ -221,13 +221,11 @@ pub(crate) unsafe fn set_next(block: *mut Block, next: *mut Block, key: usize) {
 #[cold]
 #[inline(never)]
 fn corrupt_list(block: *mut Block) -> ! {
-    let mut buf = [0u8; 96];
-    let msg = b"heapkeep: fatal: corrupted free list at 0x";
-    buf[..msg.len()].copy_from_slice(msg);
-    let mut n = msg.len();
-    n += crate::fmt_hex(block as usize, &mut buf[n..]);
-    buf[n] = b'\n';
-    crate::os::write_stderr(&buf[..=n]);
+    crate::writer::Writer::new()
+        .s("heapkeep: fatal: corrupted free list at ")
+        .x(block as usize)
+        .s("\n")
+        .flush();
     // SAFETY: abort has no preconditions.
     unsafe { libc::abort() }
 }

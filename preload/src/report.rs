@@ -35,22 +35,20 @@ impl<const N: usize> Buf<N> {
         self.len += n;
     }
 
-    fn push_u64(&mut self, mut v: u64) {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        self.push(&digits[i..]);
+    fn push_u64(&mut self, v: u64) {
+        // `core::fmt` does not allocate; writing to a Buf never fails.
+        let _ = core::fmt::Write::write_fmt(self, format_args!("{v}"));
     }
 
     fn full(&self) -> bool {
         self.len == N
+    }
+}
+
+impl<const N: usize> core::fmt::Write for Buf<N> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        self.push(s.as_bytes());
+        Ok(())
     }
 }
 

@@ -11,11 +11,11 @@
 use core::ffi::c_void;
 use core::ptr;
 
-use super::report::Writer;
 use super::stack::{self, Frames};
 use super::table::{FREED, LARGE, LIVE};
 use super::{check_freed, check_redzones, maps, options, report, Error, State, STATE};
 use crate::os;
+use crate::writer::Writer;
 use options::id;
 
 /// A live block in the scan: `[start, end)`, its stack, and whether a

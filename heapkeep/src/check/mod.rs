@@ -28,7 +28,6 @@ mod fault;
 mod leaks;
 mod maps;
 mod options;
-pub(crate) mod report;
 pub(crate) mod stack;
 mod table;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -44,8 +43,8 @@ use crate::counters::Counters;
 use crate::heap::{self, Heap};
 use crate::os;
 use crate::sync::SpinLock;
+use crate::writer::Writer;
 use options::id;
-use report::Writer;
 use stack::{Depot, Frames};
 use table::{Entry, Table, FREED, LARGE, LIVE, SMALL};
 

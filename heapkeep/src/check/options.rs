@@ -142,7 +142,7 @@ pub(crate) fn read_all() {
         let value = match os::getenv(&name[..=opt.env.len()]) {
             None => default,
             Some(text) => parse(i, text).unwrap_or_else(|| {
-                let mut w = crate::check::report::Writer::new();
+                let mut w = crate::writer::Writer::new();
                 w.s("heapkeep: warning: ignoring ")
                     .s(opt.env)
                     .s("=")

@@ -11,8 +11,8 @@
 use core::ffi::{c_int, c_void};
 use core::ptr;
 
-use super::report::Writer;
 use crate::os;
+use crate::writer::Writer;
 
 /// The deepest stack recorded.
 pub(crate) const MAX_DEPTH: usize = 64;
@@ -355,8 +355,20 @@ fn addr2line(file: &[u8], addrs: &[usize], which: &[usize], out: &mut Symbols) -
         return false;
     }
     path[..file.len()].copy_from_slice(file);
-    // Hex arguments, NUL-terminated, side by side.
-    let mut hex = [0u8; MAX_DEPTH * 20];
+    // Hex arguments, NUL-terminated, side by side; frames past the
+    // writer's room (not with real addresses) go unsymbolized.
+    let mut hex = Writer::buffer();
+    let mut starts = [0usize; MAX_DEPTH];
+    let mut n = 0;
+    for &a in addrs {
+        if hex.room() < 20 {
+            break;
+        }
+        starts[n] = hex.as_bytes().len();
+        hex.x(a).b(&[0]);
+        n += 1;
+    }
+    let (addrs, which) = (&addrs[..n], &which[..n]);
     let mut argv: [*const libc::c_char; MAX_DEPTH + 6] = [ptr::null(); MAX_DEPTH + 6];
     argv[..5].copy_from_slice(&[
         c"addr2line".as_ptr(),
@@ -365,13 +377,8 @@ fn addr2line(file: &[u8], addrs: &[usize], which: &[usize], out: &mut Symbols) -
         c"-e".as_ptr(),
         path.as_ptr().cast(),
     ]);
-    let mut at = 0;
-    for (k, &a) in addrs.iter().enumerate() {
-        argv[5 + k] = hex[at..].as_ptr().cast();
-        hex[at..at + 2].copy_from_slice(b"0x");
-        at += 2 + crate::fmt_hex(a, &mut hex[at + 2..at + 18]);
-        hex[at] = 0;
-        at += 1;
+    for k in 0..addrs.len() {
+        argv[5 + k] = hex.as_bytes()[starts[k]..].as_ptr().cast();
     }
     let start = out.len;
     let mut fds = [0 as c_int; 2];

@@ -1,5 +1,9 @@
-//! Formatting reports without allocating: a fixed buffer that is flushed to
-//! standard error when full and at the end.
+//! Messages without allocating: a fixed buffer that is flushed to standard
+//! error when full and at the end (fatal errors, check mode's reports), or
+//! kept as text (report details, command arguments). Numbers go through
+//! `core::fmt`, which does not allocate.
+
+use core::fmt::Write as _;
 
 use crate::os;
 
@@ -28,6 +32,11 @@ impl Writer {
             len: 0,
             sink: false,
         }
+    }
+
+    /// Bytes that still fit before the buffer is full.
+    pub(crate) fn room(&self) -> usize {
+        self.buf.len() - self.len
     }
 
     /// The text buffered so far.
@@ -60,25 +69,15 @@ impl Writer {
 
     /// Appends `v` in decimal.
     pub(crate) fn d(&mut self, v: usize) -> &mut Writer {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        let mut v = v;
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        self.b(&digits[i..])
+        // Writing to a Writer never fails (overflowing text is dropped).
+        let _ = write!(self, "{v}");
+        self
     }
 
     /// Appends `0x` and `v` in hexadecimal.
     pub(crate) fn x(&mut self, v: usize) -> &mut Writer {
-        let mut digits = [0u8; 16];
-        let n = crate::fmt_hex(v, &mut digits);
-        self.s("0x").b(&digits[..n])
+        let _ = write!(self, "{v:#x}");
+        self
     }
 
     /// Writes what is buffered to stderr.
@@ -87,6 +86,13 @@ impl Writer {
             os::write_stderr(&self.buf[..self.len]);
             self.len = 0;
         }
+    }
+}
+
+impl core::fmt::Write for Writer {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        self.b(s.as_bytes());
+        Ok(())
     }
 }
 
@@ -103,8 +109,8 @@ mod tests {
     #[test]
     fn numbers_and_overflowing_text() {
         let mut w = Writer::new();
-        w.d(0).s(" ").d(1234567).s(" ").x(0xbeef);
-        assert_eq!(&w.buf[..w.len], b"0 1234567 0xbeef");
+        w.d(0).s(" ").d(1234567).s(" ").x(0xbeef).s(" ").x(0);
+        assert_eq!(&w.buf[..w.len], b"0 1234567 0xbeef 0x0");
         w.len = 0;
         let long = [b'a'; 3000];
         w.b(&long[..10]);
