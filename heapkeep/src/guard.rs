@@ -264,21 +264,16 @@ pub(crate) fn report_fault(addr: usize, here: &[usize]) -> bool {
     true
 }
 
-/// Fork handlers: the pool lock is held across `fork()`.
+/// Fork support: the pool lock is held across `fork()`.
 pub(crate) fn fork_prepare() {
     POOL.raw_lock();
 }
 
+/// Fork support: releases the lock in parent and child.
+///
 /// # Safety
-/// `fork_prepare` took the lock in this thread.
-pub(crate) unsafe fn fork_parent() {
-    // SAFETY: forwarded.
+/// Only from the fork handlers, after `fork_prepare`.
+pub(crate) unsafe fn fork_release() {
+    // SAFETY: `fork_prepare` took the lock in this (or the parent) thread.
     unsafe { POOL.raw_unlock() };
-}
-
-/// # Safety
-/// The child's only thread took the lock before the fork.
-pub(crate) unsafe fn fork_child() {
-    // SAFETY: forwarded.
-    unsafe { POOL.force_unlock() };
 }

@@ -339,8 +339,8 @@ unsafe extern "C" fn fork_parent() {
         crate::segment::fork_release();
         ARENA.raw_unlock();
         POOL.raw_unlock();
-        crate::guard::fork_parent();
-        crate::check::fork_parent();
+        crate::guard::fork_release();
+        crate::check::fork_release();
     }
 }
 
@@ -351,9 +351,10 @@ unsafe extern "C" fn fork_child() {
         crate::segment::fork_release();
         ARENA.force_unlock();
         POOL.force_unlock();
-        crate::guard::fork_child();
-        crate::check::fork_child();
+        crate::guard::fork_release();
+        crate::check::fork_release();
     }
+    crate::check::fork_child();
 }
 
 /// When the next sweep of retired heaps may run (ms).

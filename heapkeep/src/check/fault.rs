@@ -171,36 +171,23 @@ fn stack_fault(addr: usize, sp: usize) -> Option<Error> {
     Some(err)
 }
 
-/// The stack pointer at the fault (0 where not known).
-fn fault_sp(ctx: *mut c_void) -> usize {
+/// The faulting instruction's address and the stack pointer at the fault
+/// (`(0, 0)` where not known).
+fn fault_regs(ctx: *mut c_void) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: for an SA_SIGINFO handler the third argument is the
         // interrupted context.
-        unsafe {
-            (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RSP as usize] as usize
-        }
+        let regs = unsafe { &(*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs };
+        (
+            regs[libc::REG_RIP as usize] as usize,
+            regs[libc::REG_RSP as usize] as usize,
+        )
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = ctx;
-        0
-    }
-}
-
-/// The faulting instruction's address (0 where not known).
-fn fault_pc(ctx: *mut c_void) -> usize {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: as in `fault_sp`.
-        unsafe {
-            (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RIP as usize] as usize
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = ctx;
-        0
+        (0, 0)
     }
 }
 
@@ -211,7 +198,7 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c
         let mut here = Frames::new();
         capture_here(&mut here, 0);
         // Start at the faulting instruction: drop the handler's frames.
-        let pc = fault_pc(ctx);
+        let (pc, _) = fault_regs(ctx);
         if let Some(k) = here.as_slice().iter().position(|&ip| ip == pc) {
             here.ips.copy_within(k..here.len, 0);
             here.len -= k;
@@ -223,7 +210,7 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c
         unsafe { libc::abort() }
     }
     let err = if super::active() {
-        heap_fault(addr).or_else(|| stack_fault(addr, fault_sp(ctx)))
+        heap_fault(addr).or_else(|| stack_fault(addr, fault_regs(ctx).1))
     } else {
         None
     };

@@ -876,22 +876,21 @@ pub(crate) unsafe fn usable_size(p: *const u8) -> usize {
 // ---------------------------------------------------------------------------
 // Fork
 
-/// Fork handlers (see `thread.rs`): the check lock is held across `fork()`.
+/// Fork support (see `thread.rs`): the check lock is held across `fork()`.
 pub(crate) fn fork_prepare() {
     STATE.raw_lock();
 }
 
+/// Fork support: releases the lock in parent and child.
+///
 /// # Safety
-/// `fork_prepare` took the lock in this thread.
-pub(crate) unsafe fn fork_parent() {
-    // SAFETY: forwarded from the caller.
+/// Only from the fork handlers, after `fork_prepare`.
+pub(crate) unsafe fn fork_release() {
+    // SAFETY: `fork_prepare` took the lock in this (or the parent) thread.
     unsafe { STATE.raw_unlock() };
 }
 
-/// # Safety
-/// Runs in the child's only thread, which took the lock before the fork.
-pub(crate) unsafe fn fork_child() {
-    // SAFETY: forwarded from the caller.
-    unsafe { STATE.force_unlock() };
+/// Fork support, in the child: its thread has a new kernel id.
+pub(crate) fn fork_child() {
     THREAD.with(|t| t.tid.set(0));
 }
