@@ -50,6 +50,32 @@ pub fn build_packages(packages: &[&str]) -> std::path::PathBuf {
     target.join("debug")
 }
 
+/// Builds the `heapkeep` command and the library beside it (once per test
+/// binary); returns the command's path.
+pub fn heapkeep_cmd() -> &'static std::path::Path {
+    static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        let dir = build_packages(&["heapkeep-cli", "heapkeep-preload"]);
+        let exe = dir.join("heapkeep");
+        assert!(exe.exists() && dir.join("libheapkeep_preload.so").exists());
+        exe
+    })
+}
+
+/// Compiles `tests/c/<src>` with `compiler` into `out`: `compiler OPTS -o
+/// out SRC EXTRA` (options before, libraries and link flags after).
+pub fn compile_c(compiler: &str, src: &str, out: &std::path::Path, opts: &[&str], extra: &[&str]) {
+    let status = std::process::Command::new(compiler)
+        .args(opts)
+        .arg("-o")
+        .arg(out)
+        .arg(workspace().join("tests").join("c").join(src))
+        .args(extra)
+        .status()
+        .unwrap_or_else(|e| panic!("run {compiler}: {e}"));
+    assert!(status.success(), "compiling {src} failed");
+}
+
 /// Resident memory of this process in bytes (`VmRSS` in `/proc/self/status`).
 pub fn resident_bytes() -> usize {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");

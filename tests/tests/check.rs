@@ -27,24 +27,12 @@
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
-use heapkeep_tests::{build_packages, workspace};
+use heapkeep_tests::{compile_c, heapkeep_cmd, workspace};
 
 // ---------------------------------------------------------------------------
 // Programs
-
-/// Builds the `heapkeep` command and the library beside it, once; returns
-/// the command's path.
-fn heapkeep_cmd() -> &'static Path {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
-        let dir = build_packages(&["heapkeep-cli", "heapkeep-preload"]);
-        let exe = dir.join("heapkeep");
-        assert!(exe.exists() && dir.join("libheapkeep_preload.so").exists());
-        exe
-    })
-}
 
 fn preload_lib() -> PathBuf {
     heapkeep_cmd()
@@ -55,47 +43,42 @@ fn preload_lib() -> PathBuf {
 
 /// Compiles `tests/c/<src>` with `compiler` into `target/check-tests/<name>`
 /// with debug information, unoptimised and without inlining (so every
-/// named site is a frame of its own).
-fn compile(compiler: &str, src: &str, name: &str, extra: &[&str]) -> PathBuf {
+/// named site is a frame of its own). Each name is compiled once per test
+/// binary: tests run in parallel, and two compiling to one path would race
+/// with a run of it.
+fn compile(compiler: &str, src: &str, name: &str, extra: &[&str]) -> &'static Path {
+    static DONE: Mutex<Vec<(String, &'static Path)>> = Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = done.iter().find(|(n, _)| n == name) {
+        return p;
+    }
     let dir = workspace().join("target").join("check-tests");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join(name);
-    let status = Command::new(compiler)
-        .args(["-g", "-O0", "-fno-inline", "-o"])
-        .arg(&out)
-        .arg(workspace().join("tests").join("c").join(src))
-        .args(extra)
-        .status()
-        .unwrap_or_else(|e| panic!("run {compiler}: {e}"));
-    assert!(status.success(), "compiling {src} failed");
+    compile_c(compiler, src, &out, &["-g", "-O0", "-fno-inline"], extra);
+    let out: &'static Path = Box::leak(out.into_boxed_path());
+    done.push((name.to_string(), out));
     out
 }
 
 fn misuse_c() -> &'static Path {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| compile("cc", "check/misuse.c", "misuse", &[]))
+    compile("cc", "check/misuse.c", "misuse", &[])
 }
 
-/// The C programs more than one test runs, each compiled once (tests run in
-/// parallel: two compiling to one path would race with a run of it).
 fn api_c() -> &'static Path {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| compile("cc", "api.c", "api", &["-ldl"]))
+    compile("cc", "api.c", "api", &["-ldl"])
 }
 
 fn threads_c() -> &'static Path {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| compile("cc", "threads.c", "threads", &["-pthread"]))
+    compile("cc", "threads.c", "threads", &["-pthread"])
 }
 
 fn guard_c() -> &'static Path {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| compile("cc", "check/guard.c", "guard", &["-pthread"]))
+    compile("cc", "check/guard.c", "guard", &["-pthread"])
 }
 
 fn leaks_c() -> &'static Path {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| compile("cc", "check/leaks.c", "leaks", &["-pthread"]))
+    compile("cc", "check/leaks.c", "leaks", &["-pthread"])
 }
 
 fn check_misuse_rs() -> &'static Path {
@@ -818,9 +801,9 @@ fn c_clean_threads_and_fork_silent() {
 #[test]
 fn cpp_clean_containers_silent_and_same_output() {
     let exe = compile("c++", "containers.cpp", "containers", &["-std=c++17"]);
-    let plain = hermetic(&exe).output().unwrap();
+    let plain = hermetic(exe).output().unwrap();
     assert!(plain.status.success(), "{}", describe(&plain));
-    let out = heapkeep_check(&[], &exe, &[]);
+    let out = heapkeep_check(&[], exe, &[]);
     assert_silent(&out, "containers.cpp");
     assert_eq!(out.stdout, plain.stdout);
 }

@@ -6,19 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use heapkeep_tests::{build_packages, workspace};
-
-/// Builds the `heapkeep` command and the library beside it, once; returns
-/// the command's path.
-fn heapkeep_cmd() -> &'static Path {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
-        let dir = build_packages(&["heapkeep-cli", "heapkeep-preload"]);
-        let exe = dir.join("heapkeep");
-        assert!(exe.exists() && dir.join("libheapkeep_preload.so").exists());
-        exe
-    })
-}
+use heapkeep_tests::{compile_c, heapkeep_cmd, workspace};
 
 /// Compiles tests/c/counts.c against heapkeep.h, linked with the library.
 fn counts_program() -> &'static Path {
@@ -26,19 +14,16 @@ fn counts_program() -> &'static Path {
     EXE.get_or_init(|| {
         let lib_dir = heapkeep_cmd().parent().unwrap().to_path_buf();
         let out = lib_dir.join("counts");
-        let status = Command::new("cc")
-            .args(["-O1", "-fno-builtin", "-o"])
-            .arg(&out)
-            .arg(workspace().join("tests/c/counts.c"))
-            .arg("-I")
-            .arg(workspace().join("preload/include"))
-            .arg("-L")
-            .arg(&lib_dir)
-            .arg("-lheapkeep_preload")
-            .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
-            .status()
-            .expect("run cc");
-        assert!(status.success(), "compiling counts.c failed");
+        let include = format!("-I{}", workspace().join("preload/include").display());
+        let libs = format!("-L{}", lib_dir.display());
+        let rpath = format!("-Wl,-rpath,{}", lib_dir.display());
+        compile_c(
+            "cc",
+            "counts.c",
+            &out,
+            &["-O1", "-fno-builtin", &include],
+            &[&libs, "-lheapkeep_preload", &rpath],
+        );
         out
     })
 }

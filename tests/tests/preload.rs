@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use heapkeep_tests::{build_packages, workspace};
+use heapkeep_tests::{build_packages, compile_c, workspace};
 
 /// Builds the preload library once and returns its path.
 fn preload_lib() -> &'static Path {
@@ -34,15 +34,7 @@ fn compile(compiler: &str, src: &str, extra: &[&str]) -> PathBuf {
 /// Compiles `tests/c/<src>` into `target/preload-tests/c/<name>`.
 fn compile_to(compiler: &str, src: &str, name: &str, extra: &[&str]) -> PathBuf {
     let out = c_dir().join(name);
-    let status = Command::new(compiler)
-        .arg("-O1")
-        .arg("-o")
-        .arg(&out)
-        .arg(workspace().join("tests").join("c").join(src))
-        .args(extra)
-        .status()
-        .unwrap_or_else(|e| panic!("run {compiler}: {e}"));
-    assert!(status.success(), "compiling {src} failed");
+    compile_c(compiler, src, &out, &["-O1"], extra);
     out
 }
 
