@@ -231,7 +231,7 @@ pub(crate) fn report_fault(addr: usize, here: &[usize]) -> bool {
     } else {
         "heap-underflow"
     };
-    let symbolize = true;
+    let symbolize = crate::check::symbolize();
     let mut w = crate::writer::Writer::new();
     w.s("heapkeep: error: ")
         .s(class)
@@ -247,17 +247,14 @@ pub(crate) fn report_fault(addr: usize, here: &[usize]) -> bool {
     } else {
         w.s("-").d(slot.block - addr);
     }
-    w.s("\n  here (thread ")
-        .d(crate::check::thread_id() as usize)
-        .s("):\n");
-    stack::print(&mut w, here, symbolize);
-    w.s("  allocated (thread ")
-        .d(slot.alloc_tid as usize)
-        .s("):\n");
-    stack::print(&mut w, &slot.alloc[..slot.alloc_len], symbolize);
+    w.s("\n");
+    let tid = crate::check::thread_id();
+    stack::section(&mut w, "here", tid, here, symbolize);
+    let alloc = &slot.alloc[..slot.alloc_len];
+    stack::section(&mut w, "allocated", slot.alloc_tid, alloc, symbolize);
     if !slot.live {
-        w.s("  freed (thread ").d(slot.free_tid as usize).s("):\n");
-        stack::print(&mut w, &slot.free[..slot.free_len], symbolize);
+        let free = &slot.free[..slot.free_len];
+        stack::section(&mut w, "freed", slot.free_tid, free, symbolize);
     }
     w.s("heapkeep: aborting\n");
     w.flush();

@@ -125,7 +125,7 @@ pub(super) fn at_exit() {
     if blocks == 0 {
         return;
     }
-    let symbolize = options::get(id::SYMBOLIZE) == 1;
+    let symbolize = super::symbolize();
     let mut w = Writer::new();
     w.s("heapkeep: leak: ")
         .d(bytes)

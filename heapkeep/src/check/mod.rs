@@ -123,6 +123,11 @@ pub(crate) fn active() -> bool {
     ACTIVE.load(Ordering::Relaxed)
 }
 
+/// Whether reports name functions, files and lines (option `symbolize`).
+pub(crate) fn symbolize() -> bool {
+    options::get(id::SYMBOLIZE) == 1
+}
+
 /// Whether check mode is on, starting heapkeep first if nothing did yet
 /// (a program's first heap call may be a free or a realloc).
 pub(crate) fn enabled() -> bool {
@@ -277,7 +282,7 @@ fn copy_stack(dst: &mut Frames, src: &[usize]) {
 #[cold]
 fn report(err: &Error, here: &Frames) {
     THREAD.with(|t| t.busy.set(true));
-    let symbolize = options::get(id::SYMBOLIZE) == 1;
+    let symbolize = symbolize();
     let tid = this_thread();
     let mut w = Writer::new();
     w.s("heapkeep: error: ")
@@ -288,17 +293,18 @@ fn report(err: &Error, here: &Frames) {
         .b(err.detail.as_bytes())
         .s("\n");
     if here.len > 0 {
-        w.s("  here (thread ").d(tid as usize).s("):\n");
-        stack::print(&mut w, here.as_slice(), symbolize);
+        stack::section(&mut w, "here", tid, here.as_slice(), symbolize);
     }
     if let Some(e) = &err.block {
-        w.s("  allocated (thread ")
-            .d(e.alloc_tid as usize)
-            .s("):\n");
-        stack::print(&mut w, err.alloc.as_slice(), symbolize);
+        stack::section(
+            &mut w,
+            "allocated",
+            e.alloc_tid,
+            err.alloc.as_slice(),
+            symbolize,
+        );
         if e.state == FREED {
-            w.s("  freed (thread ").d(e.free_tid as usize).s("):\n");
-            stack::print(&mut w, err.free.as_slice(), symbolize);
+            stack::section(&mut w, "freed", e.free_tid, err.free.as_slice(), symbolize);
         }
     }
     if options::get(id::KEEP_GOING) == 1 {

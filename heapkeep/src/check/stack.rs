@@ -445,6 +445,13 @@ fn addr2line(file: &[u8], addrs: &[usize], which: &[usize], out: &mut Symbols) -
     true
 }
 
+/// Prints one stack section of a report: `  <title> (thread <tid>):` and
+/// its frames.
+pub(crate) fn section(w: &mut Writer, title: &str, tid: u32, ips: &[usize], symbolize: bool) {
+    w.s("  ").s(title).s(" (thread ").d(tid as usize).s("):\n");
+    print(w, ips, symbolize);
+}
+
 /// Prints `ips` as numbered frames (`    #0 0x... in f file:line`), leaving
 /// out the allocator's own leading frames.
 pub(crate) fn print(w: &mut Writer, ips: &[usize], symbolize: bool) {
