@@ -116,9 +116,7 @@ pub(super) fn at_exit() {
             return;
         };
         for (s, f) in top.iter().zip(stacks.iter_mut()) {
-            let ips = st.depot.get(s.stack);
-            f.len = ips.len();
-            f.ips[..ips.len()].copy_from_slice(ips);
+            super::copy_stack(f, st.depot.get(s.stack));
         }
         (bytes, blocks)
     };
