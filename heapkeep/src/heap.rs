@@ -31,6 +31,7 @@ use core::ptr;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use crate::counters::{Counters, ORPHAN};
+use crate::forbid;
 use crate::guard;
 use crate::huge;
 use crate::os;
@@ -340,6 +341,14 @@ unsafe fn free_heapless(p: *mut u8, size: usize, align: usize) {
     if crate::check::enabled() {
         // SAFETY: check mode validates `p` before any use.
         return unsafe { crate::check::free(p, size, align) };
+    }
+    if forbid::active() {
+        // Inside an allocation-free region: the thread's heap is set aside.
+        let heap = forbid::kept_heap();
+        if heap != thread::empty_heap() {
+            // SAFETY: the calling thread's own heap; `p` is live (caller).
+            return unsafe { free_in(heap, p) };
+        }
     }
     // SAFETY: `p` is a live block (caller), so its headers are mapped.
     unsafe {
@@ -909,9 +918,37 @@ unsafe fn alloc_slow(heap: *mut Heap, size: usize, align: usize, zero: bool) -> 
     // SAFETY: forwarded from the caller.
     let p = unsafe { alloc_refill(heap, size, align, zero) };
     if p.is_null() {
-        os::set_errno_nomem();
+        // SAFETY: as above.
+        return unsafe { alloc_failed(heap, size, align, zero) };
     }
     p
+}
+
+/// An allocation failed: under a memory cap, returns the caches to the OS
+/// and tries once more; otherwise (or again) null with `ENOMEM`.
+///
+/// # Safety
+/// As for [`alloc_slow`].
+#[cold]
+#[inline(never)]
+unsafe fn alloc_failed(heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
+    if os::cap() != 0 {
+        segment::drop_cache();
+        huge::drop_cache();
+        // A thread's first allocation may have made its heap before failing.
+        let heap = if heap == thread::empty_heap() {
+            thread::current()
+        } else {
+            heap
+        };
+        // SAFETY: forwarded from the caller.
+        let p = unsafe { alloc_refill(heap, size, align, zero) };
+        if !p.is_null() {
+            return p;
+        }
+    }
+    os::set_errno_nomem();
+    ptr::null_mut()
 }
 
 /// The body of [`alloc_slow`].
@@ -925,6 +962,9 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
         if (*heap).remote.state.load(Ordering::Relaxed) == STATE_EMPTY {
             if !thread::global_init() {
                 return ptr::null_mut();
+            }
+            if forbid::active() {
+                return forbid::alloc(size, align, zero);
             }
             if crate::check::active() {
                 return crate::check::alloc(size, align, zero);
@@ -1257,10 +1297,19 @@ pub(crate) unsafe fn realloc(
     unsafe {
         if (*heap).remote.state.load(Ordering::Relaxed) == STATE_EMPTY {
             if crate::check::enabled() {
+                if forbid::active() && new_size > crate::check::usable_size(p) {
+                    forbid::note_realloc(new_size, align);
+                }
                 return crate::check::realloc(p, old_size, align, new_size);
             }
-            // The counts below need a heap of this thread.
-            heap = thread::init_current();
+            // The counts below need a heap of this thread (inside an
+            // allocation-free region its own: a move then allocates through
+            // the slot, which reports it).
+            heap = if forbid::active() {
+                forbid::real_heap()
+            } else {
+                thread::init_current()
+            };
             if heap.is_null() {
                 return ptr::null_mut();
             }

@@ -400,6 +400,13 @@ pub(crate) fn decay(now: u64) {
     }
 }
 
+/// Unmaps every cached huge segment (when an allocation would pass the
+/// memory cap).
+pub(crate) fn drop_cache() {
+    // Every cached segment is older than `UNMAP_DELAY_MS` at the end of time.
+    decay(u64::MAX);
+}
+
 /// Fork support: hold the cache lock across `fork()`.
 pub(crate) fn fork_prepare() {
     CACHE.raw_lock();

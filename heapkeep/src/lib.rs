@@ -32,6 +32,7 @@ use core::alloc::{GlobalAlloc, Layout};
 
 pub mod check;
 mod counters;
+mod forbid;
 mod guard;
 mod heap;
 mod huge;
@@ -49,6 +50,9 @@ mod tests_internal;
 mod thread;
 mod writer;
 
+pub use forbid::{
+    forbid_alloc, forbid_alloc_with, permit_alloc, ForbidAlloc, OnAlloc, PermitAlloc, LOG_LIMIT,
+};
 pub use measure::{measure, Measured};
 pub use stats::{stats, Stats};
 
@@ -165,6 +169,24 @@ pub fn os_mapped_bytes() -> usize {
 /// The highest [`os_mapped_bytes`] seen since the process started.
 pub fn os_mapped_peak_bytes() -> usize {
     os::mapped_peak_bytes()
+}
+
+/// Caps the memory heapkeep maps from the OS at `bytes` (0: no cap; the
+/// environment option `HEAPKEEP_MEMORY_CAP` sets it at start-up, e.g. `512M`).
+/// Beyond the cap allocations fail (null; `ENOMEM` in C) instead of taking
+/// the machine down. The cap counts every byte mapped, including memory
+/// heapkeep keeps cached for reuse; before failing an allocation, heapkeep
+/// returns its caches to the OS and tries again. Lowering the cap below
+/// what is mapped now frees nothing; it only refuses new mappings.
+pub fn set_memory_cap(bytes: usize) {
+    thread::global_init();
+    os::set_cap(bytes);
+}
+
+/// The memory cap in bytes (0: none). See [`set_memory_cap`].
+pub fn memory_cap() -> usize {
+    thread::global_init();
+    os::cap()
 }
 
 /// Walks the heap and checks its invariants: the calling thread's heap, every

@@ -77,7 +77,11 @@ pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measured) {
     if unsafe { (*heap).remote.state.load(Ordering::Relaxed) } == STATE_EMPTY
         && !crate::check::enabled()
     {
-        let h = thread::init_current();
+        let h = if crate::forbid::active() {
+            crate::forbid::real_heap()
+        } else {
+            thread::init_current()
+        };
         if !h.is_null() {
             heap = h;
         }

@@ -475,6 +475,17 @@ pub(crate) unsafe fn release(seg: *mut Segment) {
 /// waited `UNMAP_DELAY_MS`; lets the purge delay relax.
 pub(crate) fn decay(now: u64) {
     relax_purge_delay(now);
+    sweep_cache(now);
+}
+
+/// Unmaps every cached segment (when an allocation would pass the memory cap).
+pub(crate) fn drop_cache() {
+    sweep_cache(u64::MAX);
+}
+
+/// Purges cached segments that waited the purge delay at `now` and unmaps
+/// those that waited `UNMAP_DELAY_MS`.
+fn sweep_cache(now: u64) {
     let delay = purge_delay();
     let mut unmap: [*mut Segment; CACHE_SLOTS] = [ptr::null_mut(); CACHE_SLOTS];
     let mut n_unmap = 0;

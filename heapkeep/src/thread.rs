@@ -148,6 +148,13 @@ pub(crate) fn current() -> *mut Heap {
     slot::get()
 }
 
+/// Points the calling thread's slot at `heap` (its own heap, or the empty
+/// heap while an allocation-free region is open: `forbid.rs`).
+#[inline]
+pub(crate) fn set_current(heap: *mut Heap) {
+    slot::set(heap);
+}
+
 const UNINIT: u8 = 0;
 const RUNNING: u8 = 1;
 const READY: u8 = 2;

@@ -89,6 +89,20 @@ extern "C" {
 size_t heapkeep_stats(heapkeep_stats_t *out, size_t size);
 
 /*
+ Caps the memory heapkeep maps from the OS at `bytes` (0: no cap; also
+ set by the environment option `HEAPKEEP_MEMORY_CAP`, e.g. `512M`). Beyond
+ the cap `malloc` and friends return NULL with `errno` ENOMEM. The cap
+ counts every byte mapped, caches included (they are given back before
+ an allocation fails).
+ */
+void heapkeep_set_memory_cap(size_t bytes);
+
+/*
+ The memory cap in bytes (0: none).
+ */
+size_t heapkeep_memory_cap(void);
+
+/*
  The version of the heapkeep library, as a static NUL-terminated string.
  */
 const char *heapkeep_version(void);

@@ -163,6 +163,22 @@ pub unsafe extern "C" fn heapkeep_stats(out: *mut heapkeep::Stats, size: usize) 
     full
 }
 
+/// Caps the memory heapkeep maps from the OS at `bytes` (0: no cap; also
+/// set by the environment option `HEAPKEEP_MEMORY_CAP`, e.g. `512M`). Beyond
+/// the cap `malloc` and friends return NULL with `errno` ENOMEM. The cap
+/// counts every byte mapped, caches included (they are given back before
+/// an allocation fails).
+#[no_mangle]
+pub extern "C" fn heapkeep_set_memory_cap(bytes: usize) {
+    heapkeep::set_memory_cap(bytes);
+}
+
+/// The memory cap in bytes (0: none).
+#[no_mangle]
+pub extern "C" fn heapkeep_memory_cap() -> usize {
+    heapkeep::memory_cap()
+}
+
 /// The version of the heapkeep library, as a static NUL-terminated string.
 #[no_mangle]
 pub extern "C" fn heapkeep_version() -> *const c_char {

@@ -72,6 +72,18 @@ fn c_api_edge_cases() {
 }
 
 #[test]
+fn memory_cap_from_the_environment_fails_allocations_beyond_it() {
+    let exe = compile("cc", "cap.c", &["-ldl"]);
+    let out = Command::new(&exe)
+        .env("LD_PRELOAD", preload_lib())
+        .env("HEAPKEEP_MEMORY_CAP", "64M")
+        .output()
+        .unwrap();
+    assert_ok(&out, "cap.c");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+}
+
+#[test]
 fn c_threads_cross_thread_frees_and_fork() {
     c_program_prints_ok("threads.c", &["-pthread"]);
 }

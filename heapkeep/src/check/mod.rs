@@ -27,7 +27,7 @@
 mod fault;
 mod leaks;
 mod maps;
-mod options;
+pub(crate) mod options;
 pub(crate) mod stack;
 mod table;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -142,6 +142,7 @@ pub(crate) fn init() {
     if options::get(id::CHECK) != 1 {
         crate::guard::set_period(options::get(id::GUARD_SAMPLE));
     }
+    crate::os::set_cap(options::get(id::MEMORY_CAP));
     if options::get(id::CHECK) == 1 {
         // SAFETY: getpid has no preconditions.
         PID.store(unsafe { libc::getpid() } as u32, Ordering::Relaxed);

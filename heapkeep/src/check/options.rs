@@ -1,4 +1,5 @@
-//! The options of check mode and of the sampled guard: one table (name,
+//! heapkeep's options (check mode, the sampled guard, allocation-free
+//! regions, the memory cap): one table (name,
 //! environment variable, default, meaning), read once at start-up with
 //! `getenv` (which does not allocate). A value that does not parse is
 //! reported on stderr and the default is kept.
@@ -31,7 +32,13 @@ pub(crate) mod id {
     pub const STACK_DEPTH: usize = 6;
     pub const SYMBOLIZE: usize = 7;
     pub const GUARD_SAMPLE: usize = 8;
+    pub const FORBID_ALLOC: usize = 9;
+    pub const MEMORY_CAP: usize = 10;
 }
+
+/// What an allocation inside `forbid_alloc` does (`HEAPKEEP_FORBID_ALLOC`),
+/// in [`crate::OnAlloc`] order.
+pub(crate) const FORBID_NAMES: [&[u8]; 3] = [b"abort", b"panic", b"log"];
 
 /// Leak report modes (`HEAPKEEP_CHECK_LEAKS`).
 pub(crate) const LEAKS_OFF: usize = 0;
@@ -42,7 +49,7 @@ pub(crate) const LEAKS_UNREFERENCED: usize = 1;
 /// Report every block still allocated at exit.
 pub(crate) const LEAKS_ALL: usize = 2;
 
-/// Every option of check mode and of the sampled guard.
+/// Every option of heapkeep.
 pub const OPTIONS: &[CheckOption] = &[
     CheckOption {
         name: "check",
@@ -98,10 +105,22 @@ pub const OPTIONS: &[CheckOption] = &[
         default: "32768",
         meaning: "fast mode: about one allocation (of at most 4 KiB) in N gets guard pages, 0 off",
     },
+    CheckOption {
+        name: "forbid-alloc",
+        env: "HEAPKEEP_FORBID_ALLOC",
+        default: "abort",
+        meaning: "an allocation inside heapkeep::forbid_alloc: abort, panic (when the region ends) or log",
+    },
+    CheckOption {
+        name: "memory-cap",
+        env: "HEAPKEEP_MEMORY_CAP",
+        default: "0",
+        meaning: "bytes heapkeep may map from the OS (suffix K, M or G), 0 no cap; beyond it allocations fail",
+    },
 ];
 
 /// Values read from the environment, in [`OPTIONS`] order.
-static VALUES: [AtomicUsize; 9] = [const { AtomicUsize::new(0) }; 9];
+static VALUES: [AtomicUsize; 11] = [const { AtomicUsize::new(0) }; 11];
 
 /// The value of option `i` (see [`id`]); read after [`read_all`].
 #[inline]
@@ -114,12 +133,30 @@ fn parse(i: usize, text: &[u8]) -> Option<usize> {
     if i == id::LEAKS && text == b"all" {
         return Some(LEAKS_ALL);
     }
+    if i == id::FORBID_ALLOC {
+        return FORBID_NAMES.iter().position(|n| *n == text);
+    }
+    let mut text = text;
+    let mut scale = 1usize;
+    if i == id::MEMORY_CAP {
+        let shift = match text.last() {
+            Some(b'K' | b'k') => 10,
+            Some(b'M' | b'm') => 20,
+            Some(b'G' | b'g') => 30,
+            _ => 0,
+        };
+        if shift != 0 {
+            text = &text[..text.len() - 1];
+            scale = 1 << shift;
+        }
+    }
     if text.is_empty() || text.len() > 12 || !text.iter().all(u8::is_ascii_digit) {
         return None;
     }
     let v = text
         .iter()
-        .fold(0usize, |v, d| v * 10 + usize::from(d - b'0'));
+        .fold(0usize, |v, d| v * 10 + usize::from(d - b'0'))
+        .checked_mul(scale)?;
     let ok = match i {
         id::CHECK | id::KEEP_GOING | id::SYMBOLIZE => v <= 1,
         id::LEAKS => v <= 1,
@@ -173,6 +210,12 @@ mod tests {
         assert_eq!(parse(id::LEAKS, b"all"), Some(LEAKS_ALL));
         assert_eq!(parse(id::REDZONE, b"4"), None);
         assert_eq!(parse(id::CHECK, b"yes"), None);
+        assert_eq!(parse(id::FORBID_ALLOC, b"log"), Some(2));
+        assert_eq!(parse(id::FORBID_ALLOC, b"warn"), None);
+        assert_eq!(parse(id::MEMORY_CAP, b"64M"), Some(64 << 20));
+        assert_eq!(parse(id::MEMORY_CAP, b"3g"), Some(3 << 30));
+        assert_eq!(parse(id::MEMORY_CAP, b"4096"), Some(4096));
+        assert_eq!(parse(id::MEMORY_CAP, b"M"), None);
         assert_eq!(parse(id::QUARANTINE_MB, b"-1"), None);
         assert_eq!(parse(id::STACK_DEPTH, b"64"), Some(64));
     }

@@ -34,6 +34,12 @@ impl Frames {
     pub(crate) fn as_slice(&self) -> &[usize] {
         &self.ips[..self.len]
     }
+
+    /// Copies `other`'s frames into `self`.
+    pub(crate) fn clone_from_frames(&mut self, other: &Frames) {
+        self.ips[..other.len].copy_from_slice(other.as_slice());
+        self.len = other.len;
+    }
 }
 
 #[allow(non_camel_case_types)]

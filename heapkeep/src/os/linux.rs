@@ -3,7 +3,7 @@
 //! Uses `mmap`/`munmap`/`madvise`/`mremap` through the `libc` crate. All
 //! functions are safe to call from any thread at any time and never allocate.
 
-use super::{note_mapped, note_unmapped, PAGE_SIZE};
+use super::{note_unmapped, reserve, PAGE_SIZE};
 use core::ptr;
 
 /// Maps `size` bytes (a multiple of the page size) aligned to `align`.
@@ -11,6 +11,18 @@ use core::ptr;
 pub(crate) fn map_aligned(size: usize, align: usize) -> *mut u8 {
     debug_assert!(align.is_power_of_two() && align >= PAGE_SIZE);
     debug_assert!(size % PAGE_SIZE == 0 && size > 0);
+    if !reserve(size) {
+        return ptr::null_mut();
+    }
+    let p = map_aligned_raw(size, align);
+    if p.is_null() {
+        note_unmapped(size);
+    }
+    p
+}
+
+/// [`map_aligned`] without the accounting.
+fn map_aligned_raw(size: usize, align: usize) -> *mut u8 {
     // First try the exact size: the kernel often hands out aligned addresses
     // for large requests, and then there is nothing to trim.
     let p = raw_map(size);
@@ -18,7 +30,6 @@ pub(crate) fn map_aligned(size: usize, align: usize) -> *mut u8 {
         return ptr::null_mut();
     }
     if (p as usize) & (align - 1) == 0 {
-        note_mapped(size);
         return p;
     }
     // SAFETY: `p` is a mapping of `size` bytes we just made and nobody else knows.
@@ -34,7 +45,6 @@ pub(crate) fn map_aligned(size: usize, align: usize) -> *mut u8 {
     let start = (p as usize + align - 1) & !(align - 1);
     // SAFETY: `[p, p + total)` is our fresh mapping and the window lies inside it.
     unsafe { trim_to_window(p, total, start, size) };
-    note_mapped(size);
     start as *mut u8
 }
 
@@ -112,14 +122,18 @@ pub(crate) unsafe fn purge(p: *mut u8, size: usize) {
 /// # Safety
 /// `[p, p + old)` is a whole mapping of this layer.
 pub(crate) unsafe fn remap_in_place(p: *mut u8, old: usize, new: usize) -> bool {
+    if new > old && !reserve(new - old) {
+        return false;
+    }
     // SAFETY: without MREMAP_MAYMOVE the kernel either resizes in place or fails.
     let q = unsafe { libc::mremap(p.cast(), old, new, 0) };
     if q == libc::MAP_FAILED {
+        if new > old {
+            note_unmapped(new - old);
+        }
         return false;
     }
-    if new > old {
-        note_mapped(new - old);
-    } else {
+    if new < old {
         note_unmapped(old - new);
     }
     true
@@ -135,8 +149,14 @@ pub(crate) unsafe fn remap_aligned(p: *mut u8, old: usize, new: usize, align: us
     let Some(total) = new.checked_add(align) else {
         return ptr::null_mut();
     };
+    if new > old && !reserve(new - old) {
+        return ptr::null_mut();
+    }
     let r = raw_map(total);
     if r.is_null() {
+        if new > old {
+            note_unmapped(new - old);
+        }
         return ptr::null_mut();
     }
     let dest = (r as usize + align - 1) & !(align - 1);
@@ -156,11 +176,12 @@ pub(crate) unsafe fn remap_aligned(p: *mut u8, old: usize, new: usize, align: us
     if q == libc::MAP_FAILED {
         // SAFETY: the aligned window still belongs to our reservation.
         unsafe { raw_unmap(dest as *mut u8, new) };
+        if new > old {
+            note_unmapped(new - old);
+        }
         return ptr::null_mut();
     }
-    if new > old {
-        note_mapped(new - old);
-    } else {
+    if new < old {
         note_unmapped(old - new);
     }
     q.cast()

@@ -7,7 +7,8 @@
 //! ## Contract (what every platform file provides)
 //! - `map_aligned(size, align)`: a fresh read-write mapping of `size` bytes whose
 //!   address is a multiple of `align` (a power of two ≥ the OS page size). The
-//!   memory reads as zero and is not resident until touched. Null on failure.
+//!   memory reads as zero and is not resident until touched. Null on failure,
+//!   also when the mapping would pass the memory cap ([`reserve`]).
 //! - `unmap(ptr, size)`: returns a range previously obtained from this layer
 //!   (or a page-aligned sub-range of one) to the OS.
 //! - `purge(ptr, size)`: the range stays mapped but its contents are dropped:
@@ -36,11 +37,44 @@ static MAPPED: AtomicUsize = AtomicUsize::new(0);
 /// The highest value `MAPPED` has reached.
 static MAPPED_PEAK: AtomicUsize = AtomicUsize::new(0);
 
-/// Records `size` more bytes mapped.
-#[inline]
-pub(crate) fn note_mapped(size: usize) {
-    let now = MAPPED.fetch_add(size, Ordering::Relaxed) + size;
-    MAPPED_PEAK.fetch_max(now, Ordering::Relaxed);
+/// The most bytes `MAPPED` may reach (the memory cap; `usize::MAX`: none).
+/// Every mapping reserves its size against it first ([`reserve`]).
+static CAP: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Sets the memory cap: at most `bytes` mapped from the OS (0: no cap).
+/// Mappings already made stay; only new ones are refused.
+pub(crate) fn set_cap(bytes: usize) {
+    let cap = if bytes == 0 { usize::MAX } else { bytes };
+    CAP.store(cap, Ordering::Relaxed);
+}
+
+/// The memory cap in bytes (0: none).
+pub(crate) fn cap() -> usize {
+    match CAP.load(Ordering::Relaxed) {
+        usize::MAX => 0,
+        c => c,
+    }
+}
+
+/// Counts `size` more bytes mapped, unless that would pass the memory cap:
+/// then nothing changes and the answer is false. A caller whose mapping then
+/// fails gives the bytes back with [`note_unmapped`].
+#[must_use]
+pub(crate) fn reserve(size: usize) -> bool {
+    let cap = CAP.load(Ordering::Relaxed);
+    let mut now = MAPPED.load(Ordering::Relaxed);
+    loop {
+        let Some(next) = now.checked_add(size).filter(|&n| n <= cap) else {
+            return false;
+        };
+        match MAPPED.compare_exchange_weak(now, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => {
+                MAPPED_PEAK.fetch_max(next, Ordering::Relaxed);
+                return true;
+            }
+            Err(seen) => now = seen,
+        }
+    }
 }
 
 /// Records `size` bytes given back.
