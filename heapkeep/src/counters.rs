@@ -212,6 +212,21 @@ impl Counters {
             .store(self.bytes_in.load(r).wrapping_add(net as u64), r);
     }
 
+    /// For [`ORPHAN`]: counts an allocation of `bytes` usable bytes for a
+    /// request of `size` with read-modify-writes (several threads).
+    pub(crate) fn orphan_alloc(&self, bytes: usize, size: usize) {
+        if !ENABLED {
+            return;
+        }
+        let r = Ordering::Relaxed;
+        self.allocs.fetch_add(1, r);
+        self.requested.fetch_add(size as u64, r);
+        self.bytes_out.fetch_add(bytes as u64, r);
+        self.flushed.fetch_add(bytes as i64, r);
+        let live = LIVE.fetch_add(bytes as i64, r) + bytes as i64;
+        PEAK.fetch_max(live, r);
+    }
+
     /// For [`ORPHAN`]: counts a free with read-modify-writes (several threads).
     pub(crate) fn orphan_free(&self, bytes: usize) {
         if !ENABLED {

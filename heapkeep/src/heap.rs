@@ -39,6 +39,7 @@ use crate::page::{
     self, next_of, set_next, Block, Page, LARGE_CLASS, OWNER_FULL, OWNER_HUGE, OWNER_NONE,
     XT_COUNT_SHIFT, XT_INBOX, XT_PTR_MASK,
 };
+use crate::profile;
 use crate::segment::{
     self, page_of, segment_of, span_mask, Segment, ALL_FREE, SLICE_SHIFT, SLICE_SIZE,
 };
@@ -117,6 +118,9 @@ pub(crate) struct Heap {
     /// Allocations (estimated on the slow path) until the sampled guard
     /// takes one (`guard.rs`).
     pub(crate) sample_left: isize,
+    /// Bytes the slow path made available to the fast path since the last
+    /// profile sample (`profile.rs`).
+    pub(crate) profile_due: usize,
 }
 
 impl Heap {
@@ -144,6 +148,7 @@ impl Heap {
             pool_next: ptr::null_mut(),
             counters: Counters::new(),
             sample_left: 0,
+            profile_due: 0,
         }
     }
 }
@@ -385,6 +390,9 @@ unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
     unsafe {
         if owner == OWNER_HUGE {
             count_free(heap, huge::usable(&*segment_of(block.cast())));
+            if profile::on() {
+                profile::forget_huge(block.cast());
+            }
             // A live huge block; freeing it frees its segment.
             huge::free(segment_of(block.cast()));
             return;
@@ -392,6 +400,10 @@ unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
         count_free(heap, (*page).block_size);
     }
     let target = (owner & !OWNER_FULL) as *mut Heap;
+    // SAFETY: a live block of `target`'s page (the profile's heap, if it is).
+    if profile::on() && unsafe { profile::free_if_ours(target, block.cast()) } {
+        return;
+    }
     // SAFETY: our own (full) page, or another heap's page whose block we give
     // up; heaps are never destroyed, so `target` is valid memory.
     unsafe {
@@ -969,6 +981,9 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
             if crate::check::active() {
                 return crate::check::alloc(size, align, zero);
             }
+            if profile::every() {
+                return profile::alloc(size, align, zero, 0);
+            }
             heap = thread::init_current();
             if heap.is_null() {
                 return ptr::null_mut();
@@ -980,10 +995,25 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
             (*heap).next_decay = now + DECAY_INTERVAL_MS;
             decay(heap, now);
         }
+        // Heaps of check mode and of the profile serve sampled blocks
+        // themselves: they sample nothing.
+        let private = (*heap).counters.private.load(Ordering::Relaxed);
+        // The profile: a sample once the refills made `rate` bytes available.
+        if !private && profile::on() && (*heap).profile_due >= profile::rate() {
+            let weight = (*heap).profile_due;
+            (*heap).profile_due = 0;
+            let p = profile::alloc(size, align, zero, weight);
+            if !p.is_null() {
+                if (*heap).counters.on_alloc(block_usable(p), size) {
+                    (*heap).counters.rise();
+                }
+                return p;
+            }
+        }
         // The sampled guard: its countdown falls by the blocks each refill
         // makes available (below), so it takes about one allocation in N.
         let period = guard::period();
-        if period != 0 && (*heap).sample_left <= 0 {
+        if period != 0 && !private && (*heap).sample_left <= 0 {
             // A heap starts at 0: its first countdown begins now, so a new
             // thread's first allocation is not always the one sampled.
             let due = (*heap).sample_left < 0;
@@ -1012,7 +1042,9 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
             (*page).free = next_of(block, (*page).key);
             (*page).used += 1;
             // Blocks this refill makes available to the fast path.
-            (*heap).sample_left -= (*page).capacity as isize - (*page).used as isize + 1;
+            let avail = (*page).capacity as usize - (*page).used as usize + 1;
+            (*heap).sample_left -= avail as isize;
+            (*heap).profile_due += avail * (*page).block_size;
             if zero {
                 clear_block(page, block, size);
             }
@@ -1027,7 +1059,9 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
                 return p;
             }
             (*heap).sample_left -= 1;
-            (p, block_usable(p))
+            let usable = block_usable(p);
+            (*heap).profile_due += usable;
+            (p, usable)
         };
         if (*heap).counters.on_alloc(usable, size) {
             (*heap).counters.rise();
@@ -1296,6 +1330,9 @@ pub(crate) unsafe fn realloc(
     // SAFETY: the block is live; `heap` is the calling thread's.
     unsafe {
         if (*heap).remote.state.load(Ordering::Relaxed) == STATE_EMPTY {
+            if profile::every() && !forbid::active() {
+                return profile::realloc(p, old_size, align, new_size);
+            }
             if crate::check::enabled() {
                 if forbid::active() && new_size > crate::check::usable_size(p) {
                     forbid::note_realloc(new_size, align);

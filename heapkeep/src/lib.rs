@@ -41,6 +41,7 @@ mod invariants;
 mod measure;
 mod os;
 mod page;
+mod profile;
 mod segment;
 mod size_class;
 mod stats;

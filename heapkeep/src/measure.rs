@@ -76,6 +76,7 @@ pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measured) {
     // counters are atomics; the empty heap's are never written.
     if unsafe { (*heap).remote.state.load(Ordering::Relaxed) } == STATE_EMPTY
         && !crate::check::enabled()
+        && !crate::profile::every()
     {
         let h = if crate::forbid::active() {
             crate::forbid::real_heap()

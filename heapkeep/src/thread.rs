@@ -206,10 +206,12 @@ pub(crate) fn global_init() -> bool {
     SECRET.store(os::random_u64() as usize, Ordering::Relaxed);
     EXIT_KEY.store(key, Ordering::Relaxed);
     crate::check::init();
+    crate::profile::init();
     INIT.store(READY, Ordering::Release);
     // After READY: registering may allocate (glibc), which must find us ready.
     os::register_fork_handlers(fork_prepare, fork_parent, fork_child);
     crate::check::start();
+    crate::profile::start();
     true
 }
 
@@ -332,6 +334,7 @@ unsafe extern "C" fn thread_exit(value: *mut libc::c_void) {
 
 unsafe extern "C" fn fork_prepare() {
     crate::check::fork_prepare();
+    crate::profile::fork_prepare();
     crate::guard::fork_prepare();
     POOL.raw_lock();
     ARENA.raw_lock();
@@ -347,6 +350,7 @@ unsafe extern "C" fn fork_parent() {
         ARENA.raw_unlock();
         POOL.raw_unlock();
         crate::guard::fork_release();
+        crate::profile::fork_release();
         crate::check::fork_release();
     }
 }
@@ -359,6 +363,7 @@ unsafe extern "C" fn fork_child() {
         ARENA.force_unlock();
         POOL.force_unlock();
         crate::guard::fork_release();
+        crate::profile::fork_release();
         crate::check::fork_release();
     }
     crate::check::fork_child();

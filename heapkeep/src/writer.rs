@@ -12,7 +12,8 @@ pub(crate) struct Writer {
     buf: [u8; 1024],
     len: usize,
     /// Flushes to stderr (else a fixed buffer that drops what overflows).
-    sink: bool,
+    /// The file descriptor a full buffer goes to (-1: none, the text is cut).
+    sink: i32,
 }
 
 impl Writer {
@@ -21,7 +22,16 @@ impl Writer {
         Writer {
             buf: [0; 1024],
             len: 0,
-            sink: true,
+            sink: 2,
+        }
+    }
+
+    /// A writer to the file descriptor `fd` (flushed when full and on drop).
+    pub(crate) const fn to_fd(fd: i32) -> Writer {
+        Writer {
+            buf: [0; 1024],
+            len: 0,
+            sink: fd,
         }
     }
 
@@ -30,7 +40,7 @@ impl Writer {
         Writer {
             buf: [0; 1024],
             len: 0,
-            sink: false,
+            sink: -1,
         }
     }
 
@@ -48,7 +58,7 @@ impl Writer {
     pub(crate) fn b(&mut self, bytes: &[u8]) -> &mut Writer {
         for chunk in bytes.chunks(self.buf.len()) {
             if self.len + chunk.len() > self.buf.len() {
-                if !self.sink {
+                if self.sink < 0 {
                     let room = self.buf.len() - self.len;
                     self.buf[self.len..].copy_from_slice(&chunk[..room]);
                     self.len = self.buf.len();
@@ -82,8 +92,8 @@ impl Writer {
 
     /// Writes what is buffered to stderr.
     pub(crate) fn flush(&mut self) {
-        if self.sink && self.len > 0 {
-            os::write_stderr(&self.buf[..self.len]);
+        if self.sink >= 0 && self.len > 0 {
+            os::write_fd(self.sink, &self.buf[..self.len]);
             self.len = 0;
         }
     }

@@ -29,7 +29,7 @@ mod leaks;
 mod maps;
 pub(crate) mod options;
 pub(crate) mod stack;
-mod table;
+pub(crate) mod table;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod unwind;
 

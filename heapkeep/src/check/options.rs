@@ -1,5 +1,5 @@
 //! heapkeep's options (check mode, the sampled guard, allocation-free
-//! regions, the memory cap): one table (name,
+//! regions, the memory cap, profiles): one table (name,
 //! environment variable, default, meaning), read once at start-up with
 //! `getenv` (which does not allocate). A value that does not parse is
 //! reported on stderr and the default is kept.
@@ -34,6 +34,8 @@ pub(crate) mod id {
     pub const GUARD_SAMPLE: usize = 8;
     pub const FORBID_ALLOC: usize = 9;
     pub const MEMORY_CAP: usize = 10;
+    pub const PROFILE: usize = 11;
+    pub const PROFILE_RATE: usize = 12;
 }
 
 /// What an allocation inside `forbid_alloc` does (`HEAPKEEP_FORBID_ALLOC`),
@@ -117,10 +119,22 @@ pub const OPTIONS: &[CheckOption] = &[
         default: "0",
         meaning: "bytes heapkeep may map from the OS (suffix K, M or G), 0 no cap; beyond it allocations fail",
     },
+    CheckOption {
+        name: "profile",
+        env: "HEAPKEEP_PROFILE",
+        default: "0",
+        meaning: "1: record a sampled heap profile, written at exit (heapkeep profile sets it)",
+    },
+    CheckOption {
+        name: "profile-rate",
+        env: "HEAPKEEP_PROFILE_RATE",
+        default: "512K",
+        meaning: "profile: one sample per this many bytes allocated on average (suffix K, M or G); 1 records every allocation",
+    },
 ];
 
 /// Values read from the environment, in [`OPTIONS`] order.
-static VALUES: [AtomicUsize; 11] = [const { AtomicUsize::new(0) }; 11];
+static VALUES: [AtomicUsize; 13] = [const { AtomicUsize::new(0) }; 13];
 
 /// The value of option `i` (see [`id`]); read after [`read_all`].
 #[inline]
@@ -138,7 +152,7 @@ fn parse(i: usize, text: &[u8]) -> Option<usize> {
     }
     let mut text = text;
     let mut scale = 1usize;
-    if i == id::MEMORY_CAP {
+    if i == id::MEMORY_CAP || i == id::PROFILE_RATE {
         let shift = match text.last() {
             Some(b'K' | b'k') => 10,
             Some(b'M' | b'm') => 20,
@@ -158,7 +172,8 @@ fn parse(i: usize, text: &[u8]) -> Option<usize> {
         .fold(0usize, |v, d| v * 10 + usize::from(d - b'0'))
         .checked_mul(scale)?;
     let ok = match i {
-        id::CHECK | id::KEEP_GOING | id::SYMBOLIZE => v <= 1,
+        id::CHECK | id::KEEP_GOING | id::SYMBOLIZE | id::PROFILE => v <= 1,
+        id::PROFILE_RATE => v >= 1,
         id::LEAKS => v <= 1,
         id::LEAK_EXIT_CODE => v <= 255,
         id::QUARANTINE_MB => v <= 1 << 20,

@@ -465,6 +465,42 @@ pub(crate) fn print(w: &mut Writer, ips: &[usize], symbolize: bool) {
         w.s("    (no stack recorded)\n");
         return;
     }
+    let mut shown = 0;
+    describe(ips, symbolize, |ip, func, loc| {
+        w.s("    #").d(shown).s(" ").x(ip).s(" in ").b(func);
+        match loc {
+            Loc::Line(l) => w.s(" ").b(l),
+            Loc::Module(m, off) => w.s(" (").b(m).s("+").x(off).s(")"),
+            Loc::None => w,
+        };
+        w.s("\n");
+        shown += 1;
+    });
+    if shown == 0 {
+        w.s("    (only allocator frames)\n");
+    }
+}
+
+/// Where a frame is, as well as it is known.
+pub(crate) enum Loc<'a> {
+    /// `file:line` from the debug information.
+    Line(&'a [u8]),
+    /// The module's file name and the offset in it.
+    Module(&'a [u8], usize),
+    /// Nothing known.
+    None,
+}
+
+/// Calls `frame(ip, function, location)` for each frame of `ips` (at most
+/// [`MAX_DEPTH`]), innermost first, leaving out the allocator's own
+/// leading frames; names functions, files and lines when `symbolize`
+/// (one `addr2line` run per module), else only what `dladdr` knows.
+/// Allocation-free.
+pub(crate) fn describe(
+    ips: &[usize],
+    symbolize: bool,
+    mut frame: impl FnMut(usize, &[u8], Loc<'_>),
+) {
     let ips = &ips[..ips.len().min(MAX_DEPTH)];
     // Return addresses point after the call; look up the call itself.
     let look = |k: usize| if k == 0 { ips[0] } else { ips[k] - 1 };
@@ -506,7 +542,6 @@ pub(crate) fn print(w: &mut Writer, ips: &[usize], symbolize: bool) {
             addr2line(file, &addrs[..n], &which[..n], &mut syms);
         }
     }
-    let mut shown = 0;
     let mut leading = true;
     for (k, &ip) in ips.iter().enumerate() {
         let place = &places[k];
@@ -529,19 +564,15 @@ pub(crate) fn print(w: &mut Writer, ips: &[usize], symbolize: bool) {
             continue;
         }
         leading = false;
-        w.s("    #").d(shown).s(" ").x(ip).s(" in ").b(func);
         if !loc.is_empty() {
-            w.s(" ").b(loc);
+            frame(ip, func, Loc::Line(loc));
         } else if let Some(p) = place {
             let name = &p.file[..p.file_len];
             let base = name.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1);
-            w.s(" (").b(&name[base..]).s("+").x(look(k) - p.bias).s(")");
+            frame(ip, func, Loc::Module(&name[base..], look(k) - p.bias));
+        } else {
+            frame(ip, func, Loc::None);
         }
-        w.s("\n");
-        shown += 1;
-    }
-    if shown == 0 {
-        w.s("    (only allocator frames)\n");
     }
 }
 

@@ -59,6 +59,7 @@ pub(crate) struct Entry {
     pub(crate) free_stack: u32,
 }
 
+#[cfg(test)]
 impl Entry {
     const VACANT: Entry = Entry {
         addr: EMPTY,
@@ -75,18 +76,38 @@ impl Entry {
     };
 }
 
+/// An entry type of a [`Table`]: a plain record whose key is an address
+/// (0 and 1 are reserved: never used, removed).
+pub(crate) trait Keyed: Copy {
+    /// The address the entry is kept under.
+    fn key(&self) -> usize;
+    /// Changes the key (to mark the slot removed).
+    fn set_key(&mut self, key: usize);
+}
+
+impl Keyed for Entry {
+    #[inline]
+    fn key(&self) -> usize {
+        self.addr
+    }
+    #[inline]
+    fn set_key(&mut self, key: usize) {
+        self.addr = key;
+    }
+}
+
 /// The table. Invariant: `slots` points to `cap` entries (a power of two)
 /// in a mapping of its own, or is null with `cap == 0`; `used` counts
 /// live keys plus tombstones and stays below `cap / 2`.
-pub(crate) struct Table {
-    slots: *mut Entry,
+pub(crate) struct Table<E: Keyed = Entry> {
+    slots: *mut E,
     cap: usize,
     used: usize,
     len: usize,
 }
 
 // SAFETY: the table is only reached through the check lock.
-unsafe impl Send for Table {}
+unsafe impl<E: Keyed> Send for Table<E> {}
 
 #[inline]
 fn hash(addr: usize) -> usize {
@@ -95,8 +116,8 @@ fn hash(addr: usize) -> usize {
     h ^ (h >> 32)
 }
 
-impl Table {
-    pub(crate) const fn new() -> Table {
+impl<E: Keyed> Table<E> {
+    pub(crate) const fn new() -> Table<E> {
         Table {
             slots: ptr::null_mut(),
             cap: 0,
@@ -107,10 +128,7 @@ impl Table {
 
     /// The table's own mapping `(start, bytes)` (`(0, 0)` before the first).
     pub(crate) fn mapping(&self) -> (usize, usize) {
-        (
-            self.slots as usize,
-            self.cap * core::mem::size_of::<Entry>(),
-        )
+        (self.slots as usize, self.cap * core::mem::size_of::<E>())
     }
 
     /// Entries present (live and freed).
@@ -118,14 +136,14 @@ impl Table {
         self.len
     }
 
-    fn slot(&self, i: usize) -> *mut Entry {
+    fn slot(&self, i: usize) -> *mut E {
         debug_assert!(i < self.cap);
         // SAFETY: `i < cap` and `slots` holds `cap` entries (invariant).
         unsafe { self.slots.add(i) }
     }
 
     /// The entry for `addr`, if any.
-    pub(crate) fn get(&mut self, addr: usize) -> Option<&mut Entry> {
+    pub(crate) fn get(&mut self, addr: usize) -> Option<&mut E> {
         if self.cap == 0 || addr <= TOMBSTONE {
             return None;
         }
@@ -134,10 +152,10 @@ impl Table {
         loop {
             // SAFETY: `slot` is in bounds; the table is ours (check lock).
             let e = unsafe { &mut *self.slot(i) };
-            if e.addr == addr {
+            if e.key() == addr {
                 return Some(e);
             }
-            if e.addr == EMPTY {
+            if e.key() == EMPTY {
                 return None;
             }
             i = (i + 1) & mask;
@@ -145,25 +163,25 @@ impl Table {
     }
 
     /// Adds `entry` (its key must not be present). False when out of memory.
-    pub(crate) fn insert(&mut self, entry: Entry) -> bool {
-        debug_assert!(entry.addr > TOMBSTONE);
+    pub(crate) fn insert(&mut self, entry: E) -> bool {
+        debug_assert!(entry.key() > TOMBSTONE);
         if (self.used + 1) * 2 > self.cap && !self.grow() {
             return false;
         }
         let mask = self.cap - 1;
-        let mut i = hash(entry.addr) & mask;
+        let mut i = hash(entry.key()) & mask;
         loop {
             // SAFETY: in bounds; ours.
             let e = unsafe { &mut *self.slot(i) };
-            if e.addr == EMPTY || e.addr == TOMBSTONE {
-                if e.addr == EMPTY {
+            if e.key() == EMPTY || e.key() == TOMBSTONE {
+                if e.key() == EMPTY {
                     self.used += 1;
                 }
                 *e = entry;
                 self.len += 1;
                 return true;
             }
-            debug_assert!(e.addr != entry.addr, "key inserted twice");
+            debug_assert!(e.key() != entry.key(), "key inserted twice");
             i = (i + 1) & mask;
         }
     }
@@ -171,17 +189,17 @@ impl Table {
     /// Removes the entry for `addr`.
     pub(crate) fn remove(&mut self, addr: usize) {
         if let Some(e) = self.get(addr) {
-            e.addr = TOMBSTONE;
+            e.set_key(TOMBSTONE);
             self.len -= 1;
         }
     }
 
     /// Calls `f` on every entry.
-    pub(crate) fn for_each(&self, mut f: impl FnMut(&Entry)) {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&E)) {
         for i in 0..self.cap {
             // SAFETY: in bounds; ours.
             let e = unsafe { &*self.slot(i) };
-            if e.addr > TOMBSTONE {
+            if e.key() > TOMBSTONE {
                 f(e);
             }
         }
@@ -196,8 +214,8 @@ impl Table {
         } else {
             self.cap * 2
         };
-        let bytes = cap * core::mem::size_of::<Entry>();
-        let mem = os::map_aligned(bytes, os::PAGE_SIZE).cast::<Entry>();
+        let bytes = cap * core::mem::size_of::<E>();
+        let mem = os::map_aligned(bytes, os::PAGE_SIZE).cast::<E>();
         if mem.is_null() {
             return false;
         }
@@ -210,15 +228,15 @@ impl Table {
                 len: 0,
             },
         );
-        // Fresh mappings read as zero: every slot is EMPTY (key 0).
-        debug_assert_eq!(Entry::VACANT.addr, 0);
+        // Fresh mappings read as zero: every slot is EMPTY (key 0), which
+        // `Keyed` entries (plain records) must read as.
         old.for_each(|e| {
             let ok = self.insert(*e);
             debug_assert!(ok);
         });
         if old.cap > 0 {
             // SAFETY: the old slots are our mapping of exactly this size.
-            unsafe { os::unmap(old.slots.cast(), old.cap * core::mem::size_of::<Entry>()) };
+            unsafe { os::unmap(old.slots.cast(), old.cap * core::mem::size_of::<E>()) };
         }
         true
     }

@@ -221,10 +221,27 @@ pub(crate) fn set_errno_nomem() {
     unsafe { *libc::__errno_location() = libc::ENOMEM };
 }
 
-/// Writes a message to standard error without allocating.
-pub(crate) fn write_stderr(msg: &[u8]) {
-    // SAFETY: writes from a valid slice; a short write only truncates a message.
-    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+/// Writes all of `bytes` to the file descriptor `fd` (gives up on an error).
+pub(crate) fn write_fd(fd: i32, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: writes from a valid slice to a descriptor the caller owns.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n <= 0 {
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
+/// Microseconds from the monotonic clock (vDSO, no system call).
+pub(crate) fn now_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }
 
 /// Registers `dtor` to run with a thread's value when that thread exits.

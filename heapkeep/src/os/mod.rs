@@ -19,7 +19,7 @@
 //!   address without copying its pages; null on failure (the old mapping is intact).
 //! - `now_ms()`: a cheap monotonic clock in milliseconds (coarse is fine).
 //! - `random_u64()`: a secret from the kernel's random source.
-//! - thread-exit and fork hooks; `write_stderr` for messages without allocating;
+//! - thread-exit and fork hooks; `write_fd` for messages and files without allocating;
 //!   `set_errno_nomem()` for a failed allocation.
 //!
 //! No function here allocates from the heap, so the heap can call any of them

@@ -1,0 +1,676 @@
+//! Sampling heap profiles (`heapkeep profile -- PROGRAM`, or
+//! `HEAPKEEP_PROFILE=1` for a Rust program on heapkeep): which allocation
+//! sites allocate the most bytes, hold the most at the peak, and leak at
+//! exit, written at exit as a DHAT profile (`dh_view.html` opens it) and as
+//! a text table on stderr.
+//!
+//! ## Sampling without touching the fast paths
+//! Each heap adds up, in `profile_due`, the bytes its slow path makes
+//! available to the fast path (a refilled page's free blocks, a large
+//! block). When that passes the rate (`HEAPKEEP_PROFILE_RATE`, default
+//! 512 KiB), the next slow-path allocation is sampled and stands for those
+//! bytes: on average one sample per rate bytes allocated. A sampled block
+//! comes from this module's own heap, so its page's owner is not the
+//! freeing thread's heap and its free reaches `heap::free_slow`, which
+//! hands it back here; the fast paths are the same instructions as without
+//! profiling. With rate 1 every allocation is recorded: threads then stay
+//! on the empty heap (as in check mode) and every call comes here.
+//!
+//! ## What is kept
+//! Under one lock: the sampled blocks (address -> site, size, weight, birth
+//! time) in an open-addressing table, the sites (distinct stacks, from the
+//! check-mode depot) in a dense array with an index by stack, and the
+//! running totals DHAT wants per site: total bytes and blocks, total
+//! lifetime, the site's own maximum, its bytes at the global maximum (the
+//! moment the profiled live bytes peaked) and at exit. A sample of size `s`
+//! and weight `w` counts as `w / s` blocks of `s` bytes. All memory is
+//! mapped here, never taken from the heap being profiled; stacks are
+//! captured and symbolized without allocating.
+//!
+//! Fork: the lock is held across `fork()`; a child keeps its parent's
+//! samples and writes its own profile at exit only if the output path has
+//! `%p` in it (replaced by the process id) or is the default (which names
+//! the pid).
+
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+
+use crate::check::options::{self, id};
+use crate::check::stack::{self, Depot, Frames, Loc};
+use crate::check::table::{Keyed, Table};
+use crate::counters::ORPHAN;
+use crate::heap::{self, Heap};
+use crate::os;
+use crate::sync::SpinLock;
+use crate::writer::Writer;
+
+/// Profiling is on (decided at start-up).
+static ON: AtomicBool = AtomicBool::new(false);
+/// Every allocation is recorded (rate 1).
+static EVERY: AtomicBool = AtomicBool::new(false);
+/// Bytes allocated per sample.
+static RATE: AtomicUsize = AtomicUsize::new(0);
+/// The process that started profiling (a forked child differs).
+static PID: AtomicU32 = AtomicU32::new(0);
+
+/// Frames kept per sampled allocation.
+const DEPTH: usize = 24;
+/// Distinct sites kept; later new stacks count under the last one.
+const MAX_SITES: usize = 1 << 16;
+
+/// Whether profiling is on.
+#[inline]
+pub(crate) fn on() -> bool {
+    ON.load(Ordering::Relaxed)
+}
+
+/// Whether every allocation is recorded (threads keep the empty heap).
+#[inline]
+pub(crate) fn every() -> bool {
+    EVERY.load(Ordering::Relaxed)
+}
+
+/// Bytes allocated per sample (0: profiling is off).
+#[inline]
+pub(crate) fn rate() -> usize {
+    RATE.load(Ordering::Relaxed)
+}
+
+/// Reads the options. Called once during start-up, before any allocation.
+pub(crate) fn init() {
+    // Check mode records every block already, in its own way.
+    if options::get(id::PROFILE) != 1 || options::get(id::CHECK) == 1 {
+        return;
+    }
+    let rate = options::get(id::PROFILE_RATE).max(1);
+    RATE.store(rate, Ordering::Relaxed);
+    EVERY.store(rate == 1, Ordering::Relaxed);
+    // SAFETY: getpid has no preconditions.
+    PID.store(unsafe { libc::getpid() } as u32, Ordering::Relaxed);
+    ST.lock().start_us = os::now_us();
+    ON.store(true, Ordering::Release);
+}
+
+/// The rest of start-up (may allocate): the exit hook.
+pub(crate) fn start() {
+    if on() {
+        // SAFETY: registers a plain function.
+        unsafe { libc::atexit(at_exit) };
+    }
+}
+
+/// One sampled block. A plain record (all-zero = vacant).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Sample {
+    /// The block's address (the key).
+    addr: usize,
+    /// Index of its site in `State::sites`.
+    site: u32,
+    /// Blocks it stands for.
+    blocks: u32,
+    /// Bytes it stands for (its weight, at least its size).
+    bytes: u64,
+    /// When it was allocated (µs since start).
+    born: u64,
+}
+
+impl Keyed for Sample {
+    fn key(&self) -> usize {
+        self.addr
+    }
+    fn set_key(&mut self, key: usize) {
+        self.addr = key;
+    }
+}
+
+/// DHAT's figures for one allocation site (a distinct stack).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Site {
+    /// The site's stack (a depot id).
+    stack: u32,
+    /// Total bytes and blocks allocated here.
+    tb: u64,
+    tbk: u64,
+    /// Sum of the lifetimes of the blocks freed (or alive at exit), µs.
+    tl: u64,
+    /// Bytes and blocks live now.
+    cb: u64,
+    cbk: u64,
+    /// The site's own highest live bytes (and blocks then).
+    mb: u64,
+    mbk: u64,
+    /// Live bytes and blocks at the global maximum.
+    gb: u64,
+    gbk: u64,
+    /// Frames of the stack as written to the profile (at exit).
+    frames: u32,
+}
+
+/// Everything the profile keeps. Invariant: `sites[..n_sites]` are the
+/// sites; `index` maps a stack id to its site's position + 1 (0 = none),
+/// open addressing over `INDEX_CAP` slots of `(stack, position + 1)`.
+struct State {
+    /// The heap sampled blocks come from (only used under this lock).
+    heap: *mut Heap,
+    samples: Table<Sample>,
+    depot: Depot,
+    sites: *mut Site,
+    n_sites: usize,
+    index: *mut [u32; 2],
+    /// Live bytes and blocks over all sites, and their highest figure.
+    live: u64,
+    peak: u64,
+    /// When `peak` was reached (µs since start).
+    t_peak: u64,
+    start_us: u64,
+    /// Set at exit, before the profile is written without the lock (the
+    /// writer runs `addr2line`, and `fork` takes this lock): from then on
+    /// nothing here changes (blocks are still served and freed).
+    frozen: bool,
+}
+
+const INDEX_CAP: usize = MAX_SITES * 2;
+
+// SAFETY: the state is only reached through the `ST` lock.
+unsafe impl Send for State {}
+
+static ST: SpinLock<State> = SpinLock::new(State {
+    heap: ptr::null_mut(),
+    samples: Table::new(),
+    depot: Depot::new(),
+    sites: ptr::null_mut(),
+    n_sites: 0,
+    index: ptr::null_mut(),
+    live: 0,
+    peak: 0,
+    t_peak: 0,
+    start_us: 0,
+    frozen: false,
+});
+
+impl State {
+    /// Maps the site arrays and makes the heap on first use.
+    fn ready(&mut self) -> bool {
+        if self.sites.is_null() && !self.frozen {
+            let sites = os::map_aligned(
+                (MAX_SITES * core::mem::size_of::<Site>()).next_multiple_of(os::PAGE_SIZE),
+                os::PAGE_SIZE,
+            );
+            let index = os::map_aligned(INDEX_CAP * 8, os::PAGE_SIZE);
+            if sites.is_null() || index.is_null() {
+                return false;
+            }
+            self.sites = sites.cast();
+            self.index = index.cast();
+        }
+        if self.heap.is_null() {
+            self.heap = crate::thread::new_heap();
+            if self.heap.is_null() {
+                return false;
+            }
+            // SAFETY: ours under the lock. Its counts are not the program's:
+            // the calling thread's heap (or ORPHAN) counts sampled blocks.
+            unsafe { (*self.heap).counters.private.store(true, Ordering::Relaxed) };
+        }
+        true
+    }
+
+    /// The site of `stack` (made if new; the last site when full).
+    fn site_of(&mut self, stack: u32) -> &mut Site {
+        let mask = INDEX_CAP - 1;
+        let mut i = (stack as usize).wrapping_mul(0x9e37_79b9) & mask;
+        let pos = loop {
+            // SAFETY: `i < INDEX_CAP`, the mapping's length (`ready`).
+            let slot = unsafe { &mut *self.index.add(i) };
+            if slot[1] == 0 {
+                if self.n_sites == MAX_SITES {
+                    break MAX_SITES - 1;
+                }
+                let pos = self.n_sites;
+                self.n_sites += 1;
+                *slot = [stack, pos as u32 + 1];
+                // SAFETY: `pos < MAX_SITES`; fresh mappings read as zero.
+                unsafe { (*self.sites.add(pos)).stack = stack };
+                break pos;
+            }
+            if slot[0] == stack {
+                break slot[1] as usize - 1;
+            }
+            i = (i + 1) & mask;
+        };
+        // SAFETY: `pos < n_sites <= MAX_SITES`.
+        unsafe { &mut *self.sites.add(pos) }
+    }
+
+    fn sites(&self) -> &[Site] {
+        if self.sites.is_null() {
+            return &[];
+        }
+        // SAFETY: the first `n_sites` entries are sites (invariant).
+        unsafe { core::slice::from_raw_parts(self.sites, self.n_sites) }
+    }
+
+    /// Records a sampled block.
+    fn record(&mut self, addr: usize, size: usize, weight: usize, stack: u32, now: u64) {
+        let size = size.max(1);
+        let bytes = weight.max(size) as u64;
+        let blocks = (bytes / size as u64).clamp(1, u32::MAX as u64);
+        let site = self.site_of(stack);
+        site.tb += bytes;
+        site.tbk += blocks;
+        site.cb += bytes;
+        site.cbk += blocks;
+        if site.cb > site.mb {
+            site.mb = site.cb;
+            site.mbk = site.cbk;
+        }
+        let index = site as *const Site as usize - self.sites as usize;
+        let pos = index / core::mem::size_of::<Site>();
+        self.live += bytes;
+        if self.live > self.peak {
+            self.peak = self.live;
+            self.t_peak = now;
+            // SAFETY: `n_sites` sites (invariant); ours under the lock.
+            let sites = unsafe { core::slice::from_raw_parts_mut(self.sites, self.n_sites) };
+            for s in sites {
+                s.gb = s.cb;
+                s.gbk = s.cbk;
+            }
+        }
+        self.samples.insert(Sample {
+            addr,
+            site: pos as u32,
+            blocks: blocks as u32,
+            bytes,
+            born: now,
+        });
+    }
+
+    /// Forgets the sampled block at `addr`; false if it is not one.
+    fn forget(&mut self, addr: usize, now: u64) -> bool {
+        let Some(s) = self.samples.get(addr).map(|s| *s) else {
+            return false;
+        };
+        self.samples.remove(addr);
+        // SAFETY: `s.site < n_sites`.
+        let site = unsafe { &mut *self.sites.add(s.site as usize) };
+        site.cb -= s.bytes;
+        site.cbk -= s.blocks as u64;
+        site.tl += now.saturating_sub(s.born) * s.blocks as u64;
+        self.live -= s.bytes;
+        true
+    }
+}
+
+/// A sampled allocation of `size` bytes standing for `weight` bytes of the
+/// program's allocations (0: just this one). Null when out of memory.
+#[cold]
+#[inline(never)]
+pub(crate) fn alloc(size: usize, align: usize, zero: bool, weight: usize) -> *mut u8 {
+    let marker = 0u8;
+    let mut here = Frames::new();
+    stack::capture(&mut here, DEPTH, &marker as *const u8 as usize);
+    let p = {
+        let mut st = ST.lock();
+        if !st.ready() || st.sites.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: the profile heap is ours while we hold its lock.
+        let p = unsafe { heap::alloc_in(st.heap, size, align, zero) };
+        if !p.is_null() && !st.frozen {
+            let stack = st.depot.intern(here.as_slice());
+            let now = os::now_us() - st.start_us;
+            st.record(p as usize, size, weight, stack, now);
+        }
+        p
+    };
+    if every() && !p.is_null() {
+        // SAFETY: `p` is a live block we just made.
+        ORPHAN.orphan_alloc(unsafe { heap::block_usable(p) }, size);
+    }
+    p
+}
+
+/// Frees a block of the profile heap (its page's owner is that heap).
+/// True if `owner` is the profile heap and the block was freed here.
+///
+/// # Safety
+/// `p` is a live block whose page's owner is `owner`.
+pub(crate) unsafe fn free_if_ours(owner: *mut Heap, p: *mut u8) -> bool {
+    let mut st = ST.lock();
+    if owner != st.heap || owner.is_null() {
+        return false;
+    }
+    let now = os::now_us() - st.start_us;
+    if !st.frozen {
+        st.forget(p as usize, now);
+    }
+    // SAFETY: a live block of the profile heap, which we run under the lock.
+    unsafe { heap::free_in(st.heap, p) };
+    true
+}
+
+/// A huge block is being freed: forgets it if it was sampled.
+pub(crate) fn forget_huge(p: *mut u8) {
+    let mut st = ST.lock();
+    let now = os::now_us() - st.start_us;
+    if !st.frozen {
+        st.forget(p as usize, now);
+    }
+}
+
+/// `realloc` when every allocation is recorded: a new recorded block, the
+/// contents copied, the old block freed.
+///
+/// # Safety
+/// `p` is a live block; `old_size` its size (or `usize::MAX`: unknown).
+pub(crate) unsafe fn realloc(
+    p: *mut u8,
+    old_size: usize,
+    align: usize,
+    new_size: usize,
+) -> *mut u8 {
+    let q = alloc(new_size, align, false, 0);
+    if !q.is_null() {
+        // SAFETY: `p` is live (caller); both blocks are live and distinct,
+        // and `old` and `new_size` bound what each holds.
+        unsafe {
+            let old = heap::block_usable(p).min(old_size);
+            ptr::copy_nonoverlapping(p, q, old.min(new_size));
+            heap::free(p);
+        }
+    }
+    q
+}
+
+/// Fork support: the lock is held across `fork()`.
+pub(crate) fn fork_prepare() {
+    ST.raw_lock();
+}
+
+/// Fork support: releases the lock in parent and child.
+///
+/// # Safety
+/// Only from the fork handlers, after `fork_prepare`.
+pub(crate) unsafe fn fork_release() {
+    // SAFETY: `fork_prepare` took the lock.
+    unsafe { ST.raw_unlock() };
+}
+
+// ---------------------------------------------------------------------------
+// Output at exit
+
+extern "C" fn at_exit() {
+    let mut path = [0u8; 512];
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u32;
+    let Some(len) = out_path(&mut path, pid) else {
+        return;
+    };
+    let (st, now) = {
+        let mut st = ST.lock();
+        if st.frozen {
+            return;
+        }
+        st.frozen = true;
+        let now = os::now_us() - st.start_us;
+        // Blocks alive at exit count their lifetime up to now.
+        let sites = st.sites;
+        st.samples.for_each(|b| {
+            // SAFETY: `b.site < n_sites`; ours under the lock.
+            unsafe {
+                (*sites.add(b.site as usize)).tl += now.saturating_sub(b.born) * b.blocks as u64
+            };
+        });
+        let frozen: *mut State = &mut *st;
+        // SAFETY: the state is a static, and frozen: nothing else writes the
+        // fields the writers read (sites, depot, figures) from now on.
+        (unsafe { &mut *frozen }, now)
+    };
+    // SAFETY: `path[..len]` is a NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr().cast(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    let shown = &path[..len];
+    if fd < 0 {
+        Writer::new()
+            .s("heapkeep: profile: cannot write ")
+            .b(shown)
+            .s("\n");
+        return;
+    }
+    write_dhat(st, fd, pid, now);
+    // SAFETY: our descriptor.
+    unsafe { libc::close(fd) };
+    write_table(st, shown);
+}
+
+/// The output path, NUL-terminated in `buf`: `HEAPKEEP_PROFILE_OUT` with
+/// `%p` replaced by `pid`, else `heapkeep-profile.<program>.<pid>.json`.
+/// None in a forked child when the path would be its parent's.
+fn out_path(buf: &mut [u8; 512], pid: u32) -> Option<usize> {
+    let mut w = Writer::buffer();
+    match os::getenv(b"HEAPKEEP_PROFILE_OUT\0").filter(|v| !v.is_empty()) {
+        Some(v) => {
+            if pid != PID.load(Ordering::Relaxed) && !v.windows(2).any(|x| x == b"%p") {
+                return None;
+            }
+            let mut rest = v;
+            while let Some(i) = rest.windows(2).position(|x| x == b"%p") {
+                w.b(&rest[..i]).d(pid as usize);
+                rest = &rest[i + 2..];
+            }
+            w.b(rest);
+        }
+        None => {
+            let mut exe = [0u8; 256];
+            // SAFETY: readlink writes at most `len - 1` bytes into our buffer.
+            let n = unsafe {
+                libc::readlink(
+                    c"/proc/self/exe".as_ptr(),
+                    exe.as_mut_ptr().cast(),
+                    exe.len() - 1,
+                )
+            };
+            let exe = &exe[..n.max(0) as usize];
+            let base = exe.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1);
+            w.s("heapkeep-profile.")
+                .b(&exe[base..])
+                .s(".")
+                .d(pid as usize)
+                .s(".json");
+        }
+    }
+    let bytes = w.as_bytes();
+    if bytes.len() >= buf.len() {
+        return None;
+    }
+    buf[..bytes.len()].copy_from_slice(bytes);
+    buf[bytes.len()] = 0;
+    Some(bytes.len())
+}
+
+/// Writes `s` as the body of a JSON string (quotes, backslashes and control
+/// characters escaped).
+fn json_str(w: &mut Writer, s: &[u8]) {
+    for &c in s {
+        match c {
+            b'"' => w.s("\\\""),
+            b'\\' => w.s("\\\\"),
+            0..=0x1f => w.s("\\u00").b(&[
+                b"0123456789abcdef"[(c >> 4) as usize],
+                b"0123456789abcdef"[(c & 15) as usize],
+            ]),
+            _ => w.b(&[c]),
+        };
+    }
+}
+
+/// Writes the DHAT profile (format of valgrind's `dhat/dh_main.c`, version
+/// 2) to `fd`: the frame table first (recording how many frames each site
+/// has; a frame shared by sites is listed once per site, which the format
+/// allows), then the sites.
+fn write_dhat(st: &mut State, fd: i32, pid: u32, now: u64) {
+    let symbolize = crate::check::symbolize();
+    let mut w = Writer::to_fd(fd);
+    w.s("{\"dhatFileVersion\":2,\"mode\":\"heapkeep\",\"verb\":\"Allocated\",")
+        .s("\"bklt\":true,\"bkacc\":false,\"tu\":\"µs\",\"Mtu\":\"s\",\"tuth\":10,\"cmd\":\"");
+    write_cmdline(&mut w);
+    w.s("\",\"pid\":").d(pid as usize);
+    w.s(",\"tg\":").d(st.t_peak as usize);
+    w.s(",\"te\":").d(now as usize);
+    w.s(",\"ftbl\":[\"[root]\"");
+    for k in 0..st.n_sites {
+        // SAFETY: `k < n_sites`.
+        let site = unsafe { &mut *st.sites.add(k) };
+        let mut n = 0;
+        stack::describe(st.depot.get(site.stack), symbolize, |ip, func, loc| {
+            n += 1;
+            w.s(",\"").x(ip).s(": ");
+            json_str(&mut w, func);
+            match loc {
+                Loc::Line(l) => {
+                    w.s(" (");
+                    json_str(&mut w, l);
+                    w.s(")");
+                }
+                Loc::Module(m, off) => {
+                    w.s(" (");
+                    json_str(&mut w, m);
+                    w.s("+").x(off).s(")");
+                }
+                Loc::None => {}
+            }
+            w.s("\"");
+        });
+        site.frames = n;
+    }
+    w.s("],\"pps\":[");
+    // Frame numbers: 0 is "[root]", then each site's frames in order.
+    let mut next_frame = 1usize;
+    for (k, s) in st.sites().iter().enumerate() {
+        if k > 0 {
+            w.s(",");
+        }
+        w.s("{\"tb\":")
+            .d(s.tb as usize)
+            .s(",\"tbk\":")
+            .d(s.tbk as usize);
+        w.s(",\"tl\":").d(s.tl as usize);
+        w.s(",\"mb\":")
+            .d(s.mb as usize)
+            .s(",\"mbk\":")
+            .d(s.mbk as usize);
+        w.s(",\"gb\":")
+            .d(s.gb as usize)
+            .s(",\"gbk\":")
+            .d(s.gbk as usize);
+        w.s(",\"eb\":")
+            .d(s.cb as usize)
+            .s(",\"ebk\":")
+            .d(s.cbk as usize);
+        w.s(",\"fs\":[");
+        for i in 0..s.frames as usize {
+            if i > 0 {
+                w.s(",");
+            }
+            w.d(next_frame + i);
+        }
+        next_frame += s.frames as usize;
+        w.s("]}");
+    }
+    w.s("]}\n");
+    w.flush();
+}
+
+/// The program's command line, JSON-escaped, arguments joined by spaces.
+fn write_cmdline(w: &mut Writer) {
+    let mut buf = [0u8; 1024];
+    // SAFETY: plain system calls into our own buffer.
+    let n = unsafe {
+        let fd = libc::open(
+            c"/proc/self/cmdline".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n.max(0) as usize
+    };
+    let text = &buf[..n];
+    let text = text.strip_suffix(&[0]).unwrap_or(text);
+    for (i, arg) in text.split(|&c| c == 0).enumerate() {
+        if i > 0 {
+            w.s(" ");
+        }
+        json_str(w, arg);
+    }
+}
+
+/// The top sites on stderr: by bytes allocated, at the peak, at exit.
+fn write_table(st: &State, path: &[u8]) {
+    let mut w = Writer::new();
+    let total: u64 = st.sites().iter().map(|s| s.tb).sum();
+    let at_exit: u64 = st.sites().iter().map(|s| s.cb).sum();
+    w.s("heapkeep: profile: ")
+        .b(path)
+        .s(" (open it in DHAT's dh_view.html); ")
+        .d(st.sites().len())
+        .s(" sites, ")
+        .d(total as usize)
+        .s(" bytes allocated, ")
+        .d(st.peak as usize)
+        .s(" live at the peak, ")
+        .d(at_exit as usize)
+        .s(" at exit (estimated from samples every ")
+        .d(rate())
+        .s(" bytes)\n");
+    type Key = fn(&Site) -> u64;
+    let tables: [(&str, Key); 3] = [
+        ("allocated", |s| s.tb),
+        ("live at the peak", |s| s.gb),
+        ("leaked at exit", |s| s.cb),
+    ];
+    for (title, key) in tables {
+        // The five largest, by selection (no allocation).
+        let mut shown = [usize::MAX; 5];
+        for slot in 0..shown.len() {
+            let best = st
+                .sites()
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| key(s) > 0 && !shown.contains(i))
+                .max_by_key(|(_, s)| key(s));
+            let Some((i, s)) = best else { break };
+            shown[slot] = i;
+            if slot == 0 {
+                w.s("  top sites by bytes ").s(title).s(":\n");
+            }
+            w.s("  ").d(key(s) as usize).s(" bytes at:\n");
+            let mut frames = 0;
+            stack::describe(
+                st.depot.get(s.stack),
+                crate::check::symbolize(),
+                |ip, func, loc| {
+                    if frames < 3 {
+                        w.s("      ").x(ip).s(" in ").b(func);
+                        if let Loc::Line(l) = loc {
+                            w.s(" ").b(l);
+                        }
+                        w.s("\n");
+                    }
+                    frames += 1;
+                },
+            );
+        }
+    }
+    w.flush();
+}
