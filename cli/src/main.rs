@@ -6,6 +6,8 @@
 //! - `heapkeep check [OPTIONS] -- PROGRAM [ARGS...]`: runs the program the
 //!   same way with check mode on; heap misuse and leaks are reported on its
 //!   stderr.
+//! - `heapkeep profile [OPTIONS] -- PROGRAM [ARGS...]`: runs it with the
+//!   sampling heap profile on; a DHAT profile is written at exit.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod check;
+mod profile;
 mod run;
 mod summary;
 
@@ -61,6 +64,49 @@ enum Verb {
     /// or the one named by --lib or HEAPKEEP_LIB.
     #[command(verbatim_doc_comment, after_help = check::options_help())]
     Check(CheckArgs),
+    /// Run PROGRAM on heapkeep and write a heap profile when it exits.
+    ///
+    /// The program runs with heapkeep's C library preloaded (LD_PRELOAD) and
+    /// HEAPKEEP_PROFILE=1. Allocations are sampled, on average one per
+    /// --rate bytes allocated (default 512K), or all with --every; each
+    /// sample records its stack. At exit the profile is written to --out
+    /// (default: heapkeep-profile.<program>.<pid>.json in the working
+    /// directory; %p in the name becomes the process id, which lets forked
+    /// children write their own) in the format of valgrind's DHAT: open it
+    /// with dh_view.html. The top sites by bytes allocated, live at the
+    /// peak and leaked at exit are printed on stderr.
+    ///
+    /// A Rust program with heapkeep as its global allocator records the same
+    /// profile when run with HEAPKEEP_PROFILE=1 (HEAPKEEP_PROFILE_RATE,
+    /// HEAPKEEP_PROFILE_OUT).
+    #[command(verbatim_doc_comment)]
+    Profile(ProfileArgs),
+}
+
+/// Options of `heapkeep profile`.
+#[derive(clap::Args, Debug)]
+pub struct ProfileArgs {
+    /// The heapkeep library to preload [env: HEAPKEEP_LIB; default: the
+    /// libheapkeep_preload.so beside this executable].
+    #[arg(long, value_name = "PATH")]
+    pub lib: Option<PathBuf>,
+    /// Where the profile goes (HEAPKEEP_PROFILE_OUT; %p: the process id).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// One sample per this many bytes allocated, on average; suffix K, M or
+    /// G (HEAPKEEP_PROFILE_RATE; default 512K).
+    #[arg(long, value_name = "BYTES", conflicts_with = "every")]
+    pub rate: Option<String>,
+    /// Record every allocation (slower; exact counts).
+    #[arg(long)]
+    pub every: bool,
+    /// The program to run, and its arguments (put them after `--`).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        value_name = "PROGRAM [ARGS]..."
+    )]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 /// Options of `heapkeep run`.
@@ -122,6 +168,7 @@ fn main() -> ExitCode {
     let result = match cli.verb {
         Verb::Run(args) => run::run(&args),
         Verb::Check(args) => check::check(&args),
+        Verb::Profile(args) => profile::profile(&args),
     };
     match result {
         Ok(code) => code,

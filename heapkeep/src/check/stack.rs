@@ -213,9 +213,9 @@ fn is_allocator_frame(name: &[u8]) -> bool {
         b"__rust_dealloc",
         b"__rust_realloc",
         b"__rdl_",
-        b"alloc::alloc::",
+        b"alloc::",
+        b"<alloc::",
         b"std::alloc::",
-        b"<alloc::alloc::Global",
         b"<std::alloc::System",
     ];
     const EXACT: &[&[u8]] = &[

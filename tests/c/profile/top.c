@@ -1,0 +1,65 @@
+/* A program built to have known top sites for `heapkeep profile`
+ * (tests/tests/profile.rs):
+ * - big_site: 200 rounds x 1000 blocks of 1000 bytes, freed each round
+ *   (most bytes allocated, most live at the peak: 1000 blocks);
+ * - small_site: 200 x 100 blocks of 100 bytes, freed at once;
+ * - leaky_site: 50 blocks of 4000 bytes never freed (the leak at exit).
+ * Two threads run the rounds (half each), so samples come from both.
+ * With the argument "fork", a child process also allocates and exits. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+__attribute__((noinline)) void *big_site(size_t n) {
+    void *p = malloc(n);
+    memset(p, 1, n);
+    return p;
+}
+
+__attribute__((noinline)) void *small_site(size_t n) {
+    void *p = malloc(n);
+    memset(p, 2, n);
+    return p;
+}
+
+__attribute__((noinline)) void *leaky_site(size_t n) {
+    void *p = malloc(n);
+    memset(p, 3, n);
+    return p;
+}
+
+static void *rounds(void *arg) {
+    (void)arg;
+    static __thread void *keep[1000];
+    for (int r = 0; r < 100; r++) {
+        for (int i = 0; i < 1000; i++) keep[i] = big_site(1000);
+        for (int i = 0; i < 1000; i++) free(keep[i]);
+        for (int i = 0; i < 100; i++) free(small_site(100));
+    }
+    return NULL;
+}
+
+static void *leaked[50];
+
+int main(int argc, char **argv) {
+    pthread_t t;
+    pthread_create(&t, NULL, rounds, NULL);
+    pthread_join(t, NULL);
+    rounds(NULL);
+    for (int i = 0; i < 50; i++) leaked[i] = leaky_site(4000);
+    if (argc > 1 && strcmp(argv[1], "fork") == 0) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            for (int i = 0; i < 1000; i++) free(big_site(5000));
+            exit(0);
+        }
+        int status;
+        waitpid(pid, &status, 0);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return 1;
+    }
+    puts("done");
+    return 0;
+}
