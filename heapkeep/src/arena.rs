@@ -116,7 +116,9 @@ impl<A: Allocator> Arena<A> {
     /// holds at least `bytes`.
     pub fn with_capacity_in(bytes: usize, backing: A) -> Self {
         let arena = Self::new_in(backing);
-        arena.next_size.set(bytes.saturating_add(HEADER).max(FIRST_CHUNK));
+        arena
+            .next_size
+            .set(bytes.saturating_add(HEADER).max(FIRST_CHUNK));
         arena
     }
 
@@ -141,6 +143,8 @@ impl<A: Allocator> Arena<A> {
     /// Moves `value` into the arena; gives it back if the backing allocator
     /// fails. It is never dropped.
     #[inline(always)]
+    // Each call returns a new block, never one already handed out.
+    #[allow(clippy::mut_from_ref)]
     pub fn alloc<T>(&self, value: T) -> Result<&mut T, T> {
         match self.alloc_layout(Layout::new::<T>()) {
             Ok(p) => {
@@ -179,7 +183,8 @@ impl<A: Allocator> Arena<A> {
             self.ptr.set(base.add(size));
         }
         self.chunk.set(chunk);
-        self.next_size.set(size.saturating_mul(2).min(MAX_DOUBLING.max(size)));
+        self.next_size
+            .set(size.saturating_mul(2).min(MAX_DOUBLING.max(size)));
         let ptr = self.ptr.get();
         let addr = ptr as usize;
         let low = (addr - layout.size()) & !(layout.align() - 1);
@@ -249,7 +254,8 @@ impl<A: Allocator> Arena<A> {
         // promise that it is ours).
         unsafe {
             let layout = Layout::from_size_align_unchecked((*c).size, CHUNK_ALIGN);
-            self.backing.deallocate(NonNull::new_unchecked(c.cast()), layout);
+            self.backing
+                .deallocate(NonNull::new_unchecked(c.cast()), layout);
         }
     }
 }

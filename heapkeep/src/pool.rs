@@ -188,7 +188,11 @@ impl<T> Pooled<'_, T> {
     unsafe fn give_back(&self) {
         let slot = self.slot.as_ptr();
         // SAFETY: the slot is ours and empty: it now holds a link.
-        unsafe { (*slot).0.get().write(SlotInner { next: self.free.get() }) };
+        unsafe {
+            (*slot).0.get().write(SlotInner {
+                next: self.free.get(),
+            })
+        };
         self.free.set(slot);
         self.live.set(self.live.get() - 1);
     }

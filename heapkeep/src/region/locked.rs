@@ -132,7 +132,9 @@ impl Drop for RegionGuard<'_> {
 unsafe impl GlobalAlloc for LockedRegionHeap {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.lock().alloc(layout).map_or(ptr::null_mut(), NonNull::as_ptr)
+        self.lock()
+            .alloc(layout)
+            .map_or(ptr::null_mut(), NonNull::as_ptr)
     }
 
     #[inline]

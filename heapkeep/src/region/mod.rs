@@ -31,6 +31,12 @@
 //! (its own address), which the next block reads when its `PREV_FREE` bit is
 //! set to find and merge with it in O(1).
 //!
+//! An over-aligned request takes a block with room for the worst offset to
+//! the alignment. An offset big enough for a free block is split off in front
+//! of the used block; a smaller one (one granule) stays inside it, and the
+//! word before the shifted payload then holds the offset or'ed with
+//! `SHIFTED` instead of the header, so `dealloc` still finds the header.
+//!
 //! ## Classes
 //! Sizes below `SMALL_LIMIT` (32 granules) have one class per granule
 //! (first level 0). Above, first level `fl` covers `[2^(fl+k-1), 2^(fl+k))`
@@ -76,11 +82,18 @@ const FREE: usize = 1;
 /// Header bit: the block physically before this one is free; the word just
 /// before this header is then that block's footer (its address).
 const PREV_FREE: usize = 2;
-const FLAGS: usize = FREE | PREV_FREE;
+/// Not a header bit: marks the word before a shifted payload (`block_of`).
+/// Headers never have it (sizes are multiples of `GRANULE >= 8`).
+const SHIFTED: usize = 4;
+const FLAGS: usize = FREE | PREV_FREE | SHIFTED;
 
 const _: () = assert!(FL_COUNT <= 64, "fl_bitmap is a u64");
 const _: () = assert!(SL_COUNT <= 32, "sl_bitmap entries are u32");
-const _: () = assert!(MIN_BLOCK >= size_of::<Block>() + W, "a free block holds links and a footer");
+const _: () = assert!(
+    MIN_BLOCK >= size_of::<Block>() + W,
+    "a free block holds links and a footer"
+);
+const _: () = assert!(GRANULE > FLAGS, "sizes leave room for the flag bits");
 
 /// The start of a block. Only `header` exists for a used block; `next` and
 /// `prev` are the free-list links of a free one (they overlap the payload).
@@ -192,10 +205,24 @@ fn block_size_for(size: usize) -> Option<usize> {
     Some(if s < MIN_BLOCK { MIN_BLOCK } else { s })
 }
 
-/// The block whose payload is `ptr`.
+/// The block whose payload is `ptr`, and how far `ptr` is past the
+/// block's normal payload: the word before a payload is the block's header,
+/// or, for an aligned block whose payload was shifted by a gap too small to
+/// free, that offset or'ed with `SHIFTED`.
+///
+/// # Safety
+/// `ptr` is a live block of a `RegionHeap`.
 #[inline(always)]
-fn block_of(ptr: NonNull<u8>) -> *mut Block {
-    ptr.as_ptr().wrapping_sub(W).cast()
+unsafe fn block_of(ptr: NonNull<u8>) -> (*mut Block, usize) {
+    let word = ptr.as_ptr().wrapping_sub(W);
+    // SAFETY: the word before a live payload is a header or a shift marker.
+    let w = unsafe { *word.cast::<usize>() };
+    if w & SHIFTED == 0 {
+        (word.cast(), 0)
+    } else {
+        let offset = w & !FLAGS;
+        (word.wrapping_sub(offset).cast(), offset)
+    }
 }
 
 /// The payload of block `b`.
@@ -330,7 +357,12 @@ impl RegionHeap {
     ///
     /// # Safety
     /// As [`extend_raw`](Self::extend_raw), for `region.end..end`.
-    unsafe fn merge_after(&mut self, region: &mut RegionHdr, end: usize, sentinel_at: usize) -> usize {
+    unsafe fn merge_after(
+        &mut self,
+        region: &mut RegionHdr,
+        end: usize,
+        sentinel_at: usize,
+    ) -> usize {
         let old = region.sentinel;
         let old_at = old as usize;
         if sentinel_at <= old_at || sentinel_at - old_at < MIN_BLOCK {
@@ -376,35 +408,39 @@ impl RegionHeap {
     }
 
     /// Allocates `need` block bytes whose payload is aligned to `align`
-    /// (above `GRANULE`): takes a block big enough for any offset, frees the
-    /// gap in front (a block of its own) and carves the rest.
+    /// (above `GRANULE`). The payload is GRANULE-aligned already, so the
+    /// offset to the next `align` boundary is at most `align - GRANULE`: a
+    /// block that big plus `need` always serves. An offset big enough for a
+    /// free block is split off in front; a smaller one stays inside the used
+    /// block, whose payload is then *shifted* (see `block_of`).
     #[cold]
     fn alloc_aligned(&mut self, need: usize, align: usize) -> Option<NonNull<u8>> {
-        // The payload is GRANULE-aligned, so the offset to the next `align`
-        // boundary is at most `align - GRANULE`; an offset too small for a
-        // free block (under MIN_BLOCK) is pushed one `align` further.
-        let search = need.checked_add(align)?.checked_add(MIN_BLOCK - GRANULE)?;
+        let search = need.checked_add(align - GRANULE)?;
         let b = self.take_free(search)?;
         // SAFETY: `b` is a free block of at least `search` bytes just taken
-        // off its list, with used neighbours; the gap and the aligned block
-        // both lie inside it (the bound above).
+        // off its list, with used neighbours; the offset and the aligned
+        // block both lie inside it (the bound above).
         unsafe {
             let size = size_of_block(b);
-            let payload = b as usize + W;
-            let mut gap = ((payload + align - 1) & !(align - 1)) - payload;
-            if gap != 0 && gap < MIN_BLOCK {
-                gap += align;
-            }
-            let mut block = b;
-            if gap != 0 {
-                block = b.cast::<u8>().add(gap).cast();
-                (*block).header = size - gap;
+            let payload = b.cast::<u8>().add(W);
+            let offset = payload.align_offset(align);
+            if offset == 0 {
+                self.carve(b, size, need);
+                Some(payload_of(b))
+            } else if offset >= MIN_BLOCK {
+                let block = b.cast::<u8>().add(offset).cast::<Block>();
+                (*block).header = size - offset;
                 // The gap's neighbour before it is used (b was free), after
                 // it `block`, about to be used: a plain free block.
-                self.insert_free(b, gap);
+                self.insert_free(b, offset);
+                self.carve(block, size - offset, need);
+                Some(payload_of(block))
+            } else {
+                self.carve(b, size, need + offset);
+                let shifted = payload.add(offset);
+                *shifted.cast::<usize>().sub(1) = offset | SHIFTED;
+                Some(NonNull::new_unchecked(shifted))
             }
-            self.carve(block, size - gap, need);
-            Some(payload_of(block))
         }
     }
 
@@ -417,7 +453,7 @@ impl RegionHeap {
     pub unsafe fn dealloc(&mut self, ptr: NonNull<u8>, layout: Layout) {
         let _ = layout;
         // SAFETY: the caller passes a live block of ours.
-        unsafe { self.free_block(block_of(ptr)) }
+        unsafe { self.free_block(block_of(ptr).0) }
     }
 
     /// Resizes a live block to `new_size` bytes, keeping its contents up to
@@ -434,12 +470,12 @@ impl RegionHeap {
         layout: Layout,
         new_size: usize,
     ) -> Option<NonNull<u8>> {
-        let need = block_size_for(new_size)?;
-        let b = block_of(ptr);
-        // SAFETY: `b` is a live used block of ours (the caller's promise);
-        // its next physical block is a block or the sentinel, whose header
-        // reads as used.
+        // SAFETY: `ptr` is a live block of ours (the caller's promise); so
+        // is `b`, and its next physical block is a block or the sentinel,
+        // whose header reads as used.
         unsafe {
+            let (b, offset) = block_of(ptr);
+            let need = block_size_for(new_size)?.checked_add(offset)?;
             let size = size_of_block(b);
             let next = next_phys(b);
             let next_free = header(next) & FREE != 0;
@@ -481,7 +517,8 @@ impl RegionHeap {
             unsafe { self.remove_free(head) };
             return Some(head);
         }
-        if let Some((fl, sl)) = class_at_least(need).and_then(|(fl, sl)| self.first_class_from(fl, sl))
+        if let Some((fl, sl)) =
+            class_at_least(need).and_then(|(fl, sl)| self.first_class_from(fl, sl))
         {
             let b = self.heads[fl][sl];
             // SAFETY: the bitmap says this list is not empty.

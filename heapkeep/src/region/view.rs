@@ -121,7 +121,10 @@ impl RegionHeap {
             }
             // SAFETY: the region's first block header.
             if unsafe { header(region.first) } & PREV_FREE != 0 {
-                return fail("first block of a region claims a free block before it", first);
+                return fail(
+                    "first block of a region claims a free block before it",
+                    first,
+                );
             }
             let mut prev_free = false;
             let mut at = first;
@@ -174,16 +177,24 @@ impl RegionHeap {
             for sl in 0..SL_COUNT {
                 let head = self.heads[fl][sl];
                 if (self.sl_bitmap[fl] >> sl & 1 != 0) == head.is_null() {
-                    return fail("second-level bitmap disagrees with the list head", head as usize);
+                    return fail(
+                        "second-level bitmap disagrees with the list head",
+                        head as usize,
+                    );
                 }
                 let mut prev: *mut Block = core::ptr::null_mut();
                 let mut b = head;
                 while !b.is_null() {
                     listed += 1;
                     if listed > free_blocks {
-                        return fail("more blocks on free lists than free in the regions", b as usize);
+                        return fail(
+                            "more blocks on free lists than free in the regions",
+                            b as usize,
+                        );
                     }
-                    if !regions(self).any(|r| (r.first as usize..r.sentinel as usize).contains(&(b as usize))) {
+                    if !regions(self)
+                        .any(|r| (r.first as usize..r.sentinel as usize).contains(&(b as usize)))
+                    {
                         return fail("free list entry outside every region", b as usize);
                     }
                     // SAFETY: `b` lies in a region (just checked) and the
