@@ -50,7 +50,12 @@ trait Heap {
 ///
 /// # Safety
 /// As `Heap::realloc`.
-unsafe fn move_realloc<H: Heap>(h: &mut H, p: NonNull<u8>, l: Layout, new: usize) -> Option<NonNull<u8>> {
+unsafe fn move_realloc<H: Heap>(
+    h: &mut H,
+    p: NonNull<u8>,
+    l: Layout,
+    new: usize,
+) -> Option<NonNull<u8>> {
     let q = h.alloc(Layout::from_size_align(new, l.align()).ok()?)?;
     // SAFETY: distinct live blocks of at least the bytes copied.
     unsafe {
@@ -118,7 +123,10 @@ impl Heap for Rlsf {
         let mut t = rlsf::Tlsf::new();
         let block = NonNull::slice_from_raw_parts(NonNull::new(base).unwrap(), len);
         // SAFETY: forwarded.
-        unsafe { t.insert_free_block_ptr(block).expect("rlsf takes the region") };
+        unsafe {
+            t.insert_free_block_ptr(block)
+                .expect("rlsf takes the region")
+        };
         Rlsf(t)
     }
     #[inline]
@@ -133,7 +141,10 @@ impl Heap for Rlsf {
     #[inline]
     unsafe fn realloc(&mut self, p: NonNull<u8>, l: Layout, new: usize) -> Option<NonNull<u8>> {
         // SAFETY: forwarded (rlsf's own realloc, in place when it can).
-        unsafe { self.0.reallocate(p, Layout::from_size_align(new, l.align()).ok()?) }
+        unsafe {
+            self.0
+                .reallocate(p, Layout::from_size_align(new, l.align()).ok()?)
+        }
     }
 }
 
@@ -187,7 +198,13 @@ impl Heap for Buddy {
     }
 }
 
-const NAMES: [&str; 5] = [Hk::NAME, Talc::NAME, Rlsf::NAME, LinkedList::NAME, Buddy::NAME];
+const NAMES: [&str; 5] = [
+    Hk::NAME,
+    Talc::NAME,
+    Rlsf::NAME,
+    LinkedList::NAME,
+    Buddy::NAME,
+];
 
 // -------------------------------------------------------------------------------------------
 // Workloads
@@ -230,10 +247,17 @@ fn stream(max: usize, slots: usize, n: usize, seed: u64) -> Vec<Op> {
         let slot = rng.range(0, slots - 1);
         if !full[slot] {
             let (size, align) = (rng.range(1, max), rng.align());
-            ops.push(Op::Alloc { slot: slot as u32, size: size as u32, align: align as u32 });
+            ops.push(Op::Alloc {
+                slot: slot as u32,
+                size: size as u32,
+                align: align as u32,
+            });
             full[slot] = true;
         } else if rng.next() % 3 == 0 {
-            ops.push(Op::Realloc { slot: slot as u32, size: rng.range(1, max) as u32 });
+            ops.push(Op::Realloc {
+                slot: slot as u32,
+                size: rng.range(1, max) as u32,
+            });
         } else {
             ops.push(Op::Free { slot: slot as u32 });
             full[slot] = false;
@@ -273,7 +297,9 @@ fn step<H: Heap>(h: &mut H, slots: &mut [Slot], op: Op) -> bool {
             true
         }
         Op::Realloc { slot, size } => {
-            let Some((p, l)) = slots[slot as usize] else { return true };
+            let Some((p, l)) = slots[slot as usize] else {
+                return true;
+            };
             // SAFETY: live, allocated with `l`.
             match unsafe { h.realloc(p, l, size as usize) } {
                 Some(q) => {
@@ -329,7 +355,12 @@ fn ns_per_tick() -> f64 {
 
 /// Every operation timed on its own: (p50, p99, max) in ticks.
 #[inline(never)]
-fn latency<H: Heap>(region: *mut u8, ops: &[Op], slots: usize, times: &mut Vec<u64>) -> (u64, u64, u64) {
+fn latency<H: Heap>(
+    region: *mut u8,
+    ops: &[Op],
+    slots: usize,
+    times: &mut Vec<u64>,
+) -> (u64, u64, u64) {
     // SAFETY: as `throughput`.
     let mut h = unsafe { H::over(region, REGION) };
     let mut table: Vec<Slot> = vec![None; slots];
@@ -405,7 +436,15 @@ fn arena_small(n: usize, rounds: usize) -> f64 {
     for r in 0..rounds {
         for i in 0..n {
             black_box(arena.alloc(i as u64).ok().unwrap());
-            black_box(arena.alloc(Obj { a: i as u64, b: [r as u32; 5] }).ok().unwrap());
+            black_box(
+                arena
+                    .alloc(Obj {
+                        a: i as u64,
+                        b: [r as u32; 5],
+                    })
+                    .ok()
+                    .unwrap(),
+            );
             black_box(arena.alloc([i as u8; 3]).ok().unwrap());
         }
         arena.reset();
@@ -419,7 +458,10 @@ fn bumpalo_small(n: usize, rounds: usize) -> f64 {
     for r in 0..rounds {
         for i in 0..n {
             black_box(bump.alloc(i as u64));
-            black_box(bump.alloc(Obj { a: i as u64, b: [r as u32; 5] }));
+            black_box(bump.alloc(Obj {
+                a: i as u64,
+                b: [r as u32; 5],
+            }));
             black_box(bump.alloc([i as u8; 3]));
         }
         bump.reset();
@@ -433,8 +475,9 @@ fn arena_vecs(n: usize, rounds: usize) -> f64 {
     let t = Instant::now();
     for _ in 0..rounds {
         {
-            let mut vs: Vec<allocator_api2::vec::Vec<u32, &Arena<_>>> =
-                (0..100).map(|_| allocator_api2::vec::Vec::new_in(&arena)).collect();
+            let mut vs: Vec<allocator_api2::vec::Vec<u32, &Arena<_>>> = (0..100)
+                .map(|_| allocator_api2::vec::Vec::new_in(&arena))
+                .collect();
             for i in 0..n {
                 for v in vs.iter_mut() {
                     v.push(i as u32);
@@ -452,8 +495,9 @@ fn bumpalo_vecs(n: usize, rounds: usize) -> f64 {
     let t = Instant::now();
     for _ in 0..rounds {
         {
-            let mut vs: Vec<allocator_api2::vec::Vec<u32, &bumpalo::Bump>> =
-                (0..100).map(|_| allocator_api2::vec::Vec::new_in(&bump)).collect();
+            let mut vs: Vec<allocator_api2::vec::Vec<u32, &bumpalo::Bump>> = (0..100)
+                .map(|_| allocator_api2::vec::Vec::new_in(&bump))
+                .collect();
             for i in 0..n {
                 for v in vs.iter_mut() {
                     v.push(i as u32);
@@ -501,22 +545,59 @@ macro_rules! for_heap {
 }
 
 /// A grouped bar chart as SVG text: one group per label, one bar per series.
-fn bar_chart(title: &str, unit: &str, labels: &[String], series: &[(&str, Vec<f64>)], log: bool) -> String {
+fn bar_chart(
+    title: &str,
+    unit: &str,
+    labels: &[String],
+    series: &[(&str, Vec<f64>)],
+    log: bool,
+) -> String {
     const COLORS: [&str; 5] = ["#d9480f", "#1971c2", "#2f9e44", "#ae3ec9", "#868e96"];
     let (w, h, left, top, bottom) = (760.0, 340.0, 60.0, 40.0, 60.0);
     let plot_h = h - top - bottom;
-    let max = series.iter().flat_map(|s| s.1.iter().copied()).fold(0.0f64, f64::max) * 1.1;
-    let min_log = series.iter().flat_map(|s| s.1.iter().copied()).filter(|v| *v > 0.0).fold(f64::MAX, f64::min) / 2.0;
+    let max = series
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .fold(0.0f64, f64::max)
+        * 1.1;
+    let min_log = series
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .filter(|v| *v > 0.0)
+        .fold(f64::MAX, f64::min)
+        / 2.0;
     let yof = |v: f64| {
-        let f = if log { ((v.max(min_log)).ln() - min_log.ln()) / (max.ln() - min_log.ln()) } else { v / max };
+        let f = if log {
+            ((v.max(min_log)).ln() - min_log.ln()) / (max.ln() - min_log.ln())
+        } else {
+            v / max
+        };
         top + plot_h * (1.0 - f)
     };
     let mut s = String::new();
-    let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#);
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
     let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="{}" y="20" font-size="15" text-anchor="middle">{title}</text>"#, w / 2.0);
-    let _ = writeln!(s, r#"<text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">{unit}</text>"#, top + plot_h / 2.0, top + plot_h / 2.0);
-    let _ = writeln!(s, r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#, top + plot_h, w - 10.0, top + plot_h);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="20" font-size="15" text-anchor="middle">{title}</text>"#,
+        w / 2.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">{unit}</text>"#,
+        top + plot_h / 2.0,
+        top + plot_h / 2.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#,
+        top + plot_h,
+        w - 10.0,
+        top + plot_h
+    );
     let group_w = (w - left - 10.0) / labels.len() as f64;
     let bar_w = group_w * 0.8 / series.len() as f64;
     for (g, label) in labels.iter().enumerate() {
@@ -533,11 +614,23 @@ fn bar_chart(title: &str, unit: &str, labels: &[String], series: &[(&str, Vec<f6
                 COLORS[i % 5]
             );
         }
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{}" text-anchor="middle">{label}</text>"#, gx + group_w * 0.4, top + plot_h + 16.0);
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{label}</text>"#,
+            gx + group_w * 0.4,
+            top + plot_h + 16.0
+        );
     }
     for (i, (name, _)) in series.iter().enumerate() {
         let x = left + i as f64 * 130.0;
-        let _ = writeln!(s, r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{}">{name}</text>"#, h - 22.0, COLORS[i % 5], x + 16.0, h - 12.0);
+        let _ = writeln!(
+            s,
+            r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{}">{name}</text>"#,
+            h - 22.0,
+            COLORS[i % 5],
+            x + 16.0,
+            h - 12.0
+        );
     }
     s.push_str("</svg>\n");
     s
@@ -545,11 +638,16 @@ fn bar_chart(title: &str, unit: &str, labels: &[String], series: &[(&str, Vec<f6
 
 fn main() {
     let mut quick = false;
+    let mut profile = false;
     let mut out = String::from("results/region");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            // For profiling: only the throughput streams of one allocator (index into NAMES
+            // in REGION_BENCH_HEAP, default heapkeep; one size index in REGION_BENCH_SIZE),
+            // ten times each, printed; nothing written.
+            "--profile" => profile = true,
             "--out" => out = args.next().expect("--out DIR"),
             _ => {
                 eprintln!("usage: heapkeep-bench-region [--quick] [--out DIR]");
@@ -570,9 +668,31 @@ fn main() {
     unsafe { region.write_bytes(0x5a, REGION) };
     let tick_ns = ns_per_tick();
 
-    let streams: Vec<(usize, Vec<Op>)> =
-        MAX_SIZES.iter().map(|&m| (slots_for(m), stream(m, slots_for(m), n_ops, m as u64))).collect();
+    let streams: Vec<(usize, Vec<Op>)> = MAX_SIZES
+        .iter()
+        .map(|&m| (slots_for(m), stream(m, slots_for(m), n_ops, m as u64)))
+        .collect();
 
+    if profile {
+        let which: usize = std::env::var("REGION_BENCH_HEAP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let only: Option<usize> = std::env::var("REGION_BENCH_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        for (i, (slots, ops)) in streams.iter().enumerate() {
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
+            let secs: f64 = (0..10)
+                .map(|_| for_heap!(which, throughput(region, ops, *slots)))
+                .sum();
+            print!("{:.1} ", 10.0 * ops.len() as f64 / secs / 1e6);
+        }
+        println!("Mops/s {}", NAMES[which]);
+        return;
+    }
     // [size][allocator][round]
     let mut tput = vec![vec![Vec::new(); 5]; MAX_SIZES.len()];
     let mut p99 = vec![vec![Vec::new(); 5]; MAX_SIZES.len()];
@@ -585,7 +705,9 @@ fn main() {
                 let k = (j + round) % 5;
                 let secs = by_index(k, &mut |k| for_heap!(k, throughput(region, ops, *slots)));
                 tput[s][k].push(ops.len() as f64 / secs / 1e6);
-                let (_, p, m) = by_index(k, &mut |k| for_heap!(k, latency(region, ops, *slots, &mut times)));
+                let (_, p, m) = by_index(k, &mut |k| {
+                    for_heap!(k, latency(region, ops, *slots, &mut times))
+                });
                 p99[s][k].push(p as f64 * tick_ns);
                 worst[s][k].push(m as f64 * tick_ns);
             }
@@ -597,9 +719,14 @@ fn main() {
             e.push(for_heap!(k, efficiency(region, 1000 + seed as u64)));
         }
     }
-    let eff: Vec<f64> = eff.iter().map(|e| e.iter().sum::<f64>() / e.len() as f64 * 100.0).collect();
+    let eff: Vec<f64> = eff
+        .iter()
+        .map(|e| e.iter().sum::<f64>() / e.len() as f64 * 100.0)
+        .collect();
     let med = |v: &mut Vec<Vec<Vec<f64>>>| -> Vec<Vec<f64>> {
-        v.iter_mut().map(|row| row.iter_mut().map(|r| median(r)).collect()).collect()
+        v.iter_mut()
+            .map(|row| row.iter_mut().map(|r| median(r)).collect())
+            .collect()
     };
     let (tput, p99, worst) = (med(&mut tput), med(&mut p99), med(&mut worst));
 
@@ -620,51 +747,134 @@ fn main() {
             a_vec.push(arena_vecs(vn, vr));
         }
     }
-    let ratio_small = median(&mut a_small.iter().zip(&b_small).map(|(a, b)| a / b).collect::<Vec<_>>());
-    let ratio_vec = median(&mut a_vec.iter().zip(&b_vec).map(|(a, b)| a / b).collect::<Vec<_>>());
-    let (a_small, b_small, a_vec, b_vec) = (median(&mut a_small), median(&mut b_small), median(&mut a_vec), median(&mut b_vec));
+    let ratio_small = median(
+        &mut a_small
+            .iter()
+            .zip(&b_small)
+            .map(|(a, b)| a / b)
+            .collect::<Vec<_>>(),
+    );
+    let ratio_vec = median(
+        &mut a_vec
+            .iter()
+            .zip(&b_vec)
+            .map(|(a, b)| a / b)
+            .collect::<Vec<_>>(),
+    );
+    let (a_small, b_small, a_vec, b_vec) = (
+        median(&mut a_small),
+        median(&mut b_small),
+        median(&mut a_vec),
+        median(&mut b_vec),
+    );
 
     // The report.
     let labels: Vec<String> = MAX_SIZES.iter().map(|&m| size_label(m)).collect();
     let mut r = String::new();
     let _ = writeln!(r, "Region {} MiB; {} ops per stream; {rounds} rounds (medians); efficiency over {eff_seeds} seeds.\n", REGION >> 20, n_ops);
-    let _ = writeln!(r, "### Throughput (million operations per second, higher is better)\n");
-    let _ = writeln!(r, "| max size | {} | hk/talc | hk/rlsf |", NAMES.join(" | "));
+    let _ = writeln!(
+        r,
+        "### Throughput (million operations per second, higher is better)\n"
+    );
+    let _ = writeln!(
+        r,
+        "| max size | {} | hk/talc | hk/rlsf |",
+        NAMES.join(" | ")
+    );
     let _ = writeln!(r, "|---|{}---:|---:|", "---:|".repeat(5));
     for (s, label) in labels.iter().enumerate() {
         let cells: Vec<String> = tput[s].iter().map(|v| format!("{v:.1}")).collect();
-        let _ = writeln!(r, "| {label} | {} | {:.2} | {:.2} |", cells.join(" | "), tput[s][0] / tput[s][1], tput[s][0] / tput[s][2]);
+        let _ = writeln!(
+            r,
+            "| {label} | {} | {:.2} | {:.2} |",
+            cells.join(" | "),
+            tput[s][0] / tput[s][1],
+            tput[s][0] / tput[s][2]
+        );
     }
-    for (title, data) in [("99th-percentile time of one operation (ns)", &p99), ("Worst time of one operation (ns)", &worst)] {
+    for (title, data) in [
+        ("99th-percentile time of one operation (ns)", &p99),
+        ("Worst time of one operation (ns)", &worst),
+    ] {
         let _ = writeln!(r, "\n### {title}, lower is better\n");
-        let _ = writeln!(r, "| max size | {} | hk/rlsf | hk/talc |", NAMES.join(" | "));
+        let _ = writeln!(
+            r,
+            "| max size | {} | hk/rlsf | hk/talc |",
+            NAMES.join(" | ")
+        );
         let _ = writeln!(r, "|---|{}---:|---:|", "---:|".repeat(5));
         for (s, label) in labels.iter().enumerate() {
             let cells: Vec<String> = data[s].iter().map(|v| format!("{v:.0}")).collect();
-            let _ = writeln!(r, "| {label} | {} | {:.2} | {:.2} |", cells.join(" | "), data[s][0] / data[s][2], data[s][0] / data[s][1]);
+            let _ = writeln!(
+                r,
+                "| {label} | {} | {:.2} | {:.2} |",
+                cells.join(" | "),
+                data[s][0] / data[s][2],
+                data[s][0] / data[s][1]
+            );
         }
     }
-    let _ = writeln!(r, "\n### Heap efficiency (bytes live at the first failure / region size, higher is better)\n");
+    let _ = writeln!(
+        r,
+        "\n### Heap efficiency (bytes live at the first failure / region size, higher is better)\n"
+    );
     let _ = writeln!(r, "| {} |", NAMES.join(" | "));
     let _ = writeln!(r, "|{}", "---:|".repeat(5));
-    let _ = writeln!(r, "| {} |", eff.iter().map(|e| format!("{e:.2}%")).collect::<Vec<_>>().join(" | "));
-    let _ = writeln!(r, "\n### Arena against bumpalo (seconds, lower is better)\n");
+    let _ = writeln!(
+        r,
+        "| {} |",
+        eff.iter()
+            .map(|e| format!("{e:.2}%"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let _ = writeln!(
+        r,
+        "\n### Arena against bumpalo (seconds, lower is better)\n"
+    );
     let _ = writeln!(r, "| workload | heapkeep Arena | bumpalo | arena/bumpalo |");
     let _ = writeln!(r, "|---|---:|---:|---:|");
-    let _ = writeln!(r, "| {an} x 3 small objects, reset; x{ar} | {a_small:.4} | {b_small:.4} | {ratio_small:.3} |");
-    let _ = writeln!(r, "| 100 Vecs pushed to {vn}, reset; x{vr} | {a_vec:.4} | {b_vec:.4} | {ratio_vec:.3} |");
+    let _ = writeln!(
+        r,
+        "| {an} x 3 small objects, reset; x{ar} | {a_small:.4} | {b_small:.4} | {ratio_small:.3} |"
+    );
+    let _ = writeln!(
+        r,
+        "| 100 Vecs pushed to {vn}, reset; x{vr} | {a_vec:.4} | {b_vec:.4} | {ratio_vec:.3} |"
+    );
 
-    let min_tput = (0..MAX_SIZES.len()).map(|s| tput[s][0] / tput[s][1]).fold(f64::MAX, f64::min);
-    let max_p99 = (0..MAX_SIZES.len()).map(|s| p99[s][0] / p99[s][2]).fold(0.0, f64::max);
+    let min_tput = (0..MAX_SIZES.len())
+        .map(|s| tput[s][0] / tput[s][1])
+        .fold(f64::MAX, f64::min);
+    let max_p99 = (0..MAX_SIZES.len())
+        .map(|s| p99[s][0] / p99[s][2])
+        .fold(0.0, f64::max);
     let arena_worst = ratio_small.max(ratio_vec);
     let pass = |ok: bool| if ok { "**PASS**" } else { "**FAIL**" };
     let _ = writeln!(r, "\n### Bar check\n");
     let _ = writeln!(r, "| criterion | result | detail |");
     let _ = writeln!(r, "|---|---|---|");
-    let _ = writeln!(r, "| throughput >= talc on every size range | {} | lowest hk/talc {min_tput:.2} |", pass(min_tput >= 1.0));
-    let _ = writeln!(r, "| p99 latency <= rlsf on every size range | {} | highest hk/rlsf {max_p99:.2} |", pass(max_p99 <= 1.0));
-    let _ = writeln!(r, "| heap efficiency >= 99% | {} | {:.2}% |", pass(eff[0] >= 99.0), eff[0]);
-    let _ = writeln!(r, "| arena within 5% of bumpalo | {} | worst arena/bumpalo {arena_worst:.3} |", pass(arena_worst <= 1.05));
+    let _ = writeln!(
+        r,
+        "| throughput >= talc on every size range | {} | lowest hk/talc {min_tput:.2} |",
+        pass(min_tput >= 1.0)
+    );
+    let _ = writeln!(
+        r,
+        "| p99 latency <= rlsf on every size range | {} | highest hk/rlsf {max_p99:.2} |",
+        pass(max_p99 <= 1.0)
+    );
+    let _ = writeln!(
+        r,
+        "| heap efficiency >= 99% | {} | {:.2}% |",
+        pass(eff[0] >= 99.0),
+        eff[0]
+    );
+    let _ = writeln!(
+        r,
+        "| arena within 5% of bumpalo | {} | worst arena/bumpalo {arena_worst:.3} |",
+        pass(arena_worst <= 1.05)
+    );
     println!("{r}");
 
     std::fs::create_dir_all(&out).expect("create the output directory");
@@ -680,26 +890,58 @@ fn main() {
     for (k, name) in NAMES.iter().enumerate() {
         let _ = writeln!(csv, "efficiency_pct,,{name},{:.3}", eff[k]);
     }
-    let _ = writeln!(csv, "arena_small_s,,heapkeep,{a_small:.5}\narena_small_s,,bumpalo,{b_small:.5}");
-    let _ = writeln!(csv, "arena_vecs_s,,heapkeep,{a_vec:.5}\narena_vecs_s,,bumpalo,{b_vec:.5}");
+    let _ = writeln!(
+        csv,
+        "arena_small_s,,heapkeep,{a_small:.5}\narena_small_s,,bumpalo,{b_small:.5}"
+    );
+    let _ = writeln!(
+        csv,
+        "arena_vecs_s,,heapkeep,{a_vec:.5}\narena_vecs_s,,bumpalo,{b_vec:.5}"
+    );
     std::fs::write(format!("{out}/results.csv"), csv).unwrap();
     let series = |data: &Vec<Vec<f64>>| -> Vec<(&str, Vec<f64>)> {
-        NAMES.iter().enumerate().map(|(k, n)| (*n, data.iter().map(|row| row[k]).collect())).collect()
+        NAMES
+            .iter()
+            .enumerate()
+            .map(|(k, n)| (*n, data.iter().map(|row| row[k]).collect()))
+            .collect()
     };
     std::fs::write(
         format!("{out}/throughput.svg"),
-        bar_chart("Random alloc/free/realloc throughput by maximum size (16 MiB region)", "million ops/s (log)", &labels, &series(&tput), true),
+        bar_chart(
+            "Random alloc/free/realloc throughput by maximum size (16 MiB region)",
+            "million ops/s (log)",
+            &labels,
+            &series(&tput),
+            true,
+        ),
     )
     .unwrap();
     std::fs::write(
         format!("{out}/latency.svg"),
-        bar_chart("99th-percentile time of one operation", "ns (log)", &labels, &series(&p99), true),
+        bar_chart(
+            "99th-percentile time of one operation",
+            "ns (log)",
+            &labels,
+            &series(&p99),
+            true,
+        ),
     )
     .unwrap();
-    let eff_series: Vec<(&str, Vec<f64>)> = NAMES.iter().zip(&eff).map(|(n, e)| (*n, vec![*e])).collect();
+    let eff_series: Vec<(&str, Vec<f64>)> = NAMES
+        .iter()
+        .zip(&eff)
+        .map(|(n, e)| (*n, vec![*e]))
+        .collect();
     std::fs::write(
         format!("{out}/efficiency.svg"),
-        bar_chart("Heap efficiency: live bytes at the first failure", "% of the region", &["random workload".to_string()], &eff_series, false),
+        bar_chart(
+            "Heap efficiency: live bytes at the first failure",
+            "% of the region",
+            &["random workload".to_string()],
+            &eff_series,
+            false,
+        ),
     )
     .unwrap();
 }

@@ -182,7 +182,10 @@ fn class_of(size: usize) -> (usize, usize) {
         let log = usize::BITS - 1 - size.leading_zeros();
         let fl = (log - SMALL_SHIFT + 1) as usize;
         let sl = (size >> (log - SL_BITS)) - SL_COUNT;
-        (fl, sl)
+        // Both bounds hold already (`log < usize::BITS`, and the top
+        // `SL_BITS + 1` bits of `size` start with a 1); saying so lets the
+        // compiler drop the bounds checks on the tables.
+        (fl.min(FL_COUNT - 1), sl & (SL_COUNT - 1))
     }
 }
 
@@ -497,6 +500,27 @@ impl RegionHeap {
                 self.remove_free(next);
                 self.carve(b, total, need);
                 return Some(ptr);
+            }
+            if header(b) & PREV_FREE != 0 && offset == 0 {
+                // Slide down into the free block before (and take the free
+                // one after, if any): no search, and it fills a hole.
+                let prev = *b.cast::<*mut Block>().sub(1);
+                let after = if next_free { size_of_block(next) } else { 0 };
+                let total = size_of_block(prev) + size + after;
+                let moved = payload_of(prev);
+                if total >= need && moved.as_ptr() as usize & (layout.align() - 1) == 0 {
+                    self.remove_free(prev);
+                    if next_free {
+                        self.remove_free(next);
+                    }
+                    // `prev` is free, so the block before it is used.
+                    (*prev).header = total;
+                    // Overlapping; the tail `carve` frees lies past the copy
+                    // (`need >= new_size + W`).
+                    ptr::copy(ptr.as_ptr(), moved.as_ptr(), layout.size().min(new_size));
+                    self.carve(prev, total, need);
+                    return Some(moved);
+                }
             }
             let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
             let new = self.alloc(new_layout)?;
