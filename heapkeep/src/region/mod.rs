@@ -173,32 +173,40 @@ impl core::fmt::Debug for RegionHeap {
     }
 }
 
-/// The class whose list holds a free block of `size` bytes.
+/// `log2` of the class width around `size` (a multiple of `GRANULE`): the
+/// granule below `SMALL_LIMIT`, `2^(log2(size) - SL_BITS)` above. Branch-free
+/// (a mispredicted "is it small?" test cost more than the whole lookup):
+/// or-ing in `SMALL_LIMIT / 2` makes every small size look like the top
+/// power of two below `SMALL_LIMIT`, whose shift is one less than the
+/// granule's.
+#[inline(always)]
+fn class_shift(size: usize) -> (u32, u32) {
+    let log = usize::BITS - 1 - (size | (SMALL_LIMIT / 2)).leading_zeros();
+    let small = (log == SMALL_SHIFT - 1) as u32;
+    (log, log - SL_BITS + small)
+}
+
+/// The class whose list holds a free block of `size` bytes: first level 0
+/// and one class per granule below `SMALL_LIMIT`; above it, first level
+/// `log2(size) - log2(SMALL_LIMIT) + 1` and the next `SL_BITS` bits of size.
 #[inline(always)]
 fn class_of(size: usize) -> (usize, usize) {
-    if size < SMALL_LIMIT {
-        (0, size / GRANULE)
-    } else {
-        let log = usize::BITS - 1 - size.leading_zeros();
-        let fl = (log - SMALL_SHIFT + 1) as usize;
-        let sl = (size >> (log - SL_BITS)) - SL_COUNT;
-        // Both bounds hold already (`log < usize::BITS`, and the top
-        // `SL_BITS + 1` bits of `size` start with a 1); saying so lets the
-        // compiler drop the bounds checks on the tables.
-        (fl.min(FL_COUNT - 1), sl & (SL_COUNT - 1))
-    }
+    let (log, shift) = class_shift(size);
+    let fl = (log - (SMALL_SHIFT - 1)) as usize;
+    // Above `SMALL_LIMIT`, `size >> shift` is in `SL_COUNT..2 * SL_COUNT`
+    // (the mask drops the leading 1); below, in `0..SL_COUNT`. The `min`
+    // (a no-op, `log < usize::BITS`) lets the compiler drop bounds checks.
+    (fl.min(FL_COUNT - 1), (size >> shift) & (SL_COUNT - 1))
 }
 
 /// The lowest class all of whose blocks are at least `size` bytes (`size`
 /// rounded up to a class boundary); `None` if there is no such class.
 #[inline(always)]
 fn class_at_least(size: usize) -> Option<(usize, usize)> {
-    if size < SMALL_LIMIT {
-        return Some((0, size / GRANULE));
-    }
-    let log = usize::BITS - 1 - size.leading_zeros();
-    let rounded = size.checked_add((1 << (log - SL_BITS)) - 1)?;
-    Some(class_of(rounded))
+    // Below `SMALL_LIMIT` classes are exact and `size` a multiple of the
+    // granule, so adding `granule - 1` changes nothing there.
+    let (_, shift) = class_shift(size);
+    Some(class_of(size.checked_add((1 << shift) - 1)?))
 }
 
 /// The block size serving a request of `size` bytes, `None` if too big.
@@ -631,8 +639,19 @@ impl RegionHeap {
             }
             if header(b) & PREV_FREE != 0 {
                 let prev = *b.cast::<*mut Block>().sub(1);
-                size += size_of_block(prev);
+                let prev_size = size_of_block(prev);
+                let total = prev_size + size;
+                if class_of(total) == class_of(prev_size) {
+                    // Same list: `prev` grows where it is.
+                    (*prev).header = total | FREE;
+                    let end = prev.cast::<u8>().add(total);
+                    *end.cast::<*mut Block>().sub(1) = prev;
+                    set_prev_free(end.cast(), true);
+                    self.free += size;
+                    return;
+                }
                 self.remove_free(prev);
+                size = total;
                 b = prev;
             }
             self.insert_free(b, size);
