@@ -375,8 +375,9 @@ fn extension_with_new_and_adjacent_regions() {
     unsafe { heap.dealloc(p, Layout::from_size_align(100, 8).unwrap()) };
     assert_eq!(heap.largest_free(), heap.capacity());
     // Too small to hold anything: nothing added.
-    let tiny: &'static mut [u8] = Box::leak(vec![0u8; 40].into_boxed_slice());
-    assert_eq!(heap.extend(tiny), 0);
+    let mut tiny = [0u8; 40];
+    // SAFETY: nothing is added, so the heap never uses the buffer.
+    assert_eq!(unsafe { heap.extend_raw(tiny.as_mut_ptr(), tiny.len()) }, 0);
     check(&heap, "after a tiny slice");
 }
 
@@ -632,7 +633,10 @@ fn arena_grows_by_chunks_and_resets() {
 
 #[test]
 fn arena_over_a_region_heap() {
-    let heap = LockedRegionHeap::new(Box::leak(vec![0u8; 256 * KIB].into_boxed_slice()));
+    let mut buf = vec![0u8; 256 * KIB];
+    let heap = LockedRegionHeap::empty();
+    // SAFETY: `buf` outlives `heap` (declared before it) and nothing else uses it.
+    unsafe { heap.lock().extend_raw(buf.as_mut_ptr(), buf.len()) };
     let capacity = heap.lock().capacity();
     {
         let arena = Arena::new_in(&heap);
