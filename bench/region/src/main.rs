@@ -613,6 +613,17 @@ fn bar_chart(
                 top + plot_h - y,
                 COLORS[i % 5]
             );
+            let text = if v >= 100.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.1}")
+            };
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" font-size="9" text-anchor="middle">{text}</text>"#,
+                gx + i as f64 * bar_w + bar_w * 0.47,
+                y - 3.0
+            );
         }
         let _ = writeln!(
             s,
