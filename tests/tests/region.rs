@@ -481,6 +481,7 @@ fn map_fragmentation_and_picture() {
     let expected = (1.0 - (3 * cell) as f64 / free as f64) * 100.0;
     assert!((o.heap.fragmentation() - expected).abs() < 1e-9);
     assert!(o.heap.fragmentation() > 20.0);
+    // SAFETY: live block, freed once.
     unsafe { o.heap.dealloc(a, l) };
     assert_eq!(map(&o.heap, 10), "------aaa-\n");
     assert_eq!(map(&o.heap, 20), "------------aaaaaa--\n");
@@ -490,6 +491,7 @@ fn map_fragmentation_and_picture() {
     assert!(svg.trim_end().ends_with("</svg>"));
     assert_eq!(svg.matches("<rect").count(), 3, "free, used, free");
     assert_eq!(svg.matches("hsl(").count(), 1);
+    // SAFETY: live block, freed once.
     unsafe { o.heap.dealloc(c, l) };
     assert_eq!(map(&o.heap, 10), "----------\n");
 }

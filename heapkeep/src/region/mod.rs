@@ -246,27 +246,41 @@ unsafe fn payload_of(b: *mut Block) -> NonNull<u8> {
     unsafe { NonNull::new_unchecked(b.cast::<u8>().add(W)) }
 }
 
-/// # Safety (all the block accessors below)
+/// The header word of block `b`.
+///
+/// # Safety
 /// `b` is a block header inside one of the heap's regions (the sentinel
-/// included, for `header` and `set_prev_free`).
+/// included).
 #[inline(always)]
 unsafe fn header(b: *mut Block) -> usize {
-    // SAFETY: see above.
+    // SAFETY: the caller's promise.
     unsafe { (*b).header }
 }
 
+/// The size of block `b`, its header included.
+///
+/// # Safety
+/// As `header`.
 #[inline(always)]
 unsafe fn size_of_block(b: *mut Block) -> usize {
     // SAFETY: forwarded.
     unsafe { header(b) & !FLAGS }
 }
 
+/// The block physically after `b` (or the sentinel).
+///
+/// # Safety
+/// `b` is a block of the heap's regions, not the sentinel.
 #[inline(always)]
 unsafe fn next_phys(b: *mut Block) -> *mut Block {
     // SAFETY: forwarded; a block's end is the next header or the sentinel.
     unsafe { b.cast::<u8>().add(size_of_block(b)).cast() }
 }
 
+/// Sets or clears the `PREV_FREE` bit of `b`.
+///
+/// # Safety
+/// As `header`, and the bit then tells the truth about the block before.
 #[inline(always)]
 unsafe fn set_prev_free(b: *mut Block, on: bool) {
     // SAFETY: forwarded.
