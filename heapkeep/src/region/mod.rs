@@ -181,9 +181,9 @@ impl core::fmt::Debug for RegionHeap {
 /// granule's.
 #[inline(always)]
 fn class_shift(size: usize) -> (u32, u32) {
-    let log = usize::BITS - 1 - (size | (SMALL_LIMIT / 2)).leading_zeros();
-    let small = (log == SMALL_SHIFT - 1) as u32;
-    (log, log - SL_BITS + small)
+    // Never zero, so `ilog2` is a bare `bsr`/`clz`.
+    let log = (size | (SMALL_LIMIT / 2)).ilog2();
+    (log, log.max(SMALL_SHIFT) - SL_BITS)
 }
 
 /// The class whose list holds a free block of `size` bytes: first level 0
@@ -584,7 +584,7 @@ impl RegionHeap {
         // SAFETY: a list head is a free block of ours.
         if !head.is_null() && unsafe { size_of_block(head) } >= need {
             // SAFETY: as above.
-            unsafe { self.remove_free(head) };
+            unsafe { self.remove_free_in(head, fl, sl) };
             return Some(head);
         }
         if let Some((fl, sl)) =
@@ -592,7 +592,7 @@ impl RegionHeap {
         {
             let b = self.heads[fl][sl];
             // SAFETY: the bitmap says this list is not empty.
-            unsafe { self.remove_free(b) };
+            unsafe { self.remove_free_in(b, fl, sl) };
             return Some(b);
         }
         self.scan_own_class(fl, sl, need)
@@ -679,7 +679,8 @@ impl RegionHeap {
                 let prev = *b.cast::<*mut Block>().sub(1);
                 let prev_size = size_of_block(prev);
                 let total = prev_size + size;
-                if class_of(total) == class_of(prev_size) {
+                let prev_class = class_of(prev_size);
+                if class_of(total) == prev_class {
                     // Same list: `prev` grows where it is.
                     (*prev).header = total | FREE;
                     let end = prev.cast::<u8>().add(total);
@@ -688,7 +689,7 @@ impl RegionHeap {
                     self.free += size;
                     return;
                 }
-                self.remove_free(prev);
+                self.remove_free_in(prev, prev_class.0, prev_class.1);
                 size = total;
                 b = prev;
             }
@@ -733,10 +734,23 @@ impl RegionHeap {
     /// `b` is on a free list of ours.
     #[inline(always)]
     unsafe fn remove_free(&mut self, b: *mut Block) {
+        // SAFETY: forwarded.
+        unsafe {
+            let (fl, sl) = class_of(size_of_block(b));
+            self.remove_free_in(b, fl, sl);
+        }
+    }
+
+    /// `remove_free` for a caller that knows the class.
+    ///
+    /// # Safety
+    /// `b` is on the free list `(fl, sl)` of ours.
+    #[inline(always)]
+    unsafe fn remove_free_in(&mut self, b: *mut Block, fl: usize, sl: usize) {
         // SAFETY: the caller's promise; list neighbours are free blocks.
         unsafe {
             let size = size_of_block(b);
-            let (fl, sl) = class_of(size);
+            debug_assert_eq!(class_of(size), (fl, sl));
             let (next, prev) = ((*b).next, (*b).prev);
             if !next.is_null() {
                 (*next).prev = prev;
