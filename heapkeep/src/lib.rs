@@ -25,42 +25,78 @@
 //!   aborts on a valid request, or allocates recursively inside itself.
 //! - Every power-of-two alignment is served.
 //! - Memory from `alloc_zeroed` that comes fresh from the OS is not cleared again.
+//!
+//! ## Heaps you own (no OS needed)
+//! [`region`] (a fixed-region TLSF heap with a locked `GlobalAlloc` wrapper),
+//! [`arena`] (bump allocation) and [`pool`] (fixed-size objects) manage memory
+//! the program hands them. They use none of the layers above and build
+//! without `std` (cargo feature `os` off, `#![no_std]`).
+#![cfg_attr(not(any(feature = "os", test)), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+#[cfg(feature = "os")]
 use core::alloc::{GlobalAlloc, Layout};
 
+pub mod arena;
+pub mod pool;
+pub mod region;
+
+#[cfg(feature = "os")]
 pub mod check;
+#[cfg(feature = "os")]
 mod counters;
+#[cfg(feature = "os")]
 mod forbid;
+#[cfg(feature = "os")]
 mod guard;
+#[cfg(feature = "os")]
 mod heap;
+#[cfg(feature = "os")]
 mod huge;
-#[cfg(any(test, feature = "invariants"))]
+#[cfg(all(feature = "os", any(test, feature = "invariants")))]
 mod invariants;
+#[cfg(feature = "os")]
 mod measure;
+#[cfg(feature = "os")]
 mod os;
+#[cfg(feature = "os")]
 mod page;
+#[cfg(feature = "os")]
 mod profile;
+#[cfg(feature = "os")]
 mod segment;
+#[cfg(feature = "os")]
 mod size_class;
+#[cfg(feature = "os")]
 mod stats;
+#[cfg(feature = "os")]
 mod sync;
-#[cfg(test)]
+#[cfg(all(feature = "os", test))]
 mod tests_internal;
+#[cfg(feature = "os")]
 mod thread;
+#[cfg(feature = "os")]
 mod writer;
 
+#[cfg(feature = "os")]
 pub use forbid::{
     forbid_alloc, forbid_alloc_with, permit_alloc, ForbidAlloc, OnAlloc, PermitAlloc, LOG_LIMIT,
 };
+#[cfg(feature = "os")]
 pub use measure::{measure, Measured};
+#[cfg(feature = "os")]
 pub use stats::{stats, Stats};
 
+#[cfg(feature = "os")]
 /// Whether this build counts operations (cargo feature `stats`, on by
 /// default). Without it, [`stats`] reports zero calls and bytes.
 pub const STATS_ENABLED: bool = counters::ENABLED;
 
+#[cfg(feature = "os")]
 /// The heapkeep allocator. A unit struct: all state is global and per thread.
 ///
 /// ```
@@ -76,6 +112,7 @@ pub const STATS_ENABLED: bool = counters::ENABLED;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HeapKeep;
 
+#[cfg(feature = "os")]
 // SAFETY: every method returns blocks that are valid for the layout asked,
 // disjoint from every other live block, and aligned as asked (or null); they
 // stay valid until passed to `dealloc`/`realloc`. See `heap.rs` for how.
@@ -104,6 +141,7 @@ unsafe impl GlobalAlloc for HeapKeep {
     }
 }
 
+#[cfg(feature = "os")]
 /// The number of bytes usable at `ptr`: at least the size it was allocated
 /// with, and writable in full.
 ///
@@ -114,6 +152,7 @@ pub unsafe fn usable_size(ptr: *const u8) -> usize {
     unsafe { heap::usable_size(ptr) }
 }
 
+#[cfg(feature = "os")]
 /// Untyped entry points, for fronts that have no `Layout` (the C library in
 /// `preload/`). Same heap, same fast paths as [`HeapKeep`].
 pub mod raw {
@@ -151,6 +190,7 @@ pub mod raw {
     }
 }
 
+#[cfg(feature = "os")]
 /// Starts heapkeep when the program (or the preload library) is loaded,
 /// before `main`: options are read and check mode's fault handler is in
 /// place even for a program whose first heap call comes late, or never.
@@ -158,20 +198,24 @@ pub mod raw {
 #[link_section = ".init_array"]
 static START_AT_LOAD: extern "C" fn() = start_at_load;
 
+#[cfg(feature = "os")]
 extern "C" fn start_at_load() {
     thread::global_init();
 }
 
+#[cfg(feature = "os")]
 /// Bytes currently mapped from the OS by heapkeep (resident or not).
 pub fn os_mapped_bytes() -> usize {
     os::mapped_bytes()
 }
 
+#[cfg(feature = "os")]
 /// The highest [`os_mapped_bytes`] seen since the process started.
 pub fn os_mapped_peak_bytes() -> usize {
     os::mapped_peak_bytes()
 }
 
+#[cfg(feature = "os")]
 /// Caps the memory heapkeep maps from the OS at `bytes` (0: no cap; the
 /// environment option `HEAPKEEP_MEMORY_CAP` sets it at start-up, e.g. `512M`).
 /// Beyond the cap allocations fail (null; `ENOMEM` in C) instead of taking
@@ -184,6 +228,7 @@ pub fn set_memory_cap(bytes: usize) {
     os::set_cap(bytes);
 }
 
+#[cfg(feature = "os")]
 /// The memory cap in bytes (0: none). See [`set_memory_cap`].
 pub fn memory_cap() -> usize {
     thread::global_init();
@@ -193,11 +238,12 @@ pub fn memory_cap() -> usize {
 /// Walks the heap and checks its invariants: the calling thread's heap, every
 /// retired heap, and the global caches. Returns a description of the first
 /// broken invariant. Slow; for tests and fuzzing (feature `invariants`).
-#[cfg(any(test, feature = "invariants"))]
+#[cfg(all(feature = "os", any(test, feature = "invariants")))]
 pub fn check_invariants() -> Result<(), String> {
     invariants::check()
 }
 
+#[cfg(feature = "os")]
 /// Reports a pointer heapkeep cannot accept and aborts.
 #[cold]
 #[inline(never)]

@@ -1,0 +1,958 @@
+//! Benchmark of the heaps you own (issue 6): `heapkeep::region::RegionHeap` against talc, rlsf,
+//! linked_list_allocator and buddy_system_allocator, each over the same 16 MiB region, and
+//! `heapkeep::arena::Arena` against bumpalo. One process, all allocators side by side, rounds
+//! interleaved with the order rotating; medians of rounds.
+//!
+//! - throughput: a seeded stream of alloc / free / realloc (identical for every allocator) over a
+//!   fixed number of slots, for maximum sizes 64 B – 32 KiB;
+//! - latency: the same streams with every operation timed on its own (rdtsc on x86_64): p99 and
+//!   the worst;
+//! - heap efficiency: random allocs, frees and reallocs until the first failure; the bytes live
+//!   (as requested) over the region size, averaged over seeds;
+//! - arena: many small allocations then a reset, and vectors growing in the arena.
+//!
+//! Usage: `cargo run --release -p heapkeep-bench-region -- [--quick] [--out DIR]`; prints a
+//! markdown report and writes `DIR/report.md`, `DIR/results.csv` and `DIR/*.svg`.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::ptr::NonNull;
+use std::time::Instant;
+
+use heapkeep::arena::Arena;
+use heapkeep::region::RegionHeap;
+
+const REGION: usize = 16 << 20;
+const MAX_SIZES: [usize; 5] = [64, 256, 1024, 4096, 32 * 1024];
+
+// -------------------------------------------------------------------------------------------
+// The allocators, behind one interface
+// -------------------------------------------------------------------------------------------
+
+trait Heap {
+    const NAME: &'static str;
+    /// A fresh heap over `len` bytes at `base`.
+    ///
+    /// # Safety
+    /// The memory is valid and unused while the heap lives.
+    unsafe fn over(base: *mut u8, len: usize) -> Self;
+    fn alloc(&mut self, l: Layout) -> Option<NonNull<u8>>;
+    /// # Safety
+    /// `p` is live, allocated with `l`.
+    unsafe fn dealloc(&mut self, p: NonNull<u8>, l: Layout);
+    /// # Safety
+    /// `p` is live, allocated with `l`.
+    unsafe fn realloc(&mut self, p: NonNull<u8>, l: Layout, new: usize) -> Option<NonNull<u8>>;
+}
+
+/// What allocators without a realloc of their own do (and what `GlobalAlloc`'s default does).
+///
+/// # Safety
+/// As `Heap::realloc`.
+unsafe fn move_realloc<H: Heap>(
+    h: &mut H,
+    p: NonNull<u8>,
+    l: Layout,
+    new: usize,
+) -> Option<NonNull<u8>> {
+    let q = h.alloc(Layout::from_size_align(new, l.align()).ok()?)?;
+    // SAFETY: distinct live blocks of at least the bytes copied.
+    unsafe {
+        std::ptr::copy_nonoverlapping(p.as_ptr(), q.as_ptr(), l.size().min(new));
+        h.dealloc(p, l);
+    }
+    Some(q)
+}
+
+struct Hk(RegionHeap);
+impl Heap for Hk {
+    const NAME: &'static str = "heapkeep";
+    unsafe fn over(base: *mut u8, len: usize) -> Self {
+        let mut h = RegionHeap::empty();
+        // SAFETY: forwarded.
+        unsafe { h.extend_raw(base, len) };
+        Hk(h)
+    }
+    #[inline]
+    fn alloc(&mut self, l: Layout) -> Option<NonNull<u8>> {
+        self.0.alloc(l)
+    }
+    #[inline]
+    unsafe fn dealloc(&mut self, p: NonNull<u8>, l: Layout) {
+        // SAFETY: forwarded.
+        unsafe { self.0.dealloc(p, l) }
+    }
+    #[inline]
+    unsafe fn realloc(&mut self, p: NonNull<u8>, l: Layout, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: forwarded.
+        unsafe { self.0.realloc(p, l, new) }
+    }
+}
+
+struct Talc(talc::TalcCell<talc::source::Manual>);
+impl Heap for Talc {
+    const NAME: &'static str = "talc";
+    unsafe fn over(base: *mut u8, len: usize) -> Self {
+        let t = talc::TalcCell::new(talc::source::Manual);
+        // SAFETY: forwarded.
+        unsafe { t.claim(base, len).expect("talc claims the region") };
+        Talc(t)
+    }
+    #[inline]
+    fn alloc(&mut self, l: Layout) -> Option<NonNull<u8>> {
+        // SAFETY: the workloads never ask for zero bytes.
+        NonNull::new(unsafe { self.0.alloc(l) })
+    }
+    #[inline]
+    unsafe fn dealloc(&mut self, p: NonNull<u8>, l: Layout) {
+        // SAFETY: forwarded.
+        unsafe { self.0.dealloc(p.as_ptr(), l) }
+    }
+    #[inline]
+    unsafe fn realloc(&mut self, p: NonNull<u8>, l: Layout, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: forwarded (talc's own in-place realloc, else move).
+        NonNull::new(unsafe { self.0.realloc(p.as_ptr(), l, new) })
+    }
+}
+
+struct Rlsf(rlsf::Tlsf<'static, u32, u32, 24, 32>);
+impl Heap for Rlsf {
+    const NAME: &'static str = "rlsf";
+    unsafe fn over(base: *mut u8, len: usize) -> Self {
+        let mut t = rlsf::Tlsf::new();
+        let block = NonNull::slice_from_raw_parts(NonNull::new(base).unwrap(), len);
+        // SAFETY: forwarded.
+        unsafe {
+            t.insert_free_block_ptr(block)
+                .expect("rlsf takes the region")
+        };
+        Rlsf(t)
+    }
+    #[inline]
+    fn alloc(&mut self, l: Layout) -> Option<NonNull<u8>> {
+        self.0.allocate(l)
+    }
+    #[inline]
+    unsafe fn dealloc(&mut self, p: NonNull<u8>, l: Layout) {
+        // SAFETY: forwarded.
+        unsafe { self.0.deallocate(p, l.align()) }
+    }
+    #[inline]
+    unsafe fn realloc(&mut self, p: NonNull<u8>, l: Layout, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: forwarded (rlsf's own realloc, in place when it can).
+        unsafe {
+            self.0
+                .reallocate(p, Layout::from_size_align(new, l.align()).ok()?)
+        }
+    }
+}
+
+struct LinkedList(linked_list_allocator::Heap);
+impl Heap for LinkedList {
+    const NAME: &'static str = "linked_list";
+    unsafe fn over(base: *mut u8, len: usize) -> Self {
+        let mut h = linked_list_allocator::Heap::empty();
+        // SAFETY: forwarded.
+        unsafe { h.init(base, len) };
+        LinkedList(h)
+    }
+    #[inline]
+    fn alloc(&mut self, l: Layout) -> Option<NonNull<u8>> {
+        self.0.allocate_first_fit(l).ok()
+    }
+    #[inline]
+    unsafe fn dealloc(&mut self, p: NonNull<u8>, l: Layout) {
+        // SAFETY: forwarded.
+        unsafe { self.0.deallocate(p, l) }
+    }
+    #[inline]
+    unsafe fn realloc(&mut self, p: NonNull<u8>, l: Layout, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: forwarded.
+        unsafe { move_realloc(self, p, l, new) }
+    }
+}
+
+struct Buddy(buddy_system_allocator::Heap<32>);
+impl Heap for Buddy {
+    const NAME: &'static str = "buddy";
+    unsafe fn over(base: *mut u8, len: usize) -> Self {
+        let mut h = buddy_system_allocator::Heap::<32>::new();
+        // SAFETY: forwarded.
+        unsafe { h.init(base as usize, len) };
+        Buddy(h)
+    }
+    #[inline]
+    fn alloc(&mut self, l: Layout) -> Option<NonNull<u8>> {
+        self.0.alloc(l).ok()
+    }
+    #[inline]
+    unsafe fn dealloc(&mut self, p: NonNull<u8>, l: Layout) {
+        // SAFETY: forwarded.
+        unsafe { self.0.dealloc(p, l) }
+    }
+    #[inline]
+    unsafe fn realloc(&mut self, p: NonNull<u8>, l: Layout, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: forwarded.
+        unsafe { move_realloc(self, p, l, new) }
+    }
+}
+
+const NAMES: [&str; 5] = [
+    Hk::NAME,
+    Talc::NAME,
+    Rlsf::NAME,
+    LinkedList::NAME,
+    Buddy::NAME,
+];
+
+// -------------------------------------------------------------------------------------------
+// Workloads
+// -------------------------------------------------------------------------------------------
+
+/// SplitMix64.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next() % (hi - lo + 1) as u64) as usize
+    }
+    /// Mostly 8, a quarter 16, a sixteenth 32, … up to 2048 (each step a quarter as likely).
+    fn align(&mut self) -> usize {
+        8 << ((self.next() as u16).trailing_zeros() / 2).min(8)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Alloc { slot: u32, size: u32, align: u32 },
+    Free { slot: u32 },
+    Realloc { slot: u32, size: u32 },
+}
+
+/// `n` operations over `slots` slots: an empty slot gets a block (size uniform in 1..=max); a
+/// full one is freed (2/3) or resized (1/3). Everything is freed at the end.
+fn stream(max: usize, slots: usize, n: usize, seed: u64) -> Vec<Op> {
+    let mut rng = Rng(seed);
+    let mut full = vec![false; slots];
+    let mut ops = Vec::with_capacity(n + slots);
+    for _ in 0..n {
+        let slot = rng.range(0, slots - 1);
+        if !full[slot] {
+            let (size, align) = (rng.range(1, max), rng.align());
+            ops.push(Op::Alloc {
+                slot: slot as u32,
+                size: size as u32,
+                align: align as u32,
+            });
+            full[slot] = true;
+        } else if rng.next() % 3 == 0 {
+            ops.push(Op::Realloc {
+                slot: slot as u32,
+                size: rng.range(1, max) as u32,
+            });
+        } else {
+            ops.push(Op::Free { slot: slot as u32 });
+            full[slot] = false;
+        }
+    }
+    for (slot, &f) in full.iter().enumerate() {
+        if f {
+            ops.push(Op::Free { slot: slot as u32 });
+        }
+    }
+    ops
+}
+
+/// Slots for a maximum size: about a third of the region live on average.
+fn slots_for(max: usize) -> usize {
+    (REGION / 3 / (max / 2)).min(4096)
+}
+
+type Slot = Option<(NonNull<u8>, Layout)>;
+
+/// Runs one operation; false if an allocation failed.
+#[inline(always)]
+fn step<H: Heap>(h: &mut H, slots: &mut [Slot], op: Op) -> bool {
+    match op {
+        Op::Alloc { slot, size, align } => {
+            // SAFETY: a power of two below 4096 and a small size.
+            let l = unsafe { Layout::from_size_align_unchecked(size as usize, align as usize) };
+            let p = h.alloc(l);
+            slots[slot as usize] = p.map(|p| (p, l));
+            p.is_some()
+        }
+        Op::Free { slot } => {
+            if let Some((p, l)) = slots[slot as usize].take() {
+                // SAFETY: live, allocated with `l`.
+                unsafe { h.dealloc(p, l) };
+            }
+            true
+        }
+        Op::Realloc { slot, size } => {
+            let Some((p, l)) = slots[slot as usize] else {
+                return true;
+            };
+            // SAFETY: live, allocated with `l`.
+            match unsafe { h.realloc(p, l, size as usize) } {
+                Some(q) => {
+                    // SAFETY: as above.
+                    let nl = unsafe { Layout::from_size_align_unchecked(size as usize, l.align()) };
+                    slots[slot as usize] = Some((q, nl));
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+}
+
+/// Seconds for the whole stream; panics if anything failed (the budget leaves room).
+#[inline(never)]
+fn throughput<H: Heap>(region: *mut u8, ops: &[Op], slots: usize) -> f64 {
+    // SAFETY: the region is ours; the previous heap over it is gone.
+    let mut h = unsafe { H::over(region, REGION) };
+    let mut table: Vec<Slot> = vec![None; slots];
+    let t = Instant::now();
+    let mut failed = 0usize;
+    for &op in ops {
+        failed += !step(&mut h, &mut table, op) as usize;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(failed, 0, "{}: {failed} operations failed", H::NAME);
+    black_box(&h);
+    secs
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn ticks() -> u64 {
+    // SAFETY: rdtsc has no preconditions on x86_64.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn ticks() -> u64 {
+    use std::sync::OnceLock;
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Nanoseconds per tick.
+fn ns_per_tick() -> f64 {
+    let (t0, i0) = (ticks(), Instant::now());
+    while i0.elapsed().as_millis() < 50 {}
+    i0.elapsed().as_nanos() as f64 / (ticks() - t0) as f64
+}
+
+/// Every operation timed on its own: (p50, p99, max) in ticks.
+#[inline(never)]
+fn latency<H: Heap>(
+    region: *mut u8,
+    ops: &[Op],
+    slots: usize,
+    times: &mut Vec<u64>,
+) -> (u64, u64, u64) {
+    // SAFETY: as `throughput`.
+    let mut h = unsafe { H::over(region, REGION) };
+    let mut table: Vec<Slot> = vec![None; slots];
+    times.clear();
+    for &op in ops {
+        let t = ticks();
+        step(&mut h, &mut table, op);
+        times.push(ticks() - t);
+    }
+    black_box(&h);
+    times.sort_unstable();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
+    (at(0.5), at(0.99), *times.last().unwrap())
+}
+
+/// Random allocs (half), frees (a tenth) and reallocs (four tenths, up to 10x the alloc
+/// maximum) until the first failure; the bytes live then over the region size.
+fn efficiency<H: Heap>(region: *mut u8, seed: u64) -> f64 {
+    const MAX: usize = 10_000;
+    // SAFETY: as `throughput`.
+    let mut h = unsafe { H::over(region, REGION) };
+    let mut rng = Rng(seed);
+    let mut live: Vec<(NonNull<u8>, Layout)> = Vec::new();
+    loop {
+        match rng.next() % 10 {
+            0..=4 => {
+                let cap = rng.range(16, MAX);
+                let l = Layout::from_size_align(rng.range(4, cap), rng.align()).unwrap();
+                match h.alloc(l) {
+                    Some(p) => live.push((p, l)),
+                    None => break,
+                }
+            }
+            5 => {
+                if !live.is_empty() {
+                    let (p, l) = live.swap_remove(rng.range(0, live.len() - 1));
+                    // SAFETY: live.
+                    unsafe { h.dealloc(p, l) };
+                }
+            }
+            _ => {
+                if !live.is_empty() {
+                    let i = rng.range(0, live.len() - 1);
+                    let (p, l) = live[i];
+                    let new = rng.range(1, 10 * MAX);
+                    // SAFETY: live.
+                    match unsafe { h.realloc(p, l, new) } {
+                        Some(q) => live[i] = (q, Layout::from_size_align(new, l.align()).unwrap()),
+                        None => break,
+                    }
+                }
+            }
+        }
+    }
+    live.iter().map(|b| b.1.size()).sum::<usize>() as f64 / REGION as f64
+}
+
+// -------------------------------------------------------------------------------------------
+// Arena against bumpalo
+// -------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+#[allow(dead_code)]
+struct Obj {
+    a: u64,
+    b: [u32; 5],
+}
+
+/// Seconds for `rounds` of: `n` small objects of three shapes, then a reset.
+fn arena_small(n: usize, rounds: usize) -> f64 {
+    let mut arena = Arena::new();
+    let t = Instant::now();
+    for r in 0..rounds {
+        for i in 0..n {
+            black_box(arena.alloc(i as u64).ok().unwrap());
+            black_box(
+                arena
+                    .alloc(Obj {
+                        a: i as u64,
+                        b: [r as u32; 5],
+                    })
+                    .ok()
+                    .unwrap(),
+            );
+            black_box(arena.alloc([i as u8; 3]).ok().unwrap());
+        }
+        arena.reset();
+    }
+    t.elapsed().as_secs_f64()
+}
+
+fn bumpalo_small(n: usize, rounds: usize) -> f64 {
+    let mut bump = bumpalo::Bump::new();
+    let t = Instant::now();
+    for r in 0..rounds {
+        for i in 0..n {
+            black_box(bump.alloc(i as u64));
+            black_box(bump.alloc(Obj {
+                a: i as u64,
+                b: [r as u32; 5],
+            }));
+            black_box(bump.alloc([i as u8; 3]));
+        }
+        bump.reset();
+    }
+    t.elapsed().as_secs_f64()
+}
+
+/// Seconds for `rounds` of: 100 vectors each pushed to `n` elements in turn, then a reset.
+fn arena_vecs(n: usize, rounds: usize) -> f64 {
+    let mut arena = Arena::new();
+    let t = Instant::now();
+    for _ in 0..rounds {
+        {
+            let mut vs: Vec<allocator_api2::vec::Vec<u32, &Arena<_>>> = (0..100)
+                .map(|_| allocator_api2::vec::Vec::new_in(&arena))
+                .collect();
+            for i in 0..n {
+                for v in vs.iter_mut() {
+                    v.push(i as u32);
+                }
+            }
+            black_box(&vs);
+        }
+        arena.reset();
+    }
+    t.elapsed().as_secs_f64()
+}
+
+fn bumpalo_vecs(n: usize, rounds: usize) -> f64 {
+    let mut bump = bumpalo::Bump::new();
+    let t = Instant::now();
+    for _ in 0..rounds {
+        {
+            let mut vs: Vec<allocator_api2::vec::Vec<u32, &bumpalo::Bump>> = (0..100)
+                .map(|_| allocator_api2::vec::Vec::new_in(&bump))
+                .collect();
+            for i in 0..n {
+                for v in vs.iter_mut() {
+                    v.push(i as u32);
+                }
+            }
+            black_box(&vs);
+        }
+        bump.reset();
+    }
+    t.elapsed().as_secs_f64()
+}
+
+// -------------------------------------------------------------------------------------------
+// Driver, report, charts
+// -------------------------------------------------------------------------------------------
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn size_label(s: usize) -> String {
+    if s >= 1024 {
+        format!("{} KiB", s / 1024)
+    } else {
+        format!("{s} B")
+    }
+}
+
+/// Runs `f` for allocator `k` (index into `NAMES`).
+fn by_index<R>(k: usize, f: &mut impl FnMut(usize) -> R) -> R {
+    f(k)
+}
+
+macro_rules! for_heap {
+    ($k:expr, $f:ident ( $($arg:expr),* )) => {
+        match $k {
+            0 => $f::<Hk>($($arg),*),
+            1 => $f::<Talc>($($arg),*),
+            2 => $f::<Rlsf>($($arg),*),
+            3 => $f::<LinkedList>($($arg),*),
+            _ => $f::<Buddy>($($arg),*),
+        }
+    };
+}
+
+/// A grouped bar chart as SVG text: one group per label, one bar per series.
+fn bar_chart(
+    title: &str,
+    unit: &str,
+    labels: &[String],
+    series: &[(&str, Vec<f64>)],
+    log: bool,
+) -> String {
+    const COLORS: [&str; 5] = ["#d9480f", "#1971c2", "#2f9e44", "#ae3ec9", "#868e96"];
+    let (w, h, left, top, bottom) = (760.0, 340.0, 60.0, 40.0, 60.0);
+    let plot_h = h - top - bottom;
+    let max = series
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .fold(0.0f64, f64::max)
+        * 1.1;
+    let min_log = series
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .filter(|v| *v > 0.0)
+        .fold(f64::MAX, f64::min)
+        / 2.0;
+    let yof = |v: f64| {
+        let f = if log {
+            ((v.max(min_log)).ln() - min_log.ln()) / (max.ln() - min_log.ln())
+        } else {
+            v / max
+        };
+        top + plot_h * (1.0 - f)
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="20" font-size="15" text-anchor="middle">{title}</text>"#,
+        w / 2.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">{unit}</text>"#,
+        top + plot_h / 2.0,
+        top + plot_h / 2.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#,
+        top + plot_h,
+        w - 10.0,
+        top + plot_h
+    );
+    let group_w = (w - left - 10.0) / labels.len() as f64;
+    let bar_w = group_w * 0.8 / series.len() as f64;
+    for (g, label) in labels.iter().enumerate() {
+        let gx = left + g as f64 * group_w + group_w * 0.1;
+        for (i, (_, vals)) in series.iter().enumerate() {
+            let v = vals[g];
+            let y = yof(v);
+            let _ = writeln!(
+                s,
+                r#"<rect x="{:.1}" y="{y:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{v:.3}</title></rect>"#,
+                gx + i as f64 * bar_w,
+                bar_w * 0.95,
+                top + plot_h - y,
+                COLORS[i % 5]
+            );
+            let text = if v >= 100.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.1}")
+            };
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" font-size="9" text-anchor="middle">{text}</text>"#,
+                gx + i as f64 * bar_w + bar_w * 0.47,
+                y - 3.0
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{label}</text>"#,
+            gx + group_w * 0.4,
+            top + plot_h + 16.0
+        );
+    }
+    for (i, (name, _)) in series.iter().enumerate() {
+        let x = left + i as f64 * 130.0;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{}">{name}</text>"#,
+            h - 22.0,
+            COLORS[i % 5],
+            x + 16.0,
+            h - 12.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn main() {
+    let mut quick = false;
+    let mut profile = false;
+    let mut out = String::from("results/region");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            // For profiling: only the throughput streams of one allocator (index into NAMES
+            // in REGION_BENCH_HEAP, default heapkeep; one size index in REGION_BENCH_SIZE),
+            // ten times each, printed; nothing written.
+            "--profile" => profile = true,
+            "--out" => out = args.next().expect("--out DIR"),
+            _ => {
+                eprintln!("usage: heapkeep-bench-region [--quick] [--out DIR]");
+                std::process::exit(2);
+            }
+        }
+    }
+    let rounds = if quick { 3 } else { 5 };
+    let n_ops = if quick { 100_000 } else { 300_000 };
+    let eff_seeds = if quick { 8 } else { 24 };
+
+    // One region for everyone, touched once so no run pays its page faults.
+    let layout = Layout::from_size_align(REGION, 4096).unwrap();
+    // SAFETY: a non-zero layout; the region is never freed.
+    let region = unsafe { std::alloc::alloc(layout) };
+    assert!(!region.is_null());
+    // SAFETY: the whole region is ours.
+    unsafe { region.write_bytes(0x5a, REGION) };
+    let tick_ns = ns_per_tick();
+
+    let streams: Vec<(usize, Vec<Op>)> = MAX_SIZES
+        .iter()
+        .map(|&m| (slots_for(m), stream(m, slots_for(m), n_ops, m as u64)))
+        .collect();
+
+    if profile {
+        let which: usize = std::env::var("REGION_BENCH_HEAP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let only: Option<usize> = std::env::var("REGION_BENCH_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        for (i, (slots, ops)) in streams.iter().enumerate() {
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
+            let secs: f64 = (0..10)
+                .map(|_| for_heap!(which, throughput(region, ops, *slots)))
+                .sum();
+            print!("{:.1} ", 10.0 * ops.len() as f64 / secs / 1e6);
+        }
+        println!("Mops/s {}", NAMES[which]);
+        return;
+    }
+    // [size][allocator][round]
+    let mut tput = vec![vec![Vec::new(); 5]; MAX_SIZES.len()];
+    let mut p99 = vec![vec![Vec::new(); 5]; MAX_SIZES.len()];
+    let mut worst = vec![vec![Vec::new(); 5]; MAX_SIZES.len()];
+    let mut times = Vec::with_capacity(n_ops * 2);
+    for round in 0..rounds {
+        eprintln!("round {} of {rounds}", round + 1);
+        for (s, (slots, ops)) in streams.iter().enumerate() {
+            for j in 0..5 {
+                let k = (j + round) % 5;
+                let secs = by_index(k, &mut |k| for_heap!(k, throughput(region, ops, *slots)));
+                tput[s][k].push(ops.len() as f64 / secs / 1e6);
+                let (_, p, m) = by_index(k, &mut |k| {
+                    for_heap!(k, latency(region, ops, *slots, &mut times))
+                });
+                p99[s][k].push(p as f64 * tick_ns);
+                worst[s][k].push(m as f64 * tick_ns);
+            }
+        }
+    }
+    let mut eff = vec![Vec::new(); 5];
+    for seed in 0..eff_seeds {
+        for (k, e) in eff.iter_mut().enumerate() {
+            e.push(for_heap!(k, efficiency(region, 1000 + seed as u64)));
+        }
+    }
+    let eff: Vec<f64> = eff
+        .iter()
+        .map(|e| e.iter().sum::<f64>() / e.len() as f64 * 100.0)
+        .collect();
+    let med = |v: &mut Vec<Vec<Vec<f64>>>| -> Vec<Vec<f64>> {
+        v.iter_mut()
+            .map(|row| row.iter_mut().map(|r| median(r)).collect())
+            .collect()
+    };
+    let (tput, p99, worst) = (med(&mut tput), med(&mut p99), med(&mut worst));
+
+    // Arena against bumpalo, interleaved.
+    let (an, ar) = if quick { (100_000, 20) } else { (100_000, 60) };
+    let (vn, vr) = if quick { (2_000, 20) } else { (2_000, 60) };
+    let (mut a_small, mut b_small, mut a_vec, mut b_vec) = (vec![], vec![], vec![], vec![]);
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            a_small.push(arena_small(an, ar));
+            b_small.push(bumpalo_small(an, ar));
+            a_vec.push(arena_vecs(vn, vr));
+            b_vec.push(bumpalo_vecs(vn, vr));
+        } else {
+            b_small.push(bumpalo_small(an, ar));
+            a_small.push(arena_small(an, ar));
+            b_vec.push(bumpalo_vecs(vn, vr));
+            a_vec.push(arena_vecs(vn, vr));
+        }
+    }
+    let ratio_small = median(
+        &mut a_small
+            .iter()
+            .zip(&b_small)
+            .map(|(a, b)| a / b)
+            .collect::<Vec<_>>(),
+    );
+    let ratio_vec = median(
+        &mut a_vec
+            .iter()
+            .zip(&b_vec)
+            .map(|(a, b)| a / b)
+            .collect::<Vec<_>>(),
+    );
+    let (a_small, b_small, a_vec, b_vec) = (
+        median(&mut a_small),
+        median(&mut b_small),
+        median(&mut a_vec),
+        median(&mut b_vec),
+    );
+
+    // The report.
+    let labels: Vec<String> = MAX_SIZES.iter().map(|&m| size_label(m)).collect();
+    let mut r = String::new();
+    let _ = writeln!(r, "Region {} MiB; {} ops per stream; {rounds} rounds (medians); efficiency over {eff_seeds} seeds.\n", REGION >> 20, n_ops);
+    let _ = writeln!(
+        r,
+        "### Throughput (million operations per second, higher is better)\n"
+    );
+    let _ = writeln!(
+        r,
+        "| max size | {} | hk/talc | hk/rlsf |",
+        NAMES.join(" | ")
+    );
+    let _ = writeln!(r, "|---|{}---:|---:|", "---:|".repeat(5));
+    for (s, label) in labels.iter().enumerate() {
+        let cells: Vec<String> = tput[s].iter().map(|v| format!("{v:.1}")).collect();
+        let _ = writeln!(
+            r,
+            "| {label} | {} | {:.2} | {:.2} |",
+            cells.join(" | "),
+            tput[s][0] / tput[s][1],
+            tput[s][0] / tput[s][2]
+        );
+    }
+    for (title, data) in [
+        ("99th-percentile time of one operation (ns)", &p99),
+        ("Worst time of one operation (ns)", &worst),
+    ] {
+        let _ = writeln!(r, "\n### {title}, lower is better\n");
+        let _ = writeln!(
+            r,
+            "| max size | {} | hk/rlsf | hk/talc |",
+            NAMES.join(" | ")
+        );
+        let _ = writeln!(r, "|---|{}---:|---:|", "---:|".repeat(5));
+        for (s, label) in labels.iter().enumerate() {
+            let cells: Vec<String> = data[s].iter().map(|v| format!("{v:.0}")).collect();
+            let _ = writeln!(
+                r,
+                "| {label} | {} | {:.2} | {:.2} |",
+                cells.join(" | "),
+                data[s][0] / data[s][2],
+                data[s][0] / data[s][1]
+            );
+        }
+    }
+    let _ = writeln!(
+        r,
+        "\n### Heap efficiency (bytes live at the first failure / region size, higher is better)\n"
+    );
+    let _ = writeln!(r, "| {} |", NAMES.join(" | "));
+    let _ = writeln!(r, "|{}", "---:|".repeat(5));
+    let _ = writeln!(
+        r,
+        "| {} |",
+        eff.iter()
+            .map(|e| format!("{e:.2}%"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let _ = writeln!(
+        r,
+        "\n### Arena against bumpalo (seconds, lower is better)\n"
+    );
+    let _ = writeln!(r, "| workload | heapkeep Arena | bumpalo | arena/bumpalo |");
+    let _ = writeln!(r, "|---|---:|---:|---:|");
+    let _ = writeln!(
+        r,
+        "| {an} x 3 small objects, reset; x{ar} | {a_small:.4} | {b_small:.4} | {ratio_small:.3} |"
+    );
+    let _ = writeln!(
+        r,
+        "| 100 Vecs pushed to {vn}, reset; x{vr} | {a_vec:.4} | {b_vec:.4} | {ratio_vec:.3} |"
+    );
+
+    let min_tput = (0..MAX_SIZES.len())
+        .map(|s| tput[s][0] / tput[s][1])
+        .fold(f64::MAX, f64::min);
+    let max_p99 = (0..MAX_SIZES.len())
+        .map(|s| p99[s][0] / p99[s][2])
+        .fold(0.0, f64::max);
+    let arena_worst = ratio_small.max(ratio_vec);
+    let pass = |ok: bool| if ok { "**PASS**" } else { "**FAIL**" };
+    let _ = writeln!(r, "\n### Bar check\n");
+    let _ = writeln!(r, "| criterion | result | detail |");
+    let _ = writeln!(r, "|---|---|---|");
+    let _ = writeln!(
+        r,
+        "| throughput >= talc on every size range | {} | lowest hk/talc {min_tput:.2} |",
+        pass(min_tput >= 1.0)
+    );
+    let _ = writeln!(
+        r,
+        "| p99 latency <= rlsf on every size range | {} | highest hk/rlsf {max_p99:.2} |",
+        pass(max_p99 <= 1.0)
+    );
+    let _ = writeln!(
+        r,
+        "| heap efficiency >= 99% | {} | {:.2}% |",
+        pass(eff[0] >= 99.0),
+        eff[0]
+    );
+    let _ = writeln!(
+        r,
+        "| arena within 5% of bumpalo | {} | worst arena/bumpalo {arena_worst:.3} |",
+        pass(arena_worst <= 1.05)
+    );
+    println!("{r}");
+
+    std::fs::create_dir_all(&out).expect("create the output directory");
+    std::fs::write(format!("{out}/report.md"), &r).unwrap();
+    let mut csv = String::from("metric,max_size,allocator,value\n");
+    for (s, &m) in MAX_SIZES.iter().enumerate() {
+        for (k, name) in NAMES.iter().enumerate() {
+            let _ = writeln!(csv, "mops,{m},{name},{:.3}", tput[s][k]);
+            let _ = writeln!(csv, "p99_ns,{m},{name},{:.1}", p99[s][k]);
+            let _ = writeln!(csv, "max_ns,{m},{name},{:.1}", worst[s][k]);
+        }
+    }
+    for (k, name) in NAMES.iter().enumerate() {
+        let _ = writeln!(csv, "efficiency_pct,,{name},{:.3}", eff[k]);
+    }
+    let _ = writeln!(
+        csv,
+        "arena_small_s,,heapkeep,{a_small:.5}\narena_small_s,,bumpalo,{b_small:.5}"
+    );
+    let _ = writeln!(
+        csv,
+        "arena_vecs_s,,heapkeep,{a_vec:.5}\narena_vecs_s,,bumpalo,{b_vec:.5}"
+    );
+    std::fs::write(format!("{out}/results.csv"), csv).unwrap();
+    let series = |data: &Vec<Vec<f64>>| -> Vec<(&str, Vec<f64>)> {
+        NAMES
+            .iter()
+            .enumerate()
+            .map(|(k, n)| (*n, data.iter().map(|row| row[k]).collect()))
+            .collect()
+    };
+    std::fs::write(
+        format!("{out}/throughput.svg"),
+        bar_chart(
+            "Random alloc/free/realloc throughput by maximum size (16 MiB region)",
+            "million ops/s (log)",
+            &labels,
+            &series(&tput),
+            true,
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        format!("{out}/latency.svg"),
+        bar_chart(
+            "99th-percentile time of one operation",
+            "ns (log)",
+            &labels,
+            &series(&p99),
+            true,
+        ),
+    )
+    .unwrap();
+    let eff_series: Vec<(&str, Vec<f64>)> = NAMES
+        .iter()
+        .zip(&eff)
+        .map(|(n, e)| (*n, vec![*e]))
+        .collect();
+    std::fs::write(
+        format!("{out}/efficiency.svg"),
+        bar_chart(
+            "Heap efficiency: live bytes at the first failure",
+            "% of the region",
+            &["random workload".to_string()],
+            &eff_series,
+            false,
+        ),
+    )
+    .unwrap();
+}
