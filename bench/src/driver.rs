@@ -22,10 +22,11 @@ pub fn exe_dir() -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{} has no parent directory", exe.display()))
 }
 
-/// Path of the worker binary for `allocator` (check mode runs heapkeep's).
+/// Path of the worker binary for `allocator` (check mode and the profile
+/// run heapkeep's).
 pub fn worker_path(dir: &Path, allocator: &str) -> PathBuf {
     let binary = match allocator {
-        "heapkeep-check" => "heapkeep",
+        "heapkeep-check" | "heapkeep-profile" => "heapkeep",
         a => a,
     };
     dir.join(format!(
@@ -87,6 +88,11 @@ fn build_package(package: &str) -> Result<(), String> {
 pub fn worker_env(allocator: &str) -> &'static [(&'static str, &'static str)] {
     match allocator {
         "heapkeep-check" => &[("HEAPKEEP_CHECK", "1")],
+        // The default rate; the profile goes to a scratch file.
+        "heapkeep-profile" => &[
+            ("HEAPKEEP_PROFILE", "1"),
+            ("HEAPKEEP_PROFILE_OUT", "/tmp/heapkeep-bench-profile.%p.json"),
+        ],
         _ => &[],
     }
 }

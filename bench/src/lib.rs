@@ -34,6 +34,7 @@ pub const ALLOCATORS: &[&str] = &[
     "snmalloc",
     "heapkeep-nostats",
     "heapkeep-check",
+    "heapkeep-profile",
 ];
 
 /// The allocators a run compares when none are named.
@@ -41,7 +42,8 @@ pub const DEFAULT_ALLOCATORS: &[&str] = &["heapkeep", "system", "mimalloc", "jem
 
 /// A build or mode of heapkeep itself, to measure what something costs
 /// (`heapkeep-nostats`: no operation counters; `heapkeep-check`: check mode,
-/// the heapkeep worker run with `HEAPKEEP_CHECK=1`). Ratios against it are
+/// the heapkeep worker run with `HEAPKEEP_CHECK=1`; `heapkeep-profile`: the
+/// sampling profile at its default rate, `HEAPKEEP_PROFILE=1`). Ratios against it are
 /// reported, but it is no peer for the bar.
 pub fn is_variant(allocator: &str) -> bool {
     allocator.starts_with("heapkeep-")
