@@ -91,7 +91,10 @@ pub fn worker_env(allocator: &str) -> &'static [(&'static str, &'static str)] {
         // The default rate; the profile goes to a scratch file.
         "heapkeep-profile" => &[
             ("HEAPKEEP_PROFILE", "1"),
-            ("HEAPKEEP_PROFILE_OUT", "/tmp/heapkeep-bench-profile.%p.json"),
+            (
+                "HEAPKEEP_PROFILE_OUT",
+                "/tmp/heapkeep-bench-profile.%p.json",
+            ),
         ],
         _ => &[],
     }

@@ -390,7 +390,9 @@ unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
     unsafe {
         if owner == OWNER_HUGE {
             count_free(heap, huge::usable(&*segment_of(block.cast())));
-            if profile::on() {
+            let seg = segment_of(block.cast());
+            if (*seg).sampled {
+                (*seg).sampled = false;
                 profile::forget_huge(block.cast());
             }
             // A live huge block; freeing it frees its segment.
@@ -1042,8 +1044,15 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
             let block = (*page).free;
             (*page).free = next_of(block, (*page).key);
             (*page).used += 1;
-            // Blocks this refill makes available to the fast path.
-            let avail = (*page).capacity as usize - (*page).used as usize + 1;
+            // Blocks this call makes available: the page's free list, when
+            // the fast path serves this size (it found the list empty);
+            // else (medium sizes, large alignments: this path on every
+            // call) just this block.
+            let avail = if size <= DIRECT_MAX && align <= 16 {
+                (*page).capacity as usize - (*page).used as usize + 1
+            } else {
+                1
+            };
             (*heap).sample_left -= avail as isize;
             (*heap).profile_due += avail * (*page).block_size;
             if zero {

@@ -33,7 +33,7 @@
 //! the pid).
 
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 use crate::check::options::{self, id};
 use crate::check::stack::{self, Depot, Frames, Loc};
@@ -41,6 +41,7 @@ use crate::check::table::{Keyed, Table};
 use crate::counters::ORPHAN;
 use crate::heap::{self, Heap};
 use crate::os;
+use crate::segment::{segment_of, Kind};
 use crate::sync::SpinLock;
 use crate::writer::Writer;
 
@@ -50,6 +51,9 @@ static ON: AtomicBool = AtomicBool::new(false);
 static EVERY: AtomicBool = AtomicBool::new(false);
 /// Bytes allocated per sample.
 static RATE: AtomicUsize = AtomicUsize::new(0);
+/// The profile's heap (null until the first sample): frees test a page's
+/// owner against it without taking the lock.
+static HEAP: AtomicPtr<Heap> = AtomicPtr::new(ptr::null_mut());
 /// The process that started profiling (a forked child differs).
 static PID: AtomicU32 = AtomicU32::new(0);
 
@@ -213,6 +217,7 @@ impl State {
             // SAFETY: ours under the lock. Its counts are not the program's:
             // the calling thread's heap (or ORPHAN) counts sampled blocks.
             unsafe { (*self.heap).counters.private.store(true, Ordering::Relaxed) };
+            HEAP.store(self.heap, Ordering::Release);
         }
         true
     }
@@ -311,7 +316,7 @@ impl State {
 pub(crate) fn alloc(size: usize, align: usize, zero: bool, weight: usize) -> *mut u8 {
     let marker = 0u8;
     let mut here = Frames::new();
-    stack::capture(&mut here, DEPTH, &marker as *const u8 as usize);
+    crate::check::capture_fast(&mut here, DEPTH, &marker as *const u8 as usize);
     let p = {
         let mut st = ST.lock();
         if !st.ready() || st.sites.is_null() {
@@ -320,6 +325,14 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool, weight: usize) -> *mu
         // SAFETY: the profile heap is ours while we hold its lock.
         let p = unsafe { heap::alloc_in(st.heap, size, align, zero) };
         if !p.is_null() && !st.frozen {
+            let seg = segment_of(p);
+            // SAFETY: `p` is a live block, so its segment header is mapped;
+            // a huge segment is the block's alone.
+            unsafe {
+                if (*seg).kind == Kind::Huge {
+                    (*seg).sampled = true;
+                }
+            }
             let stack = st.depot.intern(here.as_slice());
             let now = os::now_us() - st.start_us;
             st.record(p as usize, size, weight, stack, now);
@@ -339,10 +352,10 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool, weight: usize) -> *mu
 /// # Safety
 /// `p` is a live block whose page's owner is `owner`.
 pub(crate) unsafe fn free_if_ours(owner: *mut Heap, p: *mut u8) -> bool {
-    let mut st = ST.lock();
-    if owner != st.heap || owner.is_null() {
+    if owner != HEAP.load(Ordering::Acquire) || owner.is_null() {
         return false;
     }
+    let mut st = ST.lock();
     let now = os::now_us() - st.start_us;
     if !st.frozen {
         st.forget(p as usize, now);
@@ -352,7 +365,7 @@ pub(crate) unsafe fn free_if_ours(owner: *mut Heap, p: *mut u8) -> bool {
     true
 }
 
-/// A huge block is being freed: forgets it if it was sampled.
+/// A sampled huge block (its segment says so) is being freed.
 pub(crate) fn forget_huge(p: *mut u8) {
     let mut st = ST.lock();
     let now = os::now_us() - st.start_us;

@@ -70,6 +70,9 @@ pub(crate) enum Kind {
 #[repr(C)]
 pub(crate) struct Segment {
     pub(crate) kind: Kind,
+    /// A huge segment whose block the profile sampled (`profile.rs`): its
+    /// free must tell the profile. Cleared when the block is freed.
+    pub(crate) sampled: bool,
     /// Heap owning every page of this segment (normal segments).
     pub(crate) heap: *mut crate::heap::Heap,
     /// See the module docs.

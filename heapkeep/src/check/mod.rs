@@ -101,8 +101,8 @@ struct ThreadState {
     busy: Cell<bool>,
     /// The thread's alternate signal stack is set up.
     ready: Cell<bool>,
-    /// The top of the thread's stack mapping (0: unknown), bounding the
-    /// fast unwinder's loads.
+    /// The top of the thread's stack mapping (0: not looked up yet;
+    /// `usize::MAX`: not found), bounding the fast unwinder's loads.
     stack_top: Cell<usize>,
 }
 
@@ -224,7 +224,7 @@ fn capture_here(frames: &mut Frames, marker: usize) {
             #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
             let done = {
                 let top = t.stack_top.get();
-                top != 0 && unwind::walk(frames, depth, marker, top)
+                top != 0 && top != usize::MAX && unwind::walk(frames, depth, marker, top)
             };
             #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
             let done = false;
@@ -234,6 +234,30 @@ fn capture_here(frames: &mut Frames, marker: usize) {
             t.busy.set(false);
         }
     });
+}
+
+/// Captures up to `depth` frames of the calling thread's stack above
+/// `marker` (see [`stack::capture`]) with the cached unwinder when it can
+/// (for the sampling profile, outside check mode). The thread's stack
+/// bound is looked up once per thread (`/proc/self/maps`).
+pub(crate) fn capture_fast(frames: &mut Frames, depth: usize, marker: usize) {
+    frames.len = 0;
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    let done = THREAD.with(|t| {
+        if t.stack_top.get() == 0 {
+            let local = 0u8;
+            let here = core::hint::black_box(&local) as *const u8 as usize;
+            t.stack_top
+                .set(maps::near(here, false).map_or(usize::MAX, |(_, hi)| hi));
+        }
+        let top = t.stack_top.get();
+        top != usize::MAX && unwind::walk(frames, depth, marker, top)
+    });
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    let done = false;
+    if !done {
+        stack::capture(frames, depth, marker);
+    }
 }
 
 /// The address of `x`, as a stack marker for [`capture_here`].
