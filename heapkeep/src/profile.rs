@@ -416,6 +416,11 @@ pub(crate) unsafe fn fork_release() {
 // Output at exit
 
 extern "C" fn at_exit() {
+    if !crate::thread::served_anything() {
+        // Another copy of heapkeep in this process served the program; it
+        // writes the profile (this one would overwrite it with nothing).
+        return;
+    }
     let mut path = [0u8; 512];
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u32;
@@ -425,6 +430,16 @@ extern "C" fn at_exit() {
     let (st, now) = {
         let mut st = ST.lock();
         if st.frozen {
+            return;
+        }
+        if st.heap.is_null() {
+            // Nothing sampled: no profile (which also keeps a second copy of
+            // heapkeep in the process from overwriting the first's).
+            drop(st);
+            Writer::new()
+                .s("heapkeep: profile: no allocation was sampled (fewer than ")
+                .d(rate())
+                .s(" bytes allocated?); nothing written\n");
             return;
         }
         st.frozen = true;

@@ -171,6 +171,13 @@ static POOL: SpinLock<PoolList> = SpinLock::new(PoolList(ptr::null_mut()));
 /// Memory heaps are carved from: `(next, end)`.
 static ARENA: SpinLock<(usize, usize)> = SpinLock::new((0, 0));
 
+/// Whether this copy of heapkeep ever made a heap, i.e. served an
+/// allocation. (A process can load two copies, say a Rust program on
+/// heapkeep under heapkeep's preload library: only one serves `malloc`.)
+pub(crate) fn served_anything() -> bool {
+    !ALL_HEAPS.load(Ordering::Acquire).is_null()
+}
+
 struct PoolList(*mut Heap);
 // SAFETY: retired heaps belong to no thread; the lock serialises access.
 unsafe impl Send for PoolList {}

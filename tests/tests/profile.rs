@@ -37,10 +37,13 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn profile(args: &[&str], cwd: &Path) -> Output {
+    // The profile is a fast-mode feature (check mode turns it off); these
+    // tests may themselves run in check mode (.ci/tests-under-check).
     let out = Command::new(heapkeep_cmd())
         .arg("profile")
         .args(args)
         .current_dir(cwd)
+        .env_remove("HEAPKEEP_CHECK")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -246,6 +249,7 @@ fn a_rust_program_profiles_itself_with_the_environment_option() {
     let dir = scratch("rust");
     let path = dir.join("r.json");
     let out = Command::new(env!("CARGO_BIN_EXE_profile_target"))
+        .env_remove("HEAPKEEP_CHECK")
         .env("HEAPKEEP_PROFILE", "1")
         .env("HEAPKEEP_PROFILE_RATE", "256K")
         .env("HEAPKEEP_PROFILE_OUT", &path)
