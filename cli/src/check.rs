@@ -2,9 +2,9 @@
 //! mode on (`HEAPKEEP_CHECK=1`); the library itself reports misuse and
 //! leaks on the program's stderr, so we only pass everything through.
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
-use crate::run::{exit_code, find_lib, preload_value, spawn_and_wait};
+use crate::run::run_preloaded;
 use crate::CheckArgs;
 
 /// The environment variables the program gets for `args`: check mode on,
@@ -49,14 +49,7 @@ pub fn options_help() -> String {
 }
 
 pub fn check(args: &CheckArgs) -> Result<ExitCode, String> {
-    let lib = find_lib(args.lib.as_deref())?;
-    let program = args.command[0].to_string_lossy().into_owned();
-    let mut cmd = Command::new(&args.command[0]);
-    cmd.args(&args.command[1..])
-        .env("LD_PRELOAD", preload_value(&lib))
-        .envs(check_env(args));
-    let (_, ending) = spawn_and_wait(&mut cmd, &program)?;
-    Ok(exit_code(ending))
+    run_preloaded(args.lib.as_deref(), &args.command, check_env(args))
 }
 
 #[cfg(test)]

@@ -2,9 +2,9 @@
 //! sampling profile on (`HEAPKEEP_PROFILE=1`); the library writes the DHAT
 //! profile and prints the top sites when the program exits.
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
-use crate::run::{exit_code, find_lib, preload_value, spawn_and_wait};
+use crate::run::run_preloaded;
 use crate::ProfileArgs;
 
 /// The environment variables the program gets for `args`.
@@ -24,14 +24,7 @@ fn profile_env(args: &ProfileArgs) -> Vec<(&'static str, String)> {
 }
 
 pub fn profile(args: &ProfileArgs) -> Result<ExitCode, String> {
-    let lib = find_lib(args.lib.as_deref())?;
-    let program = args.command[0].to_string_lossy().into_owned();
-    let mut cmd = Command::new(&args.command[0]);
-    cmd.args(&args.command[1..])
-        .env("LD_PRELOAD", preload_value(&lib))
-        .envs(profile_env(args));
-    let (_, ending) = spawn_and_wait(&mut cmd, &program)?;
-    Ok(exit_code(ending))
+    run_preloaded(args.lib.as_deref(), &args.command, profile_env(args))
 }
 
 #[cfg(test)]

@@ -118,6 +118,23 @@ pub(crate) fn spawn_and_wait(cmd: &mut Command, program: &str) -> Result<(u32, E
 
 /// Our exit status for a program that ended so: its own, or 128+N when
 /// killed by signal N.
+/// Runs `command` with the library preloaded and `env` added, passing its
+/// output through; returns its exit status as ours (`check`, `profile`).
+pub(crate) fn run_preloaded(
+    lib: Option<&Path>,
+    command: &[OsString],
+    env: Vec<(&'static str, String)>,
+) -> Result<ExitCode, String> {
+    let lib = find_lib(lib)?;
+    let program = command[0].to_string_lossy().into_owned();
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..])
+        .env("LD_PRELOAD", preload_value(&lib))
+        .envs(env);
+    let (_, ending) = spawn_and_wait(&mut cmd, &program)?;
+    Ok(exit_code(ending))
+}
+
 pub(crate) fn exit_code(ending: Ending) -> ExitCode {
     match ending {
         Ending::Exited(c) => ExitCode::from(c as u8),

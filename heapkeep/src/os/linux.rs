@@ -189,13 +189,18 @@ pub(crate) unsafe fn remap_aligned(p: *mut u8, old: usize, new: usize, align: us
 
 /// Milliseconds from a coarse monotonic clock (vDSO, no system call).
 pub(crate) fn now_ms() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE) / 1_000_000
+}
+
+/// Nanoseconds from the clock `id` (vDSO, no system call).
+fn clock_ns(id: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// A 64-bit secret from the kernel (falls back to address and time entropy).
@@ -235,13 +240,7 @@ pub(crate) fn write_fd(fd: i32, mut bytes: &[u8]) {
 
 /// Microseconds from the monotonic clock (vDSO, no system call).
 pub(crate) fn now_us() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+    clock_ns(libc::CLOCK_MONOTONIC) / 1000
 }
 
 /// Registers `dtor` to run with a thread's value when that thread exits.
