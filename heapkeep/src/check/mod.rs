@@ -104,6 +104,9 @@ struct ThreadState {
     /// The top of the thread's stack mapping (0: not looked up yet;
     /// `usize::MAX`: not found), bounding the fast unwinder's loads.
     stack_top: Cell<usize>,
+    /// Captures [`capture_fast`] made with the platform unwinder before
+    /// looking the stack bound up.
+    slow_captures: Cell<u8>,
 }
 
 thread_local! {
@@ -113,6 +116,7 @@ thread_local! {
             busy: Cell::new(false),
             ready: Cell::new(false),
             stack_top: Cell::new(0),
+            slow_captures: Cell::new(0),
         }
     };
 }
@@ -236,15 +240,27 @@ fn capture_here(frames: &mut Frames, marker: usize) {
     });
 }
 
+/// How many captures of a thread [`capture_fast`] makes with the platform
+/// unwinder before it reads the thread's stack bound.
+const SLOW_CAPTURES: u8 = 4;
+
 /// Captures up to `depth` frames of the calling thread's stack above
 /// `marker` (see [`stack::capture`]) with the cached unwinder when it can
 /// (for the sampling profile, outside check mode). The thread's stack
-/// bound is looked up once per thread (`/proc/self/maps`).
+/// bound is looked up once per thread (`/proc/self/maps`), after its first
+/// [`SLOW_CAPTURES`] captures.
 pub(crate) fn capture_fast(frames: &mut Frames, depth: usize, marker: usize) {
     frames.len = 0;
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     let done = THREAD.with(|t| {
         if t.stack_top.get() == 0 {
+            // A thread's first few captures take the platform unwinder:
+            // short-lived threads then never pay for reading the maps.
+            let n = t.slow_captures.get();
+            if n < SLOW_CAPTURES {
+                t.slow_captures.set(n + 1);
+                return false;
+            }
             let local = 0u8;
             let here = core::hint::black_box(&local) as *const u8 as usize;
             t.stack_top
