@@ -125,6 +125,15 @@ impl Counters {
         self.add_out(bytes)
     }
 
+    /// [`Counters::on_alloc`] and, on a new high, [`Counters::rise`]: for
+    /// the slow paths (the fast path tail-calls its `rise`).
+    #[inline]
+    pub(crate) fn count_alloc(&self, bytes: usize, size: usize) {
+        if self.on_alloc(bytes, size) {
+            self.rise();
+        }
+    }
+
     /// Adds `bytes` to `bytes_out`; true when that made a new high.
     #[inline(always)]
     fn add_out(&self, bytes: usize) -> bool {

@@ -8,7 +8,7 @@
 //! path, which asks [`active`] first and hands the call to [`alloc`]: that
 //! reports it (by the region's [`OnAlloc`]) and then serves it from the real
 //! heap. Frees reach `heap::free_heapless`, which frees into the real heap
-//! ([`real_heap`]). Leaving the outermost region (or entering `permit_alloc`)
+//! ([`kept_heap`]). Leaving the outermost region (or entering `permit_alloc`)
 //! puts the real heap back in the slot. Only the calling thread is affected.
 //!
 //! ## Why a panic waits for the end of the region
@@ -118,10 +118,19 @@ pub(crate) fn kept_heap() -> *mut Heap {
     REGIONS.with(|r| r.real.get())
 }
 
-/// The heap the calling thread runs outside its region: its own heap, made
-/// now if it has none (the slot keeps the empty heap). Null when out of
-/// memory. Not in check mode (which has no per-thread heaps).
-pub(crate) fn real_heap() -> *mut Heap {
+/// The calling thread's own heap, made now if it has none: inside a region
+/// the one kept aside (the slot keeps the empty heap), else the slot's.
+/// Null when out of memory. Not in check mode (no per-thread heaps).
+pub(crate) fn own_heap() -> *mut Heap {
+    if active() {
+        real_heap()
+    } else {
+        thread::init_current()
+    }
+}
+
+/// [`own_heap`] inside a region.
+fn real_heap() -> *mut Heap {
     let h = kept_heap();
     if h != thread::empty_heap() {
         return h;

@@ -389,14 +389,14 @@ unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
     // SAFETY: the block is live, so its page (or huge segment) is mapped.
     unsafe {
         if owner == OWNER_HUGE {
-            count_free(heap, huge::usable(&*segment_of(block.cast())));
             let seg = segment_of(block.cast());
+            count_free(heap, huge::usable(&*seg));
             if (*seg).sampled {
                 (*seg).sampled = false;
                 profile::forget_huge(block.cast());
             }
             // A live huge block; freeing it frees its segment.
-            huge::free(segment_of(block.cast()));
+            huge::free(seg);
             return;
         }
         count_free(heap, (*page).block_size);
@@ -1007,9 +1007,7 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
             (*heap).profile_due = 0;
             let p = profile::alloc(size, align, zero, weight);
             if !p.is_null() {
-                if (*heap).counters.on_alloc(block_usable(p), size) {
-                    (*heap).counters.rise();
-                }
+                (*heap).counters.count_alloc(block_usable(p), size);
                 return p;
             }
         }
@@ -1027,10 +1025,7 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
                 ptr::null_mut()
             };
             if !p.is_null() {
-                let usable = block_usable(p);
-                if (*heap).counters.on_alloc(usable, size) {
-                    (*heap).counters.rise();
-                }
+                (*heap).counters.count_alloc(block_usable(p), size);
                 return p;
             }
         }
@@ -1073,9 +1068,7 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
             (*heap).profile_due += usable;
             (p, usable)
         };
-        if (*heap).counters.on_alloc(usable, size) {
-            (*heap).counters.rise();
-        }
+        (*heap).counters.count_alloc(usable, size);
         p
     }
 }
@@ -1352,11 +1345,7 @@ pub(crate) unsafe fn realloc(
             // The counts below need a heap of this thread (inside an
             // allocation-free region its own: a move then allocates through
             // the slot, which reports it).
-            heap = if forbid::active() {
-                forbid::real_heap()
-            } else {
-                thread::init_current()
-            };
+            heap = forbid::own_heap();
             if heap.is_null() {
                 return ptr::null_mut();
             }

@@ -78,11 +78,7 @@ pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measured) {
         && !crate::check::enabled()
         && !crate::profile::every()
     {
-        let h = if crate::forbid::active() {
-            crate::forbid::real_heap()
-        } else {
-            thread::init_current()
-        };
+        let h = crate::forbid::own_heap();
         if !h.is_null() {
             heap = h;
         }

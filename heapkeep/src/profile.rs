@@ -222,31 +222,30 @@ impl State {
         true
     }
 
-    /// The site of `stack` (made if new; the last site when full).
-    fn site_of(&mut self, stack: u32) -> &mut Site {
+    /// The position in `sites` of the site of `stack` (made if new; the
+    /// last site when full).
+    fn site_of(&mut self, stack: u32) -> usize {
         let mask = INDEX_CAP - 1;
         let mut i = (stack as usize).wrapping_mul(0x9e37_79b9) & mask;
-        let pos = loop {
+        loop {
             // SAFETY: `i < INDEX_CAP`, the mapping's length (`ready`).
             let slot = unsafe { &mut *self.index.add(i) };
             if slot[1] == 0 {
                 if self.n_sites == MAX_SITES {
-                    break MAX_SITES - 1;
+                    return MAX_SITES - 1;
                 }
                 let pos = self.n_sites;
                 self.n_sites += 1;
                 *slot = [stack, pos as u32 + 1];
                 // SAFETY: `pos < MAX_SITES`; fresh mappings read as zero.
                 unsafe { (*self.sites.add(pos)).stack = stack };
-                break pos;
+                return pos;
             }
             if slot[0] == stack {
-                break slot[1] as usize - 1;
+                return slot[1] as usize - 1;
             }
             i = (i + 1) & mask;
-        };
-        // SAFETY: `pos < n_sites <= MAX_SITES`.
-        unsafe { &mut *self.sites.add(pos) }
+        }
     }
 
     fn sites(&self) -> &[Site] {
@@ -262,7 +261,9 @@ impl State {
         let size = size.max(1);
         let bytes = weight.max(size) as u64;
         let blocks = (bytes / size as u64).clamp(1, u32::MAX as u64);
-        let site = self.site_of(stack);
+        let pos = self.site_of(stack);
+        // SAFETY: `pos < n_sites <= MAX_SITES` (`site_of`); ours under the lock.
+        let site = unsafe { &mut *self.sites.add(pos) };
         site.tb += bytes;
         site.tbk += blocks;
         site.cb += bytes;
@@ -271,8 +272,6 @@ impl State {
             site.mb = site.cb;
             site.mbk = site.cbk;
         }
-        let index = site as *const Site as usize - self.sites as usize;
-        let pos = index / core::mem::size_of::<Site>();
         self.live += bytes;
         if self.live > self.peak {
             self.peak = self.live;
@@ -293,10 +292,10 @@ impl State {
         });
     }
 
-    /// Forgets the sampled block at `addr`; false if it is not one.
-    fn forget(&mut self, addr: usize, now: u64) -> bool {
+    /// Forgets the sampled block at `addr` (if it is one).
+    fn forget(&mut self, addr: usize, now: u64) {
         let Some(s) = self.samples.get(addr).map(|s| *s) else {
-            return false;
+            return;
         };
         self.samples.remove(addr);
         // SAFETY: `s.site < n_sites`.
@@ -305,7 +304,6 @@ impl State {
         site.cbk -= s.blocks as u64;
         site.tl += now.saturating_sub(s.born) * s.blocks as u64;
         self.live -= s.bytes;
-        true
     }
 }
 

@@ -668,9 +668,7 @@ fn alloc_with(size: usize, align: usize, zero: bool, tid: u32, here: &Frames) ->
         release(&mut st, &e);
         return ptr::null_mut();
     }
-    if USER.on_alloc(size, size) {
-        USER.rise();
-    }
+    USER.count_alloc(size, size);
     e.addr as *mut u8
 }
 
