@@ -191,7 +191,7 @@ fn report(size: usize, align: usize, marker: usize) {
             r.first_size.set(size);
             // SAFETY: only this thread touches `first`, and no reference to
             // it is alive (`ForbidAlloc::drop` copies it out).
-            unsafe { (*r.first.get()).clone_from_frames(&here) };
+            unsafe { *r.first.get() = here };
         }
     });
     match mode {
@@ -336,12 +336,13 @@ impl Drop for ForbidAlloc {
             let recorded = !r.armed.get();
             r.armed.set(self.armed_before && !recorded);
             let made = r.count.get() - self.count_before;
-            let mut first = Frames::new();
-            if recorded {
+            let first = if recorded {
                 // SAFETY: only this thread touches `first`; copied out here
                 // (without allocating: the thread may still be in a region).
-                first.clone_from_frames(unsafe { &*r.first.get() });
-            }
+                unsafe { *r.first.get() }
+            } else {
+                Frames::new()
+            };
             (mode, made, r.first_size.get(), first)
         });
         if mode != OnAlloc::Panic || made == 0 || std::thread::panicking() {

@@ -18,6 +18,7 @@ use crate::writer::Writer;
 pub(crate) const MAX_DEPTH: usize = 64;
 
 /// A captured stack: return addresses, innermost first.
+#[derive(Clone, Copy)]
 pub(crate) struct Frames {
     pub(crate) ips: [usize; MAX_DEPTH],
     pub(crate) len: usize,
@@ -33,12 +34,6 @@ impl Frames {
 
     pub(crate) fn as_slice(&self) -> &[usize] {
         &self.ips[..self.len]
-    }
-
-    /// Copies `other`'s frames into `self`.
-    pub(crate) fn clone_from_frames(&mut self, other: &Frames) {
-        self.ips[..other.len].copy_from_slice(other.as_slice());
-        self.len = other.len;
     }
 }
 
