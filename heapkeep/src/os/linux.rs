@@ -122,21 +122,12 @@ pub(crate) unsafe fn purge(p: *mut u8, size: usize) {
 /// # Safety
 /// `[p, p + old)` is a whole mapping of this layer.
 pub(crate) unsafe fn remap_in_place(p: *mut u8, old: usize, new: usize) -> bool {
-    if new > old && !reserve(new - old) {
+    if !reserve_growth(old, new) {
         return false;
     }
     // SAFETY: without MREMAP_MAYMOVE the kernel either resizes in place or fails.
     let q = unsafe { libc::mremap(p.cast(), old, new, 0) };
-    if q == libc::MAP_FAILED {
-        if new > old {
-            note_unmapped(new - old);
-        }
-        return false;
-    }
-    if new < old {
-        note_unmapped(old - new);
-    }
-    true
+    settle_resize(old, new, q != libc::MAP_FAILED)
 }
 
 /// Moves a mapping to a fresh `align`-aligned address of size `new`, keeping
@@ -145,18 +136,44 @@ pub(crate) unsafe fn remap_in_place(p: *mut u8, old: usize, new: usize) -> bool 
 /// # Safety
 /// `[p, p + old)` is a whole mapping of this layer; on success it is gone.
 pub(crate) unsafe fn remap_aligned(p: *mut u8, old: usize, new: usize, align: usize) -> *mut u8 {
+    if !reserve_growth(old, new) {
+        return ptr::null_mut();
+    }
+    // SAFETY: forwarded from the caller.
+    let q = unsafe { remap_aligned_raw(p, old, new, align) };
+    settle_resize(old, new, !q.is_null());
+    q
+}
+
+/// Before a mapping is resized from `old` to `new` bytes: reserves the
+/// growth against the memory cap (false: refused, nothing counted).
+fn reserve_growth(old: usize, new: usize) -> bool {
+    new <= old || reserve(new - old)
+}
+
+/// After a resize from `old` to `new` bytes that succeeded (`done`) or not:
+/// counts the bytes a shrink gave back, or returns a failed growth's
+/// reservation. Returns `done`.
+fn settle_resize(old: usize, new: usize, done: bool) -> bool {
+    if done && new < old {
+        note_unmapped(old - new);
+    } else if !done && new > old {
+        note_unmapped(new - old);
+    }
+    done
+}
+
+/// [`remap_aligned`] without the accounting.
+///
+/// # Safety
+/// As for [`remap_aligned`].
+unsafe fn remap_aligned_raw(p: *mut u8, old: usize, new: usize, align: usize) -> *mut u8 {
     // Reserve an aligned window first, then move the pages onto it.
     let Some(total) = new.checked_add(align) else {
         return ptr::null_mut();
     };
-    if new > old && !reserve(new - old) {
-        return ptr::null_mut();
-    }
     let r = raw_map(total);
     if r.is_null() {
-        if new > old {
-            note_unmapped(new - old);
-        }
         return ptr::null_mut();
     }
     let dest = (r as usize + align - 1) & !(align - 1);
@@ -176,13 +193,7 @@ pub(crate) unsafe fn remap_aligned(p: *mut u8, old: usize, new: usize, align: us
     if q == libc::MAP_FAILED {
         // SAFETY: the aligned window still belongs to our reservation.
         unsafe { raw_unmap(dest as *mut u8, new) };
-        if new > old {
-            note_unmapped(new - old);
-        }
         return ptr::null_mut();
-    }
-    if new < old {
-        note_unmapped(old - new);
     }
     q.cast()
 }
