@@ -2,34 +2,69 @@
 //!
 //! Every heap carries a [`Counters`]. Only the thread running the heap writes
 //! it, with relaxed loads and stores (plain `mov`/`add` on x86_64, no locked
-//! instruction), so counting costs the fast paths a handful of instructions;
-//! any thread may read it at any time (`stats.rs` sums all heaps).
+//! instruction); any thread may read it at any time (`stats.rs` sums all
+//! heaps, [`Counters::totals`]).
 //!
-//! Calls are counted in totals (`allocs`, `frees`, `reallocs`), bytes in two
-//! running sums (`bytes_out`, `bytes_in`): a heap's net usable bytes in use
-//! are `bytes_out - bytes_in` (negative for a heap that frees what others
-//! allocated). Two sums rather than one net figure keep the alloc and free
-//! paths free of each other's store-to-load latency.
+//! ## One add per fast-path call
+//! The fast paths are inlined into every Rust caller only while they stay
+//! small (LLVM's inliner): one more branch, or a second counter update, and
+//! `__rust_alloc`/`__rust_dealloc` become calls, which cost 10-16% on the
+//! allocation-dense workloads. So each fast path adds one precomputed word
+//! and nothing else:
+//!
+//! - an allocation of a `b`-byte block for a request of `s` bytes adds
+//!   `b << 40 | s << 17 | 1` to [`Counters::out`]: blocks in bits 0-16,
+//!   requested bytes in bits 17-39, usable bytes in bits 40-63;
+//! - a free of a `b`-byte block adds `b << 30 | 1` to [`Counters::inn`]:
+//!   blocks in bits 0-29, bytes in bits 30-63.
+//!
+//! Every allocation slow path looks at both words ([`Counters::upkeep`])
+//! and *drains* one into the wide totals once one of its fields is half
+//! full. Between two slow paths the allocation fast path can only hand out
+//! what the free lists of the direct table's pages hold: at most one 64 KiB
+//! page per size class up to 1 KiB (33 classes), so at most 2.1 MiB and
+//! 23,000 blocks, and a slow path adds at most one block below 1 MiB
+//! (larger ones are counted wide): so no field of `out` (128 Ki blocks,
+//! 8 MiB requested, 16 MiB usable) ever overflows. Frees need no slow
+//! path, so `inn` has wide fields (1 Gi blocks, 16 GiB) and is drained
+//! from 4 GiB, also when an empty page is given back: it stays exact while
+//! a thread frees less than 8 GiB of its own blocks (16 GiB when none is
+//! smaller than 16 bytes) with neither an allocation slow path nor a page
+//! given back in between (a run of frees that empties no page other than
+//! one kept per size class). A longer run of frees would drop multiples of 16 GiB
+//! from the counts; no program seen has come near it, and a debug
+//! assertion in the drain catches some of it.
+//!
+//! Readers take the wide totals and the packed words under a sequence
+//! number (`seq`, odd while the owner drains), so a drain is never seen half
+//! done; the fast paths do not touch `seq`.
 //!
 //! ## The peak
 //! The bytes in use over the whole process would need one shared counter
 //! updated on every call. Instead each heap remembers `flushed`, its net
-//! figure when it last *flushed*, and `hi`, the highest net figure since.
-//! A flush adds `net - flushed` to the global [`LIVE`] and raises [`PEAK`] to
-//! `LIVE - flushed + hi` (the highest point this heap reached on top of what
-//! the others had flushed). A heap flushes when its net figure climbs
-//! [`FLUSH_BYTES`] above `flushed`; the slow paths also flush when it has
-//! fallen that far below, so the fast paths only compare on allocation.
+//! figure when it last *flushed*, and `hi`, the highest net figure seen
+//! since. A flush adds `net - flushed` to the global [`LIVE`] and raises
+//! [`PEAK`] to `LIVE - flushed + hi` (the highest point this heap reached on
+//! top of what the others had flushed). A heap flushes when its net figure
+//! has moved [`FLUSH_BYTES`] away from `flushed`.
 //!
-//! Consequences (documented on `Stats`): bytes in use are exact whenever read
-//! (all heaps' sums are added); the peak is exact for a program whose
-//! allocations come from one thread at a time, and otherwise may be low by
-//! up to `FLUSH_BYTES` per other thread.
+//! `hi` is brought up to date by every allocation slow path, not by the
+//! fast path (a compare there would cost the
+//! inlining). So the peak misses at most what the fast path handed out
+//! since the thread's last slow path and took back before the next one:
+//! at most the free lists of the direct table's pages (the 2.1 MiB above;
+//! a few KiB in practice, since a page refill carves 4 KiB at a time).
+//!
+//! Consequences (documented on `Stats`): counts and bytes in use are exact
+//! whenever read (all heaps' sums are added); the peak is exact up to that
+//! fast-path slack for a program whose allocations come from one thread at
+//! a time, and otherwise may be low by up to `FLUSH_BYTES` per other thread.
 //!
 //! Threads without a heap (the static empty heap) count into [`ORPHAN`] with
-//! atomic read-modify-writes, since several such threads may count at once.
+//! atomic read-modify-writes on the wide totals, since several such threads
+//! may count at once.
 
-use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 /// Whether counting is compiled in (feature `stats`).
 pub(crate) const ENABLED: bool = cfg!(feature = "stats");
@@ -44,32 +79,82 @@ pub(crate) static PEAK: AtomicI64 = AtomicI64::new(0);
 /// Counts of threads that have no heap (see the module docs).
 pub(crate) static ORPHAN: Counters = Counters::new();
 
-/// Counters of one heap. Written by the heap's thread only (or with
-/// read-modify-writes for [`ORPHAN`]); read by anyone.
+/// Layout of [`Counters::out`] (see the module docs).
+const OUT_REQ_SHIFT: u32 = 17;
+const OUT_BYTES_SHIFT: u32 = 40;
+/// Layout of [`Counters::inn`].
+const IN_BYTES_SHIFT: u32 = 30;
+/// [`Counters::upkeep`] and [`Counters::check_frees`] drain `inn` from 4 GiB.
+const IN_DRAIN_AT: u64 = 4 << (30 + IN_BYTES_SHIFT);
+/// The top bit of each field of `out`: [`Counters::upkeep`] drains it when
+/// one is set (a field half full).
+const OUT_HALVES: u64 = 1 << 63 | 1 << (OUT_BYTES_SHIFT - 1) | 1 << (OUT_REQ_SHIFT - 1);
+/// The slow paths pack blocks below this size too (1 MiB: a field half full
+/// plus the fast path's 2.1 MiB plus this stays in bounds).
+const SLOW_PACK_MAX: usize = 1 << 20;
+
+/// The allocation fast path's word for a block of `bytes` usable bytes
+/// (below 16 MiB) for a request of `size` bytes.
+#[inline(always)]
+fn out_unit(bytes: usize, size: usize) -> u64 {
+    ((bytes as u64) << OUT_BYTES_SHIFT) | ((size as u64) << OUT_REQ_SHIFT) | 1
+}
+
+/// The free fast path's word for a block of `bytes` usable bytes.
+#[inline(always)]
+fn in_unit(bytes: usize) -> u64 {
+    ((bytes as u64) << IN_BYTES_SHIFT) | 1
+}
+
+/// [`Counters::out`] as (blocks, requested bytes, usable bytes).
+#[inline(always)]
+fn unpack_out(v: u64) -> (u64, u64, u64) {
+    let req = (v >> OUT_REQ_SHIFT) & ((1 << (OUT_BYTES_SHIFT - OUT_REQ_SHIFT)) - 1);
+    (v & ((1 << OUT_REQ_SHIFT) - 1), req, v >> OUT_BYTES_SHIFT)
+}
+
+/// [`Counters::inn`] as (blocks, bytes).
+#[inline(always)]
+fn unpack_in(v: u64) -> (u64, u64) {
+    (v & ((1 << IN_BYTES_SHIFT) - 1), v >> IN_BYTES_SHIFT)
+}
+
+/// Counters of one heap. The packed words are written by the heap's thread
+/// only, the wide totals by that thread under `seq` (or with
+/// read-modify-writes for [`ORPHAN`]); anyone reads.
+///
+/// Invariant (owner's view, between calls): the heap's totals are the wide
+/// fields plus the unpacked `out` and `inn`, and no field of `out` or `inn`
+/// has overflowed (see the module docs for the bounds).
 #[repr(C)]
 pub(crate) struct Counters {
-    /// Usable bytes handed out (and grown in place), in total.
-    pub(crate) bytes_out: AtomicU64,
-    /// Usable bytes taken back (and shrunk in place), in total.
-    pub(crate) bytes_in: AtomicU64,
-    /// Net figure (`bytes_out - bytes_in`) at the last flush.
-    pub(crate) flushed: AtomicI64,
-    /// Highest net figure since the last flush.
-    pub(crate) hi: AtomicI64,
-    /// `bytes_in + hi`: an allocation that takes `bytes_out` above it sets a
-    /// new high (one compare on the fast path; frees raise it with `bytes_in`).
-    pub(crate) top: AtomicU64,
-    /// Blocks handed out, in total.
-    pub(crate) allocs: AtomicU64,
-    /// Blocks taken back, in total.
-    pub(crate) frees: AtomicU64,
-    /// Sum of the sizes asked for by `alloc` and `realloc` calls.
-    pub(crate) requested: AtomicU64,
+    /// Packed blocks, requested and usable bytes handed out by the fast
+    /// path since the last drain.
+    out: AtomicU64,
+    /// Packed blocks and bytes taken back by the fast path since the last drain.
+    inn: AtomicU64,
+    /// Odd while the owner moves packed counts into the wide totals.
+    seq: AtomicU64,
+    /// Blocks handed out, up to the last drain.
+    allocs: AtomicU64,
+    /// Sum of the sizes asked for by `alloc` and `realloc` calls, up to the
+    /// last drain.
+    requested: AtomicU64,
+    /// Usable bytes handed out (and grown in place), up to the last drain.
+    bytes_out: AtomicU64,
+    /// Blocks taken back, up to the last drain.
+    frees: AtomicU64,
+    /// Usable bytes taken back (and shrunk in place), up to the last drain.
+    bytes_in: AtomicU64,
     /// `realloc` calls.
-    pub(crate) reallocs: AtomicU64,
+    reallocs: AtomicU64,
     /// `realloc` calls that moved the block: their new and old block are also
     /// counted in `allocs`/`frees`, which `stats.rs` subtracts.
-    pub(crate) realloc_moves: AtomicU64,
+    realloc_moves: AtomicU64,
+    /// Net figure (`bytes out - bytes in`) at the last flush.
+    pub(crate) flushed: AtomicI64,
+    /// Highest net figure seen by slow paths since the last flush.
+    pub(crate) hi: AtomicI64,
     /// Highest net figure seen at flushes since a `measure` scope began
     /// (flushes reset `hi`; this keeps the scope's high point).
     pub(crate) scope_hi: AtomicI64,
@@ -77,6 +162,25 @@ pub(crate) struct Counters {
     /// blocks carry redzones): never flushed into [`LIVE`]/[`PEAK`], left
     /// out of `stats()`.
     pub(crate) private: AtomicBool,
+}
+
+/// A consistent reading of one heap's counters.
+#[derive(Clone, Copy, Default, Debug)]
+pub(crate) struct Totals {
+    pub(crate) allocs: u64,
+    pub(crate) frees: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) requested: u64,
+    pub(crate) reallocs: u64,
+    pub(crate) moves: u64,
+}
+
+impl Totals {
+    /// Net usable bytes handed out.
+    pub(crate) fn net(&self) -> i64 {
+        self.bytes_out.wrapping_sub(self.bytes_in) as i64
+    }
 }
 
 /// Adds `n` to a counter that only the calling thread writes.
@@ -89,89 +193,140 @@ impl Counters {
     /// All zero.
     pub(crate) const fn new() -> Counters {
         Counters {
-            bytes_out: AtomicU64::new(0),
-            bytes_in: AtomicU64::new(0),
-            flushed: AtomicI64::new(0),
-            hi: AtomicI64::new(0),
-            top: AtomicU64::new(0),
+            out: AtomicU64::new(0),
+            inn: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
             allocs: AtomicU64::new(0),
-            frees: AtomicU64::new(0),
             requested: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            frees: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
             reallocs: AtomicU64::new(0),
             realloc_moves: AtomicU64::new(0),
+            flushed: AtomicI64::new(0),
+            hi: AtomicI64::new(0),
             scope_hi: AtomicI64::new(i64::MIN),
             private: AtomicBool::new(false),
         }
     }
 
-    /// Net usable bytes this heap handed out (`bytes_out - bytes_in`).
+    /// Counts a block of `bytes` usable bytes handed out by the allocation
+    /// fast path for a request of `size` bytes (both at most 1 KiB). Owner
+    /// thread only.
     #[inline(always)]
-    pub(crate) fn net(&self) -> i64 {
+    pub(crate) fn on_alloc(&self, bytes: usize, size: usize) {
+        if ENABLED {
+            bump(&self.out, out_unit(bytes, size));
+        }
+    }
+
+    /// Counts a block of `bytes` usable bytes (at most 2 MiB) taken back by
+    /// the free fast path. Owner thread only.
+    #[inline(always)]
+    pub(crate) fn on_free(&self, bytes: usize) {
+        if ENABLED {
+            bump(&self.inn, in_unit(bytes));
+        }
+    }
+
+    /// Counts an allocation of the slow paths (any size), then
+    /// [`Counters::upkeep`]. Owner thread only.
+    pub(crate) fn count_alloc(&self, bytes: usize, size: usize) {
+        if !ENABLED {
+            return;
+        }
+        if bytes < SLOW_PACK_MAX {
+            bump(&self.out, out_unit(bytes, size));
+        } else {
+            bump(&self.allocs, 1);
+            bump(&self.requested, size as u64);
+            bump(&self.bytes_out, bytes as u64);
+        }
+        self.upkeep();
+    }
+
+    /// Counts a free of the slow paths (any size), then
+    /// [`Counters::upkeep`]. Owner thread only.
+    pub(crate) fn count_free(&self, bytes: usize) {
+        if !ENABLED {
+            return;
+        }
+        if bytes < SLOW_PACK_MAX {
+            bump(&self.inn, in_unit(bytes));
+        } else {
+            bump(&self.frees, 1);
+            bump(&self.bytes_in, bytes as u64);
+        }
+        self.upkeep();
+    }
+
+    /// Slow-path care: drains packed words whose fields are half full,
+    /// raises `hi`, and flushes when the net figure moved [`FLUSH_BYTES`]
+    /// from the last flush. Owner thread only.
+    pub(crate) fn upkeep(&self) {
+        if !ENABLED {
+            return;
+        }
+        let r = Ordering::Relaxed;
+        if self.out.load(r) & OUT_HALVES != 0 || self.inn.load(r) >= IN_DRAIN_AT {
+            self.drain();
+        }
+        let net = self.net();
+        if net > self.hi.load(r) {
+            self.hi.store(net, r);
+        }
+        if (net - self.flushed.load(r)).abs() > FLUSH_BYTES {
+            self.flush();
+        }
+    }
+
+    /// Drains when the free word holds 4 GiB or more (see the module docs):
+    /// for a page given back, so it costs one compare. Owner thread only.
+    #[inline]
+    pub(crate) fn check_frees(&self) {
+        if ENABLED && self.inn.load(Ordering::Relaxed) >= IN_DRAIN_AT {
+            self.drain();
+        }
+    }
+
+    /// Moves the packed words into the wide totals, as one step readers
+    /// see whole. Owner thread only.
+    #[cold]
+    #[inline(never)]
+    fn drain(&self) {
+        let r = Ordering::Relaxed;
+        let s = self.seq.load(r);
+        self.seq.store(s.wrapping_add(1), r);
+        fence(Ordering::Release);
+        let (n, req, b) = unpack_out(self.out.load(r));
+        bump(&self.allocs, n);
+        bump(&self.requested, req);
+        bump(&self.bytes_out, b);
+        let (n, b) = unpack_in(self.inn.load(r));
+        // A block is at least 8 bytes: fewer bytes than that per block
+        // means the byte field wrapped (see the module docs).
+        debug_assert!(b >= 8 * n, "free counts wrapped: {n} blocks, {b} bytes");
+        bump(&self.frees, n);
+        bump(&self.bytes_in, b);
+        self.out.store(0, r);
+        self.inn.store(0, r);
+        self.seq.store(s.wrapping_add(2), Ordering::Release);
+    }
+
+    /// Net usable bytes in the wide totals (up to the last drain).
+    fn wide_net(&self) -> i64 {
         let r = Ordering::Relaxed;
         self.bytes_out.load(r).wrapping_sub(self.bytes_in.load(r)) as i64
     }
 
-    /// Counts a block of `bytes` usable bytes handed out for a request of `size` bytes. Owner thread only. True when this
-    /// made a new high: the caller then calls [`Counters::rise`] (kept out of
-    /// line so the inlined fast path stays small).
-    #[inline(always)]
-    #[must_use]
-    pub(crate) fn on_alloc(&self, bytes: usize, size: usize) -> bool {
-        if !ENABLED {
-            return false;
-        }
-        bump(&self.allocs, 1);
-        bump(&self.requested, size as u64);
-        self.add_out(bytes)
-    }
-
-    /// [`Counters::on_alloc`] and, on a new high, [`Counters::rise`]: for
-    /// the slow paths (the fast path tail-calls its `rise`).
-    #[inline]
-    pub(crate) fn count_alloc(&self, bytes: usize, size: usize) {
-        if self.on_alloc(bytes, size) {
-            self.rise();
-        }
-    }
-
-    /// Adds `bytes` to `bytes_out`; true when that made a new high.
-    #[inline(always)]
-    fn add_out(&self, bytes: usize) -> bool {
-        let out = self.bytes_out.load(Ordering::Relaxed) + bytes as u64;
-        self.bytes_out.store(out, Ordering::Relaxed);
-        out > self.top.load(Ordering::Relaxed)
-    }
-
-    /// Counts a block of `bytes` usable bytes taken back. Owner thread only.
-    #[inline(always)]
-    pub(crate) fn on_free(&self, bytes: usize) {
-        if !ENABLED {
-            return;
-        }
-        bump(&self.frees, 1);
-        bump(&self.bytes_in, bytes as u64);
-        bump(&self.top, bytes as u64);
-    }
-
-    /// A new high: `bytes_out` passed `top`.
-    #[cold]
-    #[inline(never)]
-    pub(crate) fn rise(&self) {
+    /// Net usable bytes this heap handed out (owner's view: exact).
+    pub(crate) fn net(&self) -> i64 {
         let r = Ordering::Relaxed;
-        let out = self.bytes_out.load(r);
-        let net = out.wrapping_sub(self.bytes_in.load(r)) as i64;
-        self.hi.store(net, r);
-        self.top.store(out, r);
-        if net - self.flushed.load(r) > FLUSH_BYTES {
-            self.flush();
-        }
-    }
-
-    /// Flushes if the net figure fell far below the last flush (slow paths).
-    pub(crate) fn check_fall(&self) {
-        if ENABLED && self.net() - self.flushed.load(Ordering::Relaxed) < -FLUSH_BYTES {
-            self.flush();
-        }
+        let (_, _, o) = unpack_out(self.out.load(r));
+        let (_, i) = unpack_in(self.inn.load(r));
+        self.wide_net()
+            .wrapping_add(o as i64)
+            .wrapping_sub(i as i64)
     }
 
     /// Counts a large or huge block changing size in place.
@@ -180,13 +335,11 @@ impl Counters {
             return;
         }
         if new >= old {
-            if self.add_out(new - old) {
-                self.rise();
-            }
+            bump(&self.bytes_out, (new - old) as u64);
         } else {
             bump(&self.bytes_in, (old - new) as u64);
-            bump(&self.top, (old - new) as u64);
         }
+        self.upkeep();
     }
 
     /// Counts a `realloc` call of `size` bytes; `moved` if it made a new block.
@@ -202,7 +355,7 @@ impl Counters {
     }
 
     /// Moves the change since the last flush into the global [`LIVE`] and
-    /// raises [`PEAK`].
+    /// raises [`PEAK`]. Owner thread only.
     #[cold]
     #[inline(never)]
     pub(crate) fn flush(&self) {
@@ -217,8 +370,34 @@ impl Counters {
         }
         self.flushed.store(net, r);
         self.hi.store(net, r);
-        self.top
-            .store(self.bytes_in.load(r).wrapping_add(net as u64), r);
+    }
+
+    /// A consistent reading, from any thread (see the module docs). A reader
+    /// that keeps meeting drains (it would have to interrupt its own
+    /// thread's drain, from a signal handler) takes its last reading.
+    pub(crate) fn totals(&self) -> Totals {
+        let r = Ordering::Relaxed;
+        let mut t = Totals::default();
+        for _ in 0..64 {
+            let s = self.seq.load(Ordering::Acquire);
+            let (on, oreq, ob) = unpack_out(self.out.load(r));
+            let (i_n, ib) = unpack_in(self.inn.load(r));
+            t = Totals {
+                allocs: self.allocs.load(r).wrapping_add(on),
+                frees: self.frees.load(r).wrapping_add(i_n),
+                bytes_out: self.bytes_out.load(r).wrapping_add(ob),
+                bytes_in: self.bytes_in.load(r).wrapping_add(ib),
+                requested: self.requested.load(r).wrapping_add(oreq),
+                reallocs: self.reallocs.load(r),
+                moves: self.realloc_moves.load(r),
+            };
+            fence(Ordering::Acquire);
+            if s & 1 == 0 && self.seq.load(r) == s {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        t
     }
 
     /// For [`ORPHAN`]: counts an allocation of `bytes` usable bytes for a

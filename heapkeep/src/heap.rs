@@ -213,12 +213,9 @@ unsafe fn take_block(
     // SAFETY: forwarded from the caller.
     unsafe {
         (*page).used += 1;
-        let high = (*heap).counters.on_alloc((*page).block_size, size);
+        (*heap).counters.on_alloc((*page).block_size, size);
         if zero {
             clear_block(page, block, size);
-        }
-        if high {
-            return new_high(heap, block);
         }
         block.cast()
     }
@@ -244,19 +241,6 @@ unsafe fn alloc_last(
         (*page).free = page::end_or_corrupt(block, next);
         take_block(heap, page, block, size, zero)
     }
-}
-
-/// Records a new high of the heap's bytes in use (see `counters.rs`) and
-/// returns `block`: out of line, and a tail call from the fast path.
-///
-/// # Safety
-/// The calling thread runs `heap`.
-#[cold]
-#[inline(never)]
-unsafe fn new_high(heap: *mut Heap, block: *mut Block) -> *mut u8 {
-    // SAFETY: the calling thread runs `heap` (caller).
-    unsafe { (*heap).counters.rise() };
-    block.cast()
 }
 
 /// Zeroes the first `size` bytes of `block`, just popped from `page`: only
@@ -432,8 +416,7 @@ unsafe fn count_free(heap: *mut Heap, bytes: usize) {
         if (*heap).remote.state.load(Ordering::Relaxed) == STATE_EMPTY {
             ORPHAN.orphan_free(bytes);
         } else {
-            (*heap).counters.on_free(bytes);
-            (*heap).counters.check_fall();
+            (*heap).counters.count_free(bytes);
         }
     }
 }
@@ -599,6 +582,9 @@ unsafe fn page_empty(heap: *mut Heap, page: *mut Page) {
             }
             queue_remove(heap, page);
         }
+        // Not for the kept page above (an alloc/free loop's every free):
+        // only a page given back bounds a long run of frees.
+        (*heap).counters.check_frees();
         free_page(heap, page);
     }
 }
@@ -993,6 +979,7 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
             }
         }
         drain_inbox(heap);
+        (*heap).counters.upkeep();
         let now = os::now_ms();
         if now >= (*heap).next_decay {
             (*heap).next_decay = now + DECAY_INTERVAL_MS;

@@ -40,14 +40,14 @@ struct Snap {
 }
 
 fn snap(c: &Counters) -> Snap {
-    let r = Ordering::Relaxed;
+    let t = c.totals();
     Snap {
-        allocs: c.allocs.load(r),
-        frees: c.frees.load(r),
-        reallocs: c.reallocs.load(r),
-        moves: c.realloc_moves.load(r),
-        bytes_out: c.bytes_out.load(r),
-        net: c.net(),
+        allocs: t.allocs,
+        frees: t.frees,
+        reallocs: t.reallocs,
+        moves: t.moves,
+        bytes_out: t.bytes_out,
+        net: t.net(),
     }
 }
 

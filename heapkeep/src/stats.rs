@@ -16,8 +16,11 @@ use crate::{os, thread};
 ///
 /// Byte figures are *usable* bytes (what `usable_size` reports: the size
 /// class of the block), except `bytes_requested`. `live_bytes` is exact when
-/// read; `peak_live_bytes` is exact when one thread at a time allocates and
-/// otherwise within 256 KiB per thread of the true peak.
+/// read; `peak_live_bytes` is seen by the allocation slow paths, so a high
+/// point the fast path reached and left again before the thread's next
+/// slow path can be missed by up to the blocks the thread's pages had
+/// ready (a few KiB in practice; at most 2.1 MiB), and by up to 256 KiB
+/// more per other allocating thread (see `counters.rs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Stats {
@@ -60,18 +63,17 @@ struct Sums {
 
 impl Sums {
     fn add(&mut self, c: &Counters, allocates: bool) {
-        let r = Ordering::Relaxed;
-        self.allocs += c.allocs.load(r);
-        self.frees += c.frees.load(r);
-        self.requested += c.requested.load(r);
-        self.reallocs += c.reallocs.load(r);
-        self.moves += c.realloc_moves.load(r);
-        let (out, inn) = (c.bytes_out.load(r), c.bytes_in.load(r));
-        self.bytes_out += out;
-        self.bytes_in += inn;
+        let t = c.totals();
+        self.allocs += t.allocs;
+        self.frees += t.frees;
+        self.requested += t.requested;
+        self.reallocs += t.reallocs;
+        self.moves += t.moves;
+        self.bytes_out += t.bytes_out;
+        self.bytes_in += t.bytes_in;
         if allocates {
-            let net = out.wrapping_sub(inn) as i64;
-            self.max_rise = self.max_rise.max(c.hi.load(r) - net);
+            let hi = c.hi.load(Ordering::Relaxed);
+            self.max_rise = self.max_rise.max(hi - t.net());
         }
     }
 }
@@ -91,7 +93,7 @@ pub fn stats() -> Stats {
     });
     let live = s.bytes_out.saturating_sub(s.bytes_in);
     // A heap's high point since its flush on top of the others' current
-    // figures (exact for one allocating thread; see `counters.rs`).
+    // figures (see `counters.rs` for how exact).
     let peak = PEAK.load(Ordering::Relaxed).max(live as i64 + s.max_rise) as u64;
     Stats {
         allocs: s.allocs.saturating_sub(s.moves),

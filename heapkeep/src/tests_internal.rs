@@ -657,3 +657,103 @@ fn purge_delay_grows_when_purged_memory_comes_back_and_relaxes() {
     }
     check_invariants().unwrap();
 }
+
+/// The packed counters (`counters.rs`) stay exact through many drains, a
+/// long run of frees in random order, and a reader on another thread never
+/// sees a drain half done.
+#[cfg(feature = "stats")]
+#[test]
+fn packed_counts_stay_exact_and_whole() {
+    if !in_child(
+        "tests_internal::packed_counts_stay_exact_and_whole",
+        "HEAPKEEP_TEST_PACKED_CHILD",
+    ) {
+        return;
+    }
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::Arc;
+
+    // Sizes from every path: fast (up to 1 KiB), medium, large.
+    const N: usize = 200_000;
+    let size_of = |i: usize| match i % 100 {
+        0 => 3000 + i % 60_000,
+        1 if i % 1000 == 1 => 200_000 + i,
+        _ => 1 + (i * 7919) % 1024,
+    };
+    let mut ps: Vec<(usize, usize)> = Vec::with_capacity(N);
+    let s0 = crate::stats();
+    let (mut requested, mut usable) = (0u64, 0u64);
+    // SAFETY: blocks we own, each freed once with its layout.
+    unsafe {
+        for i in 0..N {
+            let size = size_of(i);
+            let p = HeapKeep.alloc(lay(size, 8));
+            assert!(!p.is_null());
+            requested += size as u64;
+            usable += crate::usable_size(p) as u64;
+            ps.push((p as usize, size));
+        }
+    }
+    // `ps` itself is one block (allocated before s0), so it is not counted.
+    let s1 = crate::stats();
+    assert_eq!(s1.allocs - s0.allocs, N as u64);
+    assert_eq!(s1.bytes_requested - s0.bytes_requested, requested);
+    assert_eq!(s1.bytes_allocated - s0.bytes_allocated, usable);
+    assert_eq!(s1.live_bytes - s0.live_bytes, usable);
+    assert_eq!(s1.live_blocks - s0.live_blocks, N as u64);
+    assert!(s1.peak_live_bytes >= s1.live_bytes);
+
+    // A reader on another thread while this one allocates and frees: the
+    // totals only grow, and what is live stays within what this thread
+    // can hold (a reading that saw a drain half done would break both).
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut last = crate::stats();
+            let mut reads = 0u64;
+            while !stop.load(Relaxed) {
+                let s = crate::stats();
+                assert!(s.allocs >= last.allocs, "{s:?} after {last:?}");
+                assert!(s.frees >= last.frees, "{s:?} after {last:?}");
+                assert!(s.bytes_allocated >= last.bytes_allocated);
+                assert!(s.bytes_requested >= last.bytes_requested);
+                assert!(s.live_blocks <= 2 * N as u64 + 1000, "{s:?}");
+                last = s;
+                reads += 1;
+            }
+            reads
+        })
+    };
+    // Free in a scrambled order (a long run of frees), then churn.
+    let mut order: Vec<usize> = (0..N).collect();
+    let mut x = 0x9e37_79b9_u64;
+    for i in (1..N).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    // SAFETY: as above.
+    unsafe {
+        for &i in &order {
+            let (p, size) = ps[i];
+            HeapKeep.dealloc(p as *mut u8, lay(size, 8));
+        }
+        for i in 0..1_000_000 {
+            let l = lay(size_of(i), 8);
+            let p = HeapKeep.alloc(l);
+            HeapKeep.dealloc(p, l);
+        }
+    }
+    stop.store(true, Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    drop(order);
+    drop(ps);
+    let s2 = crate::stats();
+    // The reader thread's own calls (its stack, its thread record) are
+    // freed by now: everything is back where it started.
+    assert_eq!(s2.allocs - s1.allocs, s2.frees - s1.frees - N as u64);
+    assert_eq!(s2.live_bytes, s0.live_bytes);
+    assert_eq!(s2.live_blocks, s0.live_blocks);
+}

@@ -27,8 +27,11 @@
 
  Byte figures are *usable* bytes (what `usable_size` reports: the size
  class of the block), except `bytes_requested`. `live_bytes` is exact when
- read; `peak_live_bytes` is exact when one thread at a time allocates and
- otherwise within 256 KiB per thread of the true peak.
+ read; `peak_live_bytes` is seen by the allocation slow paths, so a high
+ point the fast path reached and left again before the thread's next
+ slow path can be missed by up to the blocks the thread's pages had
+ ready (a few KiB in practice; at most 2.1 MiB), and by up to 256 KiB
+ more per other allocating thread (see `counters.rs`).
  */
 typedef struct {
   /*

@@ -786,8 +786,7 @@ fn free_locked(
     slot.state = FREED;
     slot.free_tid = tid;
     slot.free_stack = free_stack;
-    USER.on_free(e.size);
-    USER.check_fall();
+    USER.count_free(e.size);
     // SAFETY: the block is ours (just freed); for a large block the data
     // pages lie strictly inside its mapping.
     unsafe {
