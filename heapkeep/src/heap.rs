@@ -979,7 +979,6 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
             }
         }
         drain_inbox(heap);
-        (*heap).counters.upkeep();
         let now = os::now_ms();
         if now >= (*heap).next_decay {
             (*heap).next_decay = now + DECAY_INTERVAL_MS;
