@@ -64,7 +64,7 @@
 //! atomic read-modify-writes on the wide totals, since several such threads
 //! may count at once.
 
-use core::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 /// Whether counting is compiled in (feature `stats`).
 pub(crate) const ENABLED: bool = cfg!(feature = "stats");
@@ -162,6 +162,12 @@ pub(crate) struct Counters {
     /// blocks carry redzones): never flushed into [`LIVE`]/[`PEAK`], left
     /// out of `stats()`.
     pub(crate) private: AtomicBool,
+    /// Kernel id of the thread running the heap (0: none; set by the owner
+    /// when it adopts the heap, cleared when it retires it).
+    thread: AtomicU32,
+    /// The totals when that thread started running the heap (a retired
+    /// heap is adopted with the counts of the threads before).
+    base: [AtomicU64; 7],
 }
 
 /// A consistent reading of one heap's counters.
@@ -180,6 +186,31 @@ impl Totals {
     /// Net usable bytes handed out.
     pub(crate) fn net(&self) -> i64 {
         self.bytes_out.wrapping_sub(self.bytes_in) as i64
+    }
+
+    fn fields(&self) -> [u64; 7] {
+        [
+            self.allocs,
+            self.frees,
+            self.bytes_out,
+            self.bytes_in,
+            self.requested,
+            self.reallocs,
+            self.moves,
+        ]
+    }
+
+    fn from_fields(f: [u64; 7]) -> Totals {
+        let [allocs, frees, bytes_out, bytes_in, requested, reallocs, moves] = f;
+        Totals {
+            allocs,
+            frees,
+            bytes_out,
+            bytes_in,
+            requested,
+            reallocs,
+            moves,
+        }
     }
 }
 
@@ -207,6 +238,8 @@ impl Counters {
             hi: AtomicI64::new(0),
             scope_hi: AtomicI64::new(i64::MIN),
             private: AtomicBool::new(false),
+            thread: AtomicU32::new(0),
+            base: [const { AtomicU64::new(0) }; 7],
         }
     }
 
@@ -398,6 +431,41 @@ impl Counters {
             core::hint::spin_loop();
         }
         t
+    }
+
+    /// The thread `tid` starts running this heap: its counts start from
+    /// the current totals. Owner thread only.
+    pub(crate) fn start_thread(&self, tid: u32) {
+        let r = Ordering::Relaxed;
+        for (b, v) in self.base.iter().zip(self.totals().fields()) {
+            b.store(v, r);
+        }
+        self.thread.store(tid, Ordering::Release);
+    }
+
+    /// The heap's thread stopped running it (thread exit; other threads'
+    /// heaps in a forked child).
+    pub(crate) fn end_thread(&self) {
+        self.thread.store(0, Ordering::Release);
+    }
+
+    /// The heap's thread goes on under a new id (a forked child), its
+    /// counts kept.
+    pub(crate) fn rename_thread(&self, tid: u32) {
+        self.thread.store(tid, Ordering::Release);
+    }
+
+    /// The thread running this heap (0: none) and its counts since it
+    /// started. From any thread; a heap changing hands meanwhile may give
+    /// a mixed reading, which a caller sees as a thread id of 0 next time.
+    pub(crate) fn thread_totals(&self) -> (u32, Totals) {
+        let tid = self.thread.load(Ordering::Acquire);
+        let now = self.totals().fields();
+        let mut d = [0u64; 7];
+        for (i, b) in self.base.iter().enumerate() {
+            d[i] = now[i].wrapping_sub(b.load(Ordering::Relaxed));
+        }
+        (tid, Totals::from_fields(d))
     }
 
     /// For [`ORPHAN`]: counts an allocation of `bytes` usable bytes for a

@@ -89,7 +89,7 @@ pub use forbid::{
 #[cfg(feature = "os")]
 pub use measure::{measure, Measured};
 #[cfg(feature = "os")]
-pub use stats::{stats, Stats};
+pub use stats::{for_each_thread, stats, thread_stats, Stats, ThreadStats};
 
 #[cfg(feature = "os")]
 /// Whether this build counts operations (cargo feature `stats`, on by

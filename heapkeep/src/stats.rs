@@ -108,3 +108,81 @@ pub fn stats() -> Stats {
         os_mapped_peak_bytes: os::mapped_peak_bytes() as u64,
     }
 }
+
+/// What one thread did with heapkeep since it started (see [`thread_stats`]).
+///
+/// Counted per thread heap: a thread's allocations, frees (of any block,
+/// also one another thread allocated) and reallocations, and the usable
+/// bytes it handed out and took back. `net_bytes` is their difference, so
+/// a thread that frees what others allocate has a negative figure.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadStats {
+    /// The thread's kernel id (`gettid`).
+    pub thread_id: u32,
+    /// Allocation calls.
+    pub allocs: u64,
+    /// Free calls.
+    pub frees: u64,
+    /// Reallocation calls.
+    pub reallocs: u64,
+    /// Sum of the sizes asked for by allocation and reallocation calls.
+    pub bytes_requested: u64,
+    /// Usable bytes handed out.
+    pub bytes_allocated: u64,
+    /// Usable bytes taken back.
+    pub bytes_freed: u64,
+    /// `bytes_allocated - bytes_freed`.
+    pub net_bytes: i64,
+}
+
+fn thread_stats_of(tid: u32, t: crate::counters::Totals) -> ThreadStats {
+    ThreadStats {
+        thread_id: tid,
+        allocs: t.allocs.wrapping_sub(t.moves),
+        frees: t.frees.wrapping_sub(t.moves),
+        reallocs: t.reallocs,
+        bytes_requested: t.requested,
+        bytes_allocated: t.bytes_out,
+        bytes_freed: t.bytes_in,
+        net_bytes: t.net(),
+    }
+}
+
+/// The calling thread's counts since it started. A thread that has not
+/// allocated yet has no heap and reads zeros (with its id); so does every
+/// thread in check mode, which keeps no per-thread heaps. Frees by a thread
+/// without a heap are counted process-wide only ([`stats`]).
+pub fn thread_stats() -> ThreadStats {
+    let mut heap = thread::current();
+    if crate::forbid::active() {
+        heap = crate::forbid::kept_heap();
+    }
+    if heap == thread::empty_heap() {
+        return ThreadStats {
+            thread_id: os::thread_id(),
+            ..ThreadStats::default()
+        };
+    }
+    // SAFETY: heaps are never freed; counters are atomics anyone may read.
+    let (tid, t) = unsafe { (*heap).counters.thread_totals() };
+    thread_stats_of(tid, t)
+}
+
+/// Calls `f` with the counts of every thread running a heap now (threads
+/// that have allocated and not exited), in no particular order.
+/// Allocation-free; the figures of other threads are as of the moment each
+/// is read.
+pub fn for_each_thread(mut f: impl FnMut(&ThreadStats)) {
+    thread::for_each_heap(|h| {
+        // SAFETY: heaps are never freed; counters are atomics anyone may read.
+        let c = unsafe { &(*h).counters };
+        if c.private.load(Ordering::Relaxed) {
+            return;
+        }
+        let (tid, t) = c.thread_totals();
+        if tid != 0 {
+            f(&thread_stats_of(tid, t));
+        }
+    });
+}

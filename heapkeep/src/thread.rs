@@ -247,6 +247,8 @@ pub(crate) fn init_current() -> *mut Heap {
     }
     slot::set(heap);
     os::set_thread_value(EXIT_KEY.load(Ordering::Relaxed), heap.cast());
+    // SAFETY: this thread runs `heap` from now on; heaps are never freed.
+    unsafe { (*heap).counters.start_thread(os::thread_id()) };
     heap
 }
 
@@ -329,6 +331,7 @@ unsafe extern "C" fn thread_exit(value: *mut libc::c_void) {
     slot::set(EMPTY_HEAP.0.get());
     // SAFETY: the exiting thread ran `heap` and stopped running it just now.
     unsafe {
+        (*heap).counters.end_thread();
         heap::collect(heap, true);
         (*heap).remote.retired_frees.store(0, Ordering::Relaxed);
         (*heap).remote.state.store(STATE_RETIRED, Ordering::Release);
@@ -374,6 +377,18 @@ unsafe extern "C" fn fork_child() {
         crate::check::fork_release();
     }
     crate::check::fork_child();
+    // Only the forking thread lives on in the child.
+    let me = current();
+    for_each_heap(|h| {
+        // SAFETY: heaps are never freed; this thread runs `me`.
+        unsafe {
+            if h == me {
+                (*h).counters.rename_thread(os::thread_id());
+            } else {
+                (*h).counters.end_thread();
+            }
+        }
+    });
 }
 
 /// When the next sweep of retired heaps may run (ms).

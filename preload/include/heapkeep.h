@@ -76,6 +76,49 @@ typedef struct {
   uint64_t os_mapped_peak_bytes;
 } heapkeep_stats_t;
 
+/*
+ What one thread did with heapkeep since it started (see [`thread_stats`]).
+
+ Counted per thread heap: a thread's allocations, frees (of any block,
+ also one another thread allocated) and reallocations, and the usable
+ bytes it handed out and took back. `net_bytes` is their difference, so
+ a thread that frees what others allocate has a negative figure.
+ */
+typedef struct {
+  /*
+   The thread's kernel id (`gettid`).
+   */
+  uint32_t thread_id;
+  /*
+   Allocation calls.
+   */
+  uint64_t allocs;
+  /*
+   Free calls.
+   */
+  uint64_t frees;
+  /*
+   Reallocation calls.
+   */
+  uint64_t reallocs;
+  /*
+   Sum of the sizes asked for by allocation and reallocation calls.
+   */
+  uint64_t bytes_requested;
+  /*
+   Usable bytes handed out.
+   */
+  uint64_t bytes_allocated;
+  /*
+   Usable bytes taken back.
+   */
+  uint64_t bytes_freed;
+  /*
+   `bytes_allocated - bytes_freed`.
+   */
+  int64_t net_bytes;
+} heapkeep_thread_stats_t;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -90,6 +133,17 @@ extern "C" {
  `out` is valid for writes of `size` bytes (or null with `size` 0).
  */
 size_t heapkeep_stats(heapkeep_stats_t *out, size_t size);
+
+/*
+ Copies the calling thread's counts since it started
+ (`heapkeep_thread_stats_t`) into `*out`, at most `size` bytes of them
+ (pass `sizeof *out`). Returns the size of the full struct. Never
+ allocates.
+
+ # Safety
+ `out` is valid for writes of `size` bytes (or null with `size` 0).
+ */
+size_t heapkeep_thread_stats(heapkeep_thread_stats_t *out, size_t size);
 
 /*
  Caps the memory heapkeep maps from the OS at `bytes` (0: no cap; also

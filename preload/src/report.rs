@@ -163,6 +163,32 @@ pub unsafe extern "C" fn heapkeep_stats(out: *mut heapkeep::Stats, size: usize) 
     full
 }
 
+/// Copies the calling thread's counts since it started
+/// (`heapkeep_thread_stats_t`) into `*out`, at most `size` bytes of them
+/// (pass `sizeof *out`). Returns the size of the full struct. Never
+/// allocates.
+///
+/// # Safety
+/// `out` is valid for writes of `size` bytes (or null with `size` 0).
+#[no_mangle]
+pub unsafe extern "C" fn heapkeep_thread_stats(
+    out: *mut heapkeep::ThreadStats,
+    size: usize,
+) -> usize {
+    let s = heapkeep::thread_stats();
+    let full = core::mem::size_of::<heapkeep::ThreadStats>();
+    // SAFETY: `out` has room for `size` bytes (caller); we copy no more than
+    // the struct holds.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            (&s as *const heapkeep::ThreadStats).cast::<u8>(),
+            out.cast::<u8>(),
+            size.min(full),
+        )
+    };
+    full
+}
+
 /// Caps the memory heapkeep maps from the OS at `bytes` (0: no cap; also
 /// set by the environment option `HEAPKEEP_MEMORY_CAP`, e.g. `512M`). Beyond
 /// the cap `malloc` and friends return NULL with `errno` ENOMEM. The cap

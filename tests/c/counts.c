@@ -4,7 +4,9 @@
  * heapkeep_stats() after each step, prints "ok N", exits with STATUS.
  * Build with -fno-builtin: the compiler may drop malloc/free pairs it sees
  * through, and every call here must reach the library. */
+#define _GNU_SOURCE
 #include <malloc.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +33,17 @@ int main(int argc, char **argv) {
     for (long i = 0; i < n; i++) p[i] = malloc(1000);
     size_t u = n ? malloc_usable_size(p[0]) : 0;
     heapkeep_stats_t b = now();
+    /* This (only) thread did all of it (check mode keeps no per-thread
+     * heaps: zeros there). */
+    heapkeep_thread_stats_t t;
+    CHECK(heapkeep_thread_stats(&t, sizeof t) == sizeof t);
+    CHECK(t.thread_id == (uint32_t)gettid());
+    if (!getenv("HEAPKEEP_CHECK")) {
+        CHECK(t.allocs == b.allocs && t.frees == b.frees);
+        CHECK(t.net_bytes == (int64_t)b.live_bytes);
+    } else {
+        CHECK(t.allocs == 0);
+    }
     CHECK(b.allocs - a.allocs == (uint64_t)n + 1);
     CHECK(b.frees == a.frees);
     CHECK(b.live_blocks - a.live_blocks == (uint64_t)n + 1);

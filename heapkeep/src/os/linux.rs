@@ -198,6 +198,12 @@ unsafe fn remap_aligned_raw(p: *mut u8, old: usize, new: usize, align: usize) ->
     q.cast()
 }
 
+/// The calling thread's kernel id.
+pub(crate) fn thread_id() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u32 }
+}
+
 /// Milliseconds from a coarse monotonic clock (vDSO, no system call).
 pub(crate) fn now_ms() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC_COARSE) / 1_000_000
