@@ -537,11 +537,26 @@ pub(crate) unsafe fn fork_release() {
 /// Calls `f` on every cached segment (invariant walk).
 #[cfg(any(test, feature = "invariants"))]
 pub(crate) fn for_each_cached(mut f: impl FnMut(&Segment)) {
+    with_cache_held(|cached| {
+        for &s in cached {
+            // SAFETY: cached segments stay mapped while in the cache.
+            f(unsafe { &*s });
+        }
+    });
+}
+
+/// Runs `f` holding the cache lock, with the cached segments.
+///
+/// While the lock is held no normal segment is unmapped: a segment leaves
+/// a heap only through [`release`], which takes the lock before it may
+/// unmap, and a cached one is unmapped only after it left the cache under
+/// the lock. So `f` may read the header of any segment it finds on a heap's
+/// segment list or in the cache (the heap walk, `walk.rs`). Nor does any
+/// heap get a new segment meanwhile ([`acquire`] waits). `f` must not
+/// allocate: a slow path that needs a segment would wait for this lock.
+pub(crate) fn with_cache_held<R>(f: impl FnOnce(&[*mut Segment]) -> R) -> R {
     let c = CACHE.lock();
-    for &s in &c.slots[..c.len] {
-        // SAFETY: cached segments stay mapped while in the cache.
-        f(unsafe { &*s });
-    }
+    f(&c.slots[..c.len])
 }
 
 #[cfg(test)]
