@@ -605,7 +605,7 @@ pub fn totals() -> Totals {
     t
 }
 
-/// Blocks of one size class, over all heaps (see [`crate::class_stats()`]).
+/// Blocks of one size class, over all heaps (`heapkeep::class_stats()`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClassStats {
