@@ -22,7 +22,9 @@
 //!   blocked) waits on the semaphore and writes the snapshot. The walk must
 //!   not run in the handler: the interrupted thread may hold a lock the walk
 //!   takes. Each signal rewrites the file. A forked child has no such
-//!   thread (signals to it are counted and ignored).
+//!   thread (signals to it are counted and ignored). A handler that was
+//!   there before (the program's, or another copy of heapkeep's) is called
+//!   after ours.
 //!
 //! Writing never allocates: lines are formatted into a fixed buffer
 //! (`writer.rs`) and written to `<path>.tmp`, which is then renamed over
@@ -30,12 +32,21 @@
 //! at a time; a peak snapshot due while another is being written is
 //! skipped (the next growth writes it).
 //!
+//! A process can hold two copies of heapkeep (a Rust program on heapkeep
+//! run under the preload library, which serves its C code), both told to
+//! write to the same path. A copy does not overwrite a snapshot another
+//! copy in the same process wrote of a larger heap (the `pid`, `copy` and
+//! `held` lines at the top of the file), so the copy that serves the
+//! program wins.
+//!
 //! ## The file (version 1)
 //! Text, one record per line, fields separated by spaces, numbers in decimal
 //! except addresses and masks (`0x…`):
 //! ```text
 //! heapkeep-map 1
 //! pid 4242
+//! copy 0x7f0c2b412340            (which copy of heapkeep in the process wrote it)
+//! held 12648448                   (held bytes, as in `totals`, read first)
 //! program /usr/bin/python3
 //! when exit                       (exit, peak, signal or call)
 //! heap 0 0x7f0c2a400000 active    (index, address, state: active, retired, claimed, private)
@@ -235,7 +246,9 @@ fn program(buf: &mut [u8; 256]) -> &[u8] {
 
 /// Writes a snapshot of the heap now to `path` (through `<path>.tmp`,
 /// renamed when complete). Allocation-free. Returns false if it could not
-/// be written (reported on stderr) or another snapshot is being written.
+/// be written (reported on stderr), another snapshot is being written, or
+/// (unless `when` is `Call`) another copy of heapkeep in this process wrote
+/// a snapshot of a larger heap there.
 fn write_to(path: &CStr, when: When) -> bool {
     if WRITING.swap(true, Ordering::Acquire) {
         return false;
@@ -245,7 +258,67 @@ fn write_to(path: &CStr, when: When) -> bool {
     ok
 }
 
+/// This copy of heapkeep (a process can hold two: a Rust program on
+/// heapkeep run under the preload library), named by a static's address.
+fn copy_id() -> usize {
+    &MODE as *const AtomicUsize as usize
+}
+
+/// Whether the snapshot at `path` was written by another copy of heapkeep
+/// in this process (its `pid` and `copy` lines) for a heap that held more
+/// than `held` bytes: that copy serves the program, and its snapshot stays.
+fn other_copy_wrote_more(path: &CStr, held: u64) -> bool {
+    let mut buf = [0u8; 512];
+    // SAFETY: `path` is NUL-terminated; we read into our buffer and close
+    // the descriptor we opened.
+    let n = unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return false;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n.max(0) as usize
+    };
+    let (mut pid, mut copy, mut their_held) = (None, None, 0u64);
+    for line in buf[..n].split(|&c| c == b'\n') {
+        let mut words = line.splitn(2, |&c| c == b' ');
+        let (Some(key), Some(value)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let v = parse_number(value);
+        match key {
+            b"pid" => pid = v,
+            b"copy" => copy = v,
+            b"held" => their_held = v.unwrap_or(0),
+            _ => {}
+        }
+    }
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() } as u64;
+    pid == Some(me) && copy.is_some_and(|c| c != copy_id() as u64) && their_held > held
+}
+
+/// A decimal or `0x` hexadecimal number.
+fn parse_number(text: &[u8]) -> Option<u64> {
+    let (digits, radix) = match text.strip_prefix(b"0x") {
+        Some(h) => (h, 16),
+        None => (text, 10),
+    };
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |v, &d| {
+        let d = (d as char).to_digit(radix)? as u64;
+        Some(v * radix as u64 + d)
+    })
+}
+
 fn write_locked(path: &CStr, when: When) -> bool {
+    let stats = crate::stats();
+    if !matches!(when, When::Call) && other_copy_wrote_more(path, stats.held_bytes) {
+        return false;
+    }
     let path = path.to_bytes();
     let mut tmp = [0u8; 520];
     if path.len() + 5 > tmp.len() {
@@ -272,7 +345,7 @@ fn write_locked(path: &CStr, when: When) -> bool {
     }
     {
         let mut w = Writer::to_fd(fd);
-        write_snapshot_text(&mut w, when);
+        write_snapshot_text(&mut w, when, &stats);
     }
     // SAFETY: our descriptor; both paths are NUL-terminated.
     let renamed = unsafe {
@@ -288,14 +361,17 @@ fn write_locked(path: &CStr, when: When) -> bool {
     renamed
 }
 
-/// Formats a whole snapshot into `w` (see the module docs).
-fn write_snapshot_text(w: &mut Writer, when: When) {
-    let s = crate::stats();
+/// Formats a whole snapshot into `w` (see the module docs), with the
+/// counters `s` read just before.
+fn write_snapshot_text(w: &mut Writer, when: When, s: &crate::Stats) {
     let mut exe = [0u8; 256];
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as usize;
-    w.s("heapkeep-map 1\npid ").d(pid).s("\nprogram ");
-    w.b(program(&mut exe)).s("\nwhen ").s(when.name()).s("\n");
+    w.s("heapkeep-map 1\npid ").d(pid);
+    w.s("\ncopy ").x(copy_id());
+    w.s("\nheld ").d(s.held_bytes as usize);
+    w.s("\nprogram ").b(program(&mut exe));
+    w.s("\nwhen ").s(when.name()).s("\n");
     let mut t = Totals::default();
     walk::walk(|item| {
         t.add(item);
@@ -403,6 +479,15 @@ mod signal {
     use core::cell::UnsafeCell;
     use core::mem::MaybeUninit;
 
+    /// The action our handler replaced (it is called after ours: another
+    /// copy of heapkeep in the process, or the program's own handler).
+    struct Old(UnsafeCell<MaybeUninit<libc::sigaction>>);
+    // SAFETY: written once by `sigaction` while installing our handler,
+    // only read afterwards (by the handler).
+    unsafe impl Sync for Old {}
+
+    static OLD: Old = Old(UnsafeCell::new(MaybeUninit::zeroed()));
+
     /// The semaphore the handler posts.
     struct Sem(UnsafeCell<MaybeUninit<libc::sem_t>>);
     // SAFETY: a POSIX semaphore is made to be shared between threads and
@@ -443,21 +528,42 @@ mod signal {
             }
             libc::pthread_setname_np(t, c"heapkeep-map".as_ptr());
             let mut act: libc::sigaction = core::mem::zeroed();
-            act.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-            act.sa_flags = libc::SA_RESTART;
+            act.sa_sigaction = on_signal
+                as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+                as usize;
+            act.sa_flags = libc::SA_RESTART | libc::SA_SIGINFO;
             libc::sigemptyset(&mut act.sa_mask);
-            libc::sigaction(sig, &act, core::ptr::null_mut());
+            libc::sigaction(sig, &act, OLD.0.get().cast());
         }
     }
 
-    /// The handler: async-signal-safe (`sem_post`, `errno` kept).
-    extern "C" fn on_signal(_: libc::c_int) {
+    /// The handler: async-signal-safe (`sem_post`, `errno` kept), then the
+    /// handler it replaced, if that was a function: a second copy of
+    /// heapkeep in the process (a Rust program on heapkeep under the
+    /// preload library; only one copy's handler can be installed, and the
+    /// copy that serves the program must hear the signal), or the program's.
+    extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
         // SAFETY: `__errno_location` and `sem_post` are async-signal-safe;
-        // the semaphore was initialised before the handler was installed.
+        // the semaphore was initialised before the handler was installed;
+        // `OLD` was written by `sigaction` before this handler could run.
+        // The old handler is called as the kernel would have called it.
         unsafe {
             let e = *libc::__errno_location();
             libc::sem_post(sem());
             *libc::__errno_location() = e;
+            let old = &*OLD.0.get().cast::<libc::sigaction>();
+            let f = old.sa_sigaction;
+            if f == libc::SIG_DFL || f == libc::SIG_IGN {
+                return;
+            }
+            if old.sa_flags & libc::SA_SIGINFO != 0 {
+                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                    core::mem::transmute(f);
+                f(sig, info, ctx);
+            } else {
+                let f: extern "C" fn(libc::c_int) = core::mem::transmute(f);
+                f(sig);
+            }
         }
     }
 

@@ -6,9 +6,9 @@
  *   - one huge block of 8 MiB kept live (written, so resident), and one of
  *     3 MiB freed (it waits in the huge cache).
  * Prints "done" and exits 0. With the argument "signal" it raises SIGUSR2
- * first (the snapshot is written by heapkeep's thread) and waits until the
- * file named by its second argument exists.
- * With "call FILE" it writes the snapshot itself (heapkeep_write_snapshot).
+ * first (heapkeep's thread writes the snapshot) and waits until the file
+ * HEAPKEEP_MAP_OUT names exists; with "call FILE" it writes a snapshot
+ * itself (heapkeep_write_snapshot).
  */
 #include <signal.h>
 #include <stdio.h>
@@ -21,6 +21,25 @@
 #define LIVE_SMALL 1000
 #define LIVE_MID 300
 #define FREED 500
+
+/* Whether the snapshot HEAPKEEP_MAP_OUT names (%p: our pid) exists. */
+static int snapshot_written(void) {
+    const char *pat = getenv("HEAPKEEP_MAP_OUT");
+    char path[4096];
+    size_t n = 0;
+    if (!pat)
+        return 0;
+    for (const char *c = pat; *c && n < sizeof path - 24; c++) {
+        if (c[0] == '%' && c[1] == 'p') {
+            n += snprintf(path + n, sizeof path - n, "%d", (int)getpid());
+            c++;
+        } else {
+            path[n++] = *c;
+        }
+    }
+    path[n] = 0;
+    return access(path, F_OK) == 0;
+}
 
 static void *keep_small[LIVE_SMALL];
 static void *keep_mid[LIVE_MID];
@@ -43,9 +62,10 @@ int main(int argc, char **argv) {
     void *cached = malloc(3 << 20);
     memset(cached, 3, 3 << 20);
     free(cached);
-    if (argc > 2 && strcmp(argv[1], "signal") == 0) {
+    if (argc > 1 && strcmp(argv[1], "signal") == 0) {
         raise(SIGUSR2);
-        for (int i = 0; i < 3000 && access(argv[2], F_OK) != 0; i++)
+        /* Up to a minute: the snapshot thread may wait for a busy CPU. */
+        for (int i = 0; i < 6000 && !snapshot_written(); i++)
             usleep(10000);
     }
     if (argc > 2 && strcmp(argv[1], "call") == 0 && !heapkeep_write_snapshot(argv[2]))
