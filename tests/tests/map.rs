@@ -550,11 +550,14 @@ fn stats_walk_figures_hold_together() {
     assert!(s.unused_bytes <= s.held_bytes, "{s:?}");
     assert!(s.unused_resident_bytes <= s.resident_bytes, "{s:?}");
     assert!(s.largest_free_run <= s.held_bytes, "{s:?}");
-    // What is in use is held: the blocks above at least.
-    assert!(
-        s.held_bytes - s.unused_bytes >= (5 * MIB + 2000 * 100) as u64,
-        "{s:?}"
-    );
+    // What is in use is held: the blocks above at least (in fast mode;
+    // check mode gives large blocks guarded mappings of its own).
+    if std::env::var_os("HEAPKEEP_CHECK").is_none_or(|v| v != "1") {
+        assert!(
+            s.held_bytes - s.unused_bytes >= (5 * MIB + 2000 * 100) as u64,
+            "{s:?}"
+        );
+    }
     drop((keep, big));
 }
 
