@@ -13,7 +13,10 @@
 //! A normal segment belongs to one heap (`heap`), fixed while it is in that
 //! heap; all its slice bookkeeping is touched only by the thread running that
 //! heap. Empty segments go to a small global cache (spin lock) that purges
-//! them after a delay and unmaps them after a longer one.
+//! them after a delay and unmaps them after a longer one. A normal segment
+//! is unmapped only after it left the cache under the cache lock (or, when
+//! the cache is full, by `release` after it took the lock): the heap walk
+//! (`walk.rs`) relies on this, see [`with_cache_held`].
 //!
 //! Invariants (normal segments):
 //! - bit `i` of `free_mask` is set iff slice `i` belongs to no page
@@ -93,7 +96,8 @@ pub(crate) struct Segment {
     pub(crate) map_size: usize,
     /// Huge segments: offset of the block from the segment base.
     pub(crate) block_offset: usize,
-    /// Links in the owning heap's segment list.
+    /// Links in the owning heap's segment list (huge segments: in
+    /// `huge.rs`'s list of live huge blocks, under its lock).
     pub(crate) next: *mut Segment,
     pub(crate) prev: *mut Segment,
     /// One entry per slice, plus one for a huge block placed at `SEGMENT_SIZE`.
