@@ -404,7 +404,18 @@ pub(crate) fn acquire(heap: *mut crate::heap::Heap) -> *mut Segment {
         if c.len > 0 {
             c.len -= 1;
             let i = c.len;
-            c.slots[i]
+            let s = c.slots[i];
+            // Cleared under the lock, so a heap walk that finds this
+            // segment on our heap's list (which we link it into without
+            // the lock) reads a null or current link, never one from its
+            // last heap, which may point to a segment unmapped since
+            // (`with_cache_held`; matters where stores may be reordered).
+            // SAFETY: popped from the cache: ours alone, mapped.
+            unsafe {
+                (*s).next = ptr::null_mut();
+                (*s).prev = ptr::null_mut();
+            }
+            s
         } else {
             ptr::null_mut()
         }
@@ -555,9 +566,14 @@ pub(crate) fn for_each_cached(mut f: impl FnMut(&Segment)) {
 /// a heap only through [`release`], which takes the lock before it may
 /// unmap, and a cached one is unmapped only after it left the cache under
 /// the lock. So `f` may read the header of any segment it finds on a heap's
-/// segment list or in the cache (the heap walk, `walk.rs`). Nor does any
-/// heap get a new segment meanwhile ([`acquire`] waits). `f` must not
-/// allocate: a slow path that needs a segment would wait for this lock.
+/// segment list or in the cache (the heap walk, `walk.rs`), even one its
+/// owner has just unlinked (its `release` waits for the lock). Nor does any
+/// heap get a segment from the cache meanwhile ([`acquire`] waits); one it
+/// got before links it into its list without the lock, but [`acquire`]
+/// cleared its links under the lock, so `f` reads a null link or one into
+/// that heap's list, never a link left from the segment's last heap. `f`
+/// must not allocate: a slow path that needs a segment would wait for this
+/// lock.
 pub(crate) fn with_cache_held<R>(f: impl FnOnce(&[*mut Segment]) -> R) -> R {
     let c = CACHE.lock();
     f(&c.slots[..c.len])
