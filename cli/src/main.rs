@@ -8,6 +8,9 @@
 //!   stderr.
 //! - `heapkeep profile [OPTIONS] -- PROGRAM [ARGS...]`: runs it with the
 //!   sampling heap profile on; a DHAT profile is written at exit.
+//! - `heapkeep map [OPTIONS] -- PROGRAM [ARGS...]`: runs it with heap map
+//!   snapshots on and draws the snapshot (SVG, PNG or HTML); `--from`
+//!   draws a snapshot written earlier.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,8 +18,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod check;
+mod map;
+mod picture;
 mod profile;
+mod raster;
 mod run;
+mod snapshot;
 mod summary;
 
 #[global_allocator]
@@ -81,6 +88,61 @@ enum Verb {
     /// HEAPKEEP_PROFILE_OUT).
     #[command(verbatim_doc_comment)]
     Profile(ProfileArgs),
+    /// Run PROGRAM on heapkeep and draw a map of its heap.
+    ///
+    /// The program runs with heapkeep's C library preloaded (LD_PRELOAD) and
+    /// HEAPKEEP_MAP set: the library walks its heap and writes a snapshot at
+    /// exit (--at exit, the default), at the peak of bytes in use (--at
+    /// peak: rewritten whenever the peak grew by --peak-step percent), or
+    /// when the program gets SIGUSR2 (--at signal; the last one is drawn).
+    /// The picture shows one row per 4 MiB segment: its 64 KiB slices,
+    /// each page a box coloured by its block size and filled by the share
+    /// of its blocks in use, free slices resident or purged, huge blocks
+    /// as bars, and the fragmentation figures in the legend. The picture's
+    /// format follows --out's extension: .svg (default
+    /// heapkeep-map.<program>.svg), .png, or .html (a self-contained page
+    /// with tables of every size class and heap, for large heaps).
+    ///
+    /// --from FILE draws a snapshot written earlier: by a program run with
+    /// HEAPKEEP_MAP=exit|peak|signal (and HEAPKEEP_MAP_OUT), or by a call to
+    /// heapkeep_write_snapshot() (C) or heapkeep::write_snapshot() (Rust).
+    ///
+    /// The program's output and exit status are passed through.
+    #[command(verbatim_doc_comment)]
+    Map(MapArgs),
+}
+
+/// Options of `heapkeep map`.
+#[derive(clap::Args, Debug)]
+pub struct MapArgs {
+    /// The heapkeep library to preload [env: HEAPKEEP_LIB; default: the
+    /// libheapkeep_preload.so beside this executable].
+    #[arg(long, value_name = "PATH")]
+    pub lib: Option<PathBuf>,
+    /// When the snapshot is taken.
+    #[arg(long, value_name = "WHEN", default_value = "exit", value_parser = ["exit", "peak", "signal"])]
+    pub at: String,
+    /// The picture: FILE.svg, FILE.png or FILE.html [default:
+    /// heapkeep-map.<program>.svg].
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Also keep the snapshot (text) in FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "from")]
+    pub snapshot: Option<PathBuf>,
+    /// --at peak: rewrite the snapshot when the peak grew by this many
+    /// percent (HEAPKEEP_MAP_PEAK_STEP; default 10).
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub peak_step: Option<u32>,
+    /// Draw this snapshot instead of running a program.
+    #[arg(long, value_name = "SNAPSHOT", conflicts_with = "command")]
+    pub from: Option<PathBuf>,
+    /// The program to run, and its arguments (put them after `--`).
+    #[arg(
+        required_unless_present = "from",
+        trailing_var_arg = true,
+        value_name = "PROGRAM [ARGS]..."
+    )]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 /// Options of `heapkeep profile`.
@@ -169,6 +231,7 @@ fn main() -> ExitCode {
         Verb::Run(args) => run::run(&args),
         Verb::Check(args) => check::check(&args),
         Verb::Profile(args) => profile::profile(&args),
+        Verb::Map(args) => map::map(&args),
     };
     match result {
         Ok(code) => code,

@@ -41,10 +41,15 @@ pub(crate) fn find_lib(lib: Option<&Path>) -> Result<PathBuf, String> {
 }
 
 /// A directory of our own for the reports, removed when dropped.
-struct ReportDir(PathBuf);
+pub(crate) struct ReportDir(PathBuf);
 
 impl ReportDir {
-    fn new() -> Result<ReportDir, String> {
+    /// Its path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub(crate) fn new() -> Result<ReportDir, String> {
         let base = std::env::temp_dir();
         for attempt in 0..100u32 {
             let nanos = std::time::SystemTime::now()
@@ -88,9 +93,20 @@ pub(crate) fn preload_value(lib: &Path) -> OsString {
 /// Starts `cmd` (the program named `program`) and waits for it, ignoring
 /// SIGINT and SIGQUIT meanwhile; returns its process id and how it ended.
 pub(crate) fn spawn_and_wait(cmd: &mut Command, program: &str) -> Result<(u32, Ending), String> {
+    spawn_and_wait_with(cmd, program, |_| {})
+}
+
+/// [`spawn_and_wait`], calling `started` with the process id once the
+/// program runs (`heapkeep map --at signal` tells it to the user).
+pub(crate) fn spawn_and_wait_with(
+    cmd: &mut Command,
+    program: &str,
+    started: impl FnOnce(u32),
+) -> Result<(u32, Ending), String> {
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot run {program}: {e}"))?;
+    started(child.id());
     let handler = ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
     // SAFETY: installing a handler that does nothing is async-signal-safe.
     let old = unsafe {

@@ -400,6 +400,7 @@ impl Counters {
         if !self.private.load(r) {
             let base = LIVE.fetch_add(net - flushed, r);
             PEAK.fetch_max(base - flushed + hi, r);
+            crate::map::on_peak(base - flushed + hi);
         }
         self.flushed.store(net, r);
         self.hi.store(net, r);

@@ -261,6 +261,23 @@ pub(crate) fn report_fault(addr: usize, here: &[usize]) -> bool {
     true
 }
 
+/// Calls `f` with the pool segment (if any) and, per slice, the size of
+/// its live sampled block (0: none), holding the pool lock (heap walk).
+/// The pool segment is never unmapped.
+pub(crate) fn with_slots(f: impl FnOnce(*mut Segment, &[usize; SLICE_COUNT])) {
+    let pool = POOL.lock();
+    if pool.seg.is_null() {
+        return;
+    }
+    let mut sizes = [0usize; SLICE_COUNT];
+    for (size, slot) in sizes.iter_mut().zip(&pool.slots).skip(1) {
+        if slot.live {
+            *size = slot.size;
+        }
+    }
+    f(pool.seg, &sizes);
+}
+
 /// Fork support: the pool lock is held across `fork()`.
 pub(crate) fn fork_prepare() {
     POOL.raw_lock();

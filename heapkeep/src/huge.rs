@@ -15,6 +15,16 @@
 //! `realloc` resizes in place with `mremap`, or moves the pages to a new
 //! aligned address without copying them.
 //!
+//! Live huge segments are linked in one global list ([`LIVE`], through the
+//! header's `next`/`prev`, which only normal segments use otherwise) so the
+//! heap walk (`walk.rs`) can find them. Invariant: a huge segment is in
+//! `LIVE` iff its block is live and its header is not being moved or
+//! trimmed; every unmap, trim or move of a live block's mapping happens
+//! while it is out of the list (unlinked under the lock), so a walker
+//! holding the lock may read any listed header. Linking costs one
+//! uncontended spin lock on each huge allocation, free and resize, next to
+//! a system call or a cache lookup that takes a lock anyway.
+//!
 //! No transparent-huge-page hint (`MADV_HUGEPAGE`): with the kernel's usual
 //! `defrag=madvise` setting, faults in hinted ranges may stall on synchronous
 //! compaction; measured here it made a 1 GiB allocate-and-free workload vary
@@ -68,6 +78,83 @@ static CACHE: SpinLock<Cache> = SpinLock::new(Cache {
     len: 0,
 });
 
+/// Head of the list of live huge segments (see the module docs).
+struct LiveList(*mut Segment);
+
+// SAFETY: the listed segments belong to no thread; the lock serialises access.
+unsafe impl Send for LiveList {}
+
+static LIVE: SpinLock<LiveList> = SpinLock::new(LiveList(ptr::null_mut()));
+
+/// Puts the huge segment `seg` (with a live block) on the live list.
+///
+/// # Safety
+/// `seg` is a mapped huge segment, not on the list, whose block the caller
+/// is about to hand out (or keeps live).
+unsafe fn link_live(seg: *mut Segment) {
+    let mut l = LIVE.lock();
+    // SAFETY: the header is ours (caller); listed headers are written only
+    // under the lock.
+    unsafe {
+        (*seg).prev = ptr::null_mut();
+        (*seg).next = l.0;
+        if !l.0.is_null() {
+            (*l.0).prev = seg;
+        }
+    }
+    l.0 = seg;
+}
+
+/// Takes the huge segment `seg` off the live list (before its block is
+/// freed, or its mapping trimmed or moved).
+///
+/// # Safety
+/// `seg` is on the live list.
+unsafe fn unlink_live(seg: *mut Segment) {
+    let mut l = LIVE.lock();
+    // SAFETY: listed headers are mapped and written only under the lock.
+    unsafe {
+        let (prev, next) = ((*seg).prev, (*seg).next);
+        if prev.is_null() {
+            l.0 = next;
+        } else {
+            (*prev).next = next;
+        }
+        if !next.is_null() {
+            (*next).prev = prev;
+        }
+        (*seg).next = ptr::null_mut();
+        (*seg).prev = ptr::null_mut();
+    }
+}
+
+/// Calls `f` on every live huge segment, holding the list's lock (so none
+/// is freed, trimmed or moved meanwhile). `f` must not allocate a huge
+/// block or free one (it would wait for the lock it is called under).
+pub(crate) fn for_each_live(mut f: impl FnMut(&Segment)) {
+    let l = LIVE.lock();
+    let mut s = l.0;
+    while !s.is_null() {
+        // SAFETY: listed segments stay mapped and unchanged while listed and
+        // we hold the lock.
+        unsafe {
+            f(&*s);
+            s = (*s).next;
+        }
+    }
+}
+
+/// Calls `f` on every cached huge segment with whether its block area may
+/// still be resident, holding the cache lock (cached segments stay mapped
+/// while cached). `f` must not allocate or free a huge block.
+pub(crate) fn for_each_cached(mut f: impl FnMut(&Segment, bool)) {
+    let c = CACHE.lock();
+    for e in &c.slots[..c.len] {
+        // SAFETY: cached segments stay mapped while cached; we hold the lock.
+        f(unsafe { &*e.seg }, e.dirty);
+    }
+}
+
 fn round_up(x: usize, to: usize) -> Option<usize> {
     Some(x.checked_add(to - 1)? & !(to - 1))
 }
@@ -102,6 +189,7 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
                 if zero && dirty_len > 0 {
                     ptr::write_bytes(p, 0, size.min(dirty_len));
                 }
+                link_live(seg);
                 return p;
             }
         }
@@ -122,6 +210,7 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
         (*seg).map_size = map_size;
         (*seg).block_offset = offset;
         init_entries(seg);
+        link_live(seg);
         (*seg).slice_addr(0).add(offset)
     }
 }
@@ -177,6 +266,8 @@ pub(crate) fn usable(seg: &Segment) -> usize {
 /// # Safety
 /// `seg` is a huge segment whose block is live and now freed by the caller.
 pub(crate) unsafe fn free(seg: *mut Segment) {
+    // SAFETY: a live block's segment is on the live list.
+    unsafe { unlink_live(seg) };
     // SAFETY: the caller owns the block, hence the whole segment.
     let s = unsafe { &mut *seg };
     if s.block_offset != SLICE_SIZE || s.map_size > CACHE_MAPPED_MAX {
@@ -301,7 +392,7 @@ fn take_cached(map_size: usize) -> Option<(*mut Segment, usize)> {
         let old_map = s.map_size;
         // SAFETY: the segment is a whole mapping of ours with a dead block;
         // `s` is not used after `resize` (which may move the header).
-        let grown = unsafe { resize(seg, map_size - s.block_offset) };
+        let grown = unsafe { resize_mapping(seg, map_size - s.block_offset) };
         if grown.is_null() {
             // SAFETY: not in the cache any more; nobody can reach it.
             unsafe { os::unmap(seg.cast(), old_map) };
@@ -317,12 +408,33 @@ fn segment_of_block(p: *mut u8) -> *mut Segment {
     crate::segment::segment_of(p)
 }
 
-/// Resizes the huge block of `seg` to `new_size` without copying its bytes.
-/// Returns the (possibly moved) block, or null if that is not possible.
+/// Resizes the live huge block of `seg` to `new_size` without copying its
+/// bytes. Returns the (possibly moved) block, or null if that is not
+/// possible (the block is then unchanged).
 ///
 /// # Safety
 /// `seg` is a huge segment with a live block owned by the caller.
 pub(crate) unsafe fn resize(seg: *mut Segment, new_size: usize) -> *mut u8 {
+    // SAFETY: forwarded; off the live list while its mapping changes, back
+    // on it (moved or not) afterwards.
+    unsafe {
+        unlink_live(seg);
+        let p = resize_mapping(seg, new_size);
+        link_live(if p.is_null() {
+            seg
+        } else {
+            segment_of_block(p)
+        });
+        p
+    }
+}
+
+/// [`resize`] of a segment that is not on the live list (a cached one, or a
+/// live one the caller has unlinked).
+///
+/// # Safety
+/// `seg` is a huge segment owned by the caller, off the live list.
+unsafe fn resize_mapping(seg: *mut Segment, new_size: usize) -> *mut u8 {
     // SAFETY: the caller owns the block, hence the segment.
     let s = unsafe { &mut *seg };
     let offset = s.block_offset;
@@ -410,6 +522,7 @@ pub(crate) fn drop_cache() {
 /// Fork support: hold the cache lock across `fork()`.
 pub(crate) fn fork_prepare() {
     CACHE.raw_lock();
+    LIVE.raw_lock();
 }
 
 /// Fork support: release the lock in parent and child.
@@ -417,6 +530,9 @@ pub(crate) fn fork_prepare() {
 /// # Safety
 /// Only from the fork handlers, after `fork_prepare`.
 pub(crate) unsafe fn fork_release() {
-    // SAFETY: `fork_prepare` took the lock.
-    unsafe { CACHE.raw_unlock() };
+    // SAFETY: `fork_prepare` took the locks.
+    unsafe {
+        LIVE.raw_unlock();
+        CACHE.raw_unlock();
+    }
 }

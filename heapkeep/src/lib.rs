@@ -60,6 +60,8 @@ mod huge;
 #[cfg(all(feature = "os", any(test, feature = "invariants")))]
 mod invariants;
 #[cfg(feature = "os")]
+mod map;
+#[cfg(feature = "os")]
 mod measure;
 #[cfg(feature = "os")]
 mod os;
@@ -80,6 +82,8 @@ mod tests_internal;
 #[cfg(feature = "os")]
 mod thread;
 #[cfg(feature = "os")]
+pub mod walk;
+#[cfg(feature = "os")]
 mod writer;
 
 #[cfg(feature = "os")]
@@ -87,9 +91,13 @@ pub use forbid::{
     forbid_alloc, forbid_alloc_with, permit_alloc, ForbidAlloc, OnAlloc, PermitAlloc, LOG_LIMIT,
 };
 #[cfg(feature = "os")]
+pub use map::write_snapshot;
+#[cfg(feature = "os")]
 pub use measure::{measure, Measured};
 #[cfg(feature = "os")]
 pub use stats::{for_each_thread, stats, thread_stats, Stats, ThreadStats};
+#[cfg(feature = "os")]
+pub use walk::{class_stats, ClassStats};
 
 #[cfg(feature = "os")]
 /// Whether this build counts operations (cargo feature `stats`, on by

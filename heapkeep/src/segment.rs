@@ -13,7 +13,10 @@
 //! A normal segment belongs to one heap (`heap`), fixed while it is in that
 //! heap; all its slice bookkeeping is touched only by the thread running that
 //! heap. Empty segments go to a small global cache (spin lock) that purges
-//! them after a delay and unmaps them after a longer one.
+//! them after a delay and unmaps them after a longer one. A normal segment
+//! is unmapped only after it left the cache under the cache lock (or, when
+//! the cache is full, by `release` after it took the lock): the heap walk
+//! (`walk.rs`) relies on this, see [`with_cache_held`].
 //!
 //! Invariants (normal segments):
 //! - bit `i` of `free_mask` is set iff slice `i` belongs to no page
@@ -93,7 +96,8 @@ pub(crate) struct Segment {
     pub(crate) map_size: usize,
     /// Huge segments: offset of the block from the segment base.
     pub(crate) block_offset: usize,
-    /// Links in the owning heap's segment list.
+    /// Links in the owning heap's segment list (huge segments: in
+    /// `huge.rs`'s list of live huge blocks, under its lock).
     pub(crate) next: *mut Segment,
     pub(crate) prev: *mut Segment,
     /// One entry per slice, plus one for a huge block placed at `SEGMENT_SIZE`.
@@ -400,7 +404,18 @@ pub(crate) fn acquire(heap: *mut crate::heap::Heap) -> *mut Segment {
         if c.len > 0 {
             c.len -= 1;
             let i = c.len;
-            c.slots[i]
+            let s = c.slots[i];
+            // Cleared under the lock, so a heap walk that finds this
+            // segment on our heap's list (which we link it into without
+            // the lock) reads a null or current link, never one from its
+            // last heap, which may point to a segment unmapped since
+            // (`with_cache_held`; matters where stores may be reordered).
+            // SAFETY: popped from the cache: ours alone, mapped.
+            unsafe {
+                (*s).next = ptr::null_mut();
+                (*s).prev = ptr::null_mut();
+            }
+            s
         } else {
             ptr::null_mut()
         }
@@ -537,11 +552,31 @@ pub(crate) unsafe fn fork_release() {
 /// Calls `f` on every cached segment (invariant walk).
 #[cfg(any(test, feature = "invariants"))]
 pub(crate) fn for_each_cached(mut f: impl FnMut(&Segment)) {
+    with_cache_held(|cached| {
+        for &s in cached {
+            // SAFETY: cached segments stay mapped while in the cache.
+            f(unsafe { &*s });
+        }
+    });
+}
+
+/// Runs `f` holding the cache lock, with the cached segments.
+///
+/// While the lock is held no normal segment is unmapped: a segment leaves
+/// a heap only through [`release`], which takes the lock before it may
+/// unmap, and a cached one is unmapped only after it left the cache under
+/// the lock. So `f` may read the header of any segment it finds on a heap's
+/// segment list or in the cache (the heap walk, `walk.rs`), even one its
+/// owner has just unlinked (its `release` waits for the lock). Nor does any
+/// heap get a segment from the cache meanwhile ([`acquire`] waits); one it
+/// got before links it into its list without the lock, but [`acquire`]
+/// cleared its links under the lock, so `f` reads a null link or one into
+/// that heap's list, never a link left from the segment's last heap. `f`
+/// must not allocate: a slow path that needs a segment would wait for this
+/// lock.
+pub(crate) fn with_cache_held<R>(f: impl FnOnce(&[*mut Segment]) -> R) -> R {
     let c = CACHE.lock();
-    for &s in &c.slots[..c.len] {
-        // SAFETY: cached segments stay mapped while in the cache.
-        f(unsafe { &*s });
-    }
+    f(&c.slots[..c.len])
 }
 
 #[cfg(test)]

@@ -44,6 +44,26 @@ pub struct Stats {
     pub os_mapped_bytes: u64,
     /// Highest `os_mapped_bytes` so far.
     pub os_mapped_peak_bytes: u64,
+    // The fields below come from a heap walk (`heapkeep::walk`), not from
+    // the counters: exact when other threads are quiet, a snapshot over a
+    // few microseconds per segment otherwise.
+    /// Bytes of heap memory held from the OS: every segment (in a thread's
+    /// heap, cached, the sampled guard's) and every huge block's mapping
+    /// (live or cached). The rest of `os_mapped_bytes` is heapkeep's own
+    /// books (thread heaps, check mode's and the profile's tables).
+    pub held_bytes: u64,
+    /// Of `held_bytes`, resident in RAM now (`mincore`).
+    pub resident_bytes: u64,
+    /// Held bytes not in a block in use: free blocks, pages not carved yet,
+    /// free slices, cached segments and mappings, segment headers
+    /// (`held_bytes` minus the usable bytes of the blocks in use).
+    pub unused_bytes: u64,
+    /// Resident bytes not in a block in use (at least this many: a page
+    /// counts its resident bytes beyond the size of its blocks in use).
+    pub unused_resident_bytes: u64,
+    /// The largest run of free memory held: free slices of one segment, or
+    /// a cached huge mapping.
+    pub largest_free_run: u64,
 }
 
 /// Raw sums over all counters.
@@ -78,8 +98,10 @@ impl Sums {
     }
 }
 
-/// The current counts (see [`Stats`]). Allocation-free; safe from any thread,
-/// also from inside an allocator hook or a signal handler's parent thread.
+/// The current counts (see [`Stats`]). Allocation-free; safe from any
+/// thread. The counts take no lock; the heap-walk figures hold the segment
+/// cache's lock (and then the guard's and huge blocks') for the walk, so do
+/// not call it from a signal handler.
 pub fn stats() -> Stats {
     let mut s = Sums::default();
     s.add(&ORPHAN, false);
@@ -95,6 +117,7 @@ pub fn stats() -> Stats {
     // A heap's high point since its flush on top of the others' current
     // figures (see `counters.rs` for how exact).
     let peak = PEAK.load(Ordering::Relaxed).max(live as i64 + s.max_rise) as u64;
+    let w = crate::walk::totals();
     Stats {
         allocs: s.allocs.saturating_sub(s.moves),
         frees: s.frees.saturating_sub(s.moves),
@@ -106,6 +129,11 @@ pub fn stats() -> Stats {
         peak_live_bytes: peak,
         os_mapped_bytes: os::mapped_bytes() as u64,
         os_mapped_peak_bytes: os::mapped_peak_bytes() as u64,
+        held_bytes: w.held,
+        resident_bytes: w.resident,
+        unused_bytes: w.held.saturating_sub(w.in_use),
+        unused_resident_bytes: w.unused_resident,
+        largest_free_run: w.largest_free_run,
     }
 }
 

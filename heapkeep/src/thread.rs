@@ -214,11 +214,13 @@ pub(crate) fn global_init() -> bool {
     EXIT_KEY.store(key, Ordering::Relaxed);
     crate::check::init();
     crate::profile::init();
+    crate::map::init();
     INIT.store(READY, Ordering::Release);
     // After READY: registering may allocate (glibc), which must find us ready.
     os::register_fork_handlers(fork_prepare, fork_parent, fork_child);
     crate::check::start();
     crate::profile::start();
+    crate::map::start();
     true
 }
 

@@ -7,6 +7,13 @@
  * Statistics:
  *     heapkeep_stats_t s;
  *     heapkeep_stats(&s, sizeof s);
+ *
+ * Per size class (a heap walk):
+ *     heapkeep_class_stats_t c[128];
+ *     size_t n = heapkeep_class_stats(c, 128);
+ *
+ * A heap map snapshot (draw it with `heapkeep map --from FILE --out map.svg`):
+ *     heapkeep_write_snapshot("heap.txt");
  */
 
 #ifndef HEAPKEEP_H
@@ -74,6 +81,33 @@ typedef struct {
    Highest `os_mapped_bytes` so far.
    */
   uint64_t os_mapped_peak_bytes;
+  /*
+   Bytes of heap memory held from the OS: every segment (in a thread's
+   heap, cached, the sampled guard's) and every huge block's mapping
+   (live or cached). The rest of `os_mapped_bytes` is heapkeep's own
+   books (thread heaps, check mode's and the profile's tables).
+   */
+  uint64_t held_bytes;
+  /*
+   Of `held_bytes`, resident in RAM now (`mincore`).
+   */
+  uint64_t resident_bytes;
+  /*
+   Held bytes not in a block in use: free blocks, pages not carved yet,
+   free slices, cached segments and mappings, segment headers
+   (`held_bytes` minus the usable bytes of the blocks in use).
+   */
+  uint64_t unused_bytes;
+  /*
+   Resident bytes not in a block in use (at least this many: a page
+   counts its resident bytes beyond the size of its blocks in use).
+   */
+  uint64_t unused_resident_bytes;
+  /*
+   The largest run of free memory held: free slices of one segment, or
+   a cached huge mapping.
+   */
+  uint64_t largest_free_run;
 } heapkeep_stats_t;
 
 /*
@@ -119,6 +153,33 @@ typedef struct {
   int64_t net_bytes;
 } heapkeep_thread_stats_t;
 
+/*
+ Blocks of one size class, over all heaps (`heapkeep::class_stats()`).
+ */
+typedef struct {
+  /*
+   Usable bytes per block (the class size; coloured pages of classes
+   that are multiples of 1 KiB use a stride one cache line longer).
+   */
+  uint64_t block_size;
+  /*
+   Blocks in use (handed out, not freed).
+   */
+  uint64_t blocks_in_use;
+  /*
+   Blocks the class's pages hold when full.
+   */
+  uint64_t blocks_capacity;
+  /*
+   Pages of the class.
+   */
+  uint64_t pages;
+  /*
+   Bytes of those pages.
+   */
+  uint64_t page_bytes;
+} heapkeep_class_stats_t;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -144,6 +205,30 @@ size_t heapkeep_stats(heapkeep_stats_t *out, size_t size);
  `out` is valid for writes of `size` bytes (or null with `size` 0).
  */
 size_t heapkeep_thread_stats(heapkeep_thread_stats_t *out, size_t size);
+
+/*
+ Copies the figures of the first `n` size classes (`heapkeep_class_stats_t`,
+ indexed by class: block size, blocks in use, blocks the class's pages
+ hold, pages and their bytes, over all threads) into `out[0..n]`. Returns
+ the number of size classes (pass `out` null and `n` 0 to ask). From a
+ heap walk: exact when other threads are quiet. Never allocates; any
+ thread, but not from a signal handler.
+
+ # Safety
+ `out` is valid for writes of `n` elements (or null with `n` 0).
+ */
+size_t heapkeep_class_stats(heapkeep_class_stats_t *out, size_t n);
+
+/*
+ Writes a heap map snapshot to the file `path` now (`heapkeep map --from
+ FILE` draws it). Returns 1 when written, 0 otherwise (the reason is
+ printed on stderr). Never allocates; any thread, but not from a signal
+ handler (set `HEAPKEEP_MAP=signal` for snapshots on a signal).
+
+ # Safety
+ `path` is a NUL-terminated string.
+ */
+int heapkeep_write_snapshot(const char *path);
 
 /*
  Caps the memory heapkeep maps from the OS at `bytes` (0: no cap; also

@@ -21,7 +21,10 @@ use core::ffi::{c_int, c_void};
 use heapkeep::raw;
 
 mod report;
-pub use report::{heapkeep_stats, heapkeep_thread_stats, heapkeep_version};
+pub use report::{
+    heapkeep_class_stats, heapkeep_stats, heapkeep_thread_stats, heapkeep_version,
+    heapkeep_write_snapshot,
+};
 
 /// Alignment of every `malloc` block, as glibc gives (`alignof(max_align_t)`).
 const MIN_ALIGN: usize = 16;

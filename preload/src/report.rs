@@ -189,6 +189,42 @@ pub unsafe extern "C" fn heapkeep_thread_stats(
     full
 }
 
+/// Copies the figures of the first `n` size classes (`heapkeep_class_stats_t`,
+/// indexed by class: block size, blocks in use, blocks the class's pages
+/// hold, pages and their bytes, over all threads) into `out[0..n]`. Returns
+/// the number of size classes (pass `out` null and `n` 0 to ask). From a
+/// heap walk: exact when other threads are quiet. Never allocates; any
+/// thread, but not from a signal handler.
+///
+/// # Safety
+/// `out` is valid for writes of `n` elements (or null with `n` 0).
+#[no_mangle]
+pub unsafe extern "C" fn heapkeep_class_stats(out: *mut heapkeep::ClassStats, n: usize) -> usize {
+    let all = heapkeep::class_stats();
+    if !out.is_null() {
+        // SAFETY: `out` has room for `n` elements (caller); we copy no more
+        // than there are classes.
+        unsafe { core::ptr::copy_nonoverlapping(all.as_ptr(), out, n.min(all.len())) };
+    }
+    all.len()
+}
+
+/// Writes a heap map snapshot to the file `path` now (`heapkeep map --from
+/// FILE` draws it). Returns 1 when written, 0 otherwise (the reason is
+/// printed on stderr). Never allocates; any thread, but not from a signal
+/// handler (set `HEAPKEEP_MAP=signal` for snapshots on a signal).
+///
+/// # Safety
+/// `path` is a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn heapkeep_write_snapshot(path: *const c_char) -> core::ffi::c_int {
+    if path.is_null() {
+        return 0;
+    }
+    // SAFETY: a NUL-terminated string (caller).
+    heapkeep::write_snapshot(unsafe { CStr::from_ptr(path) }) as core::ffi::c_int
+}
+
 /// Caps the memory heapkeep maps from the OS at `bytes` (0: no cap; also
 /// set by the environment option `HEAPKEEP_MEMORY_CAP`, e.g. `512M`). Beyond
 /// the cap `malloc` and friends return NULL with `errno` ENOMEM. The cap

@@ -1,5 +1,5 @@
 //! heapkeep's options (check mode, the sampled guard, allocation-free
-//! regions, the memory cap, profiles): one table (name,
+//! regions, the memory cap, profiles, heap map snapshots): one table (name,
 //! environment variable, default, meaning), read once at start-up with
 //! `getenv` (which does not allocate). A value that does not parse is
 //! reported on stderr and the default is kept.
@@ -36,11 +36,18 @@ pub(crate) mod id {
     pub const MEMORY_CAP: usize = 10;
     pub const PROFILE: usize = 11;
     pub const PROFILE_RATE: usize = 12;
+    pub const MAP: usize = 13;
+    pub const MAP_SIGNAL: usize = 14;
+    pub const MAP_PEAK_STEP: usize = 15;
 }
 
 /// What an allocation inside `forbid_alloc` does (`HEAPKEEP_FORBID_ALLOC`),
 /// in [`crate::OnAlloc`] order.
 pub(crate) const FORBID_NAMES: [&[u8]; 3] = [b"abort", b"panic", b"log"];
+
+/// When heap map snapshots are written (`HEAPKEEP_MAP`), in `map::Mode`
+/// order (0 is also accepted for off).
+pub(crate) const MAP_NAMES: [&[u8]; 4] = [b"off", b"exit", b"peak", b"signal"];
 
 /// Leak report modes (`HEAPKEEP_CHECK_LEAKS`).
 pub(crate) const LEAKS_OFF: usize = 0;
@@ -131,10 +138,28 @@ pub const OPTIONS: &[CheckOption] = &[
         default: "512K",
         meaning: "profile: one sample per this many bytes allocated on average (suffix K, M or G); 1 records every allocation",
     },
+    CheckOption {
+        name: "map",
+        env: "HEAPKEEP_MAP",
+        default: "off",
+        meaning: "write a heap map snapshot (HEAPKEEP_MAP_OUT) at exit, at the peak of bytes in use, or on a signal: off, exit, peak or signal (heapkeep map sets it)",
+    },
+    CheckOption {
+        name: "map-signal",
+        env: "HEAPKEEP_MAP_SIGNAL",
+        default: "12",
+        meaning: "map: the signal that asks for a snapshot (default 12, SIGUSR2)",
+    },
+    CheckOption {
+        name: "map-peak-step",
+        env: "HEAPKEEP_MAP_PEAK_STEP",
+        default: "10",
+        meaning: "map: rewrite the peak snapshot when the peak of bytes in use grew by this many percent (1 to 1000)",
+    },
 ];
 
 /// Values read from the environment, in [`OPTIONS`] order.
-static VALUES: [AtomicUsize; 13] = [const { AtomicUsize::new(0) }; 13];
+static VALUES: [AtomicUsize; 16] = [const { AtomicUsize::new(0) }; 16];
 
 /// The value of option `i` (see [`id`]); read after [`read_all`].
 #[inline]
@@ -149,6 +174,13 @@ fn parse(i: usize, text: &[u8]) -> Option<usize> {
     }
     if i == id::FORBID_ALLOC {
         return FORBID_NAMES.iter().position(|n| *n == text);
+    }
+    if i == id::MAP {
+        return if text == b"0" {
+            Some(0)
+        } else {
+            MAP_NAMES.iter().position(|n| *n == text)
+        };
     }
     let mut text = text;
     let mut scale = 1usize;
@@ -179,6 +211,9 @@ fn parse(i: usize, text: &[u8]) -> Option<usize> {
         id::QUARANTINE_MB => v <= 1 << 20,
         id::REDZONE => (8..=4096).contains(&v),
         id::STACK_DEPTH => (1..=64).contains(&v),
+        // Signals a program may catch (not SIGKILL, SIGSEGV or SIGSTOP).
+        id::MAP_SIGNAL => (1..=64).contains(&v) && ![9, 11, 19].contains(&v),
+        id::MAP_PEAK_STEP => (1..=1000).contains(&v),
         _ => true,
     };
     ok.then_some(v)
@@ -233,5 +268,10 @@ mod tests {
         assert_eq!(parse(id::MEMORY_CAP, b"M"), None);
         assert_eq!(parse(id::QUARANTINE_MB, b"-1"), None);
         assert_eq!(parse(id::STACK_DEPTH, b"64"), Some(64));
+        assert_eq!(parse(id::MAP, b"peak"), Some(2));
+        assert_eq!(parse(id::MAP, b"0"), Some(0));
+        assert_eq!(parse(id::MAP, b"always"), None);
+        assert_eq!(parse(id::MAP_SIGNAL, b"9"), None);
+        assert_eq!(parse(id::MAP_PEAK_STEP, b"0"), None);
     }
 }

@@ -329,3 +329,55 @@ pub(crate) unsafe fn protect(p: *mut u8, len: usize, access: bool) {
     // SAFETY: forwarded from the caller.
     unsafe { libc::mprotect(p.cast(), len, prot) };
 }
+
+/// The OS page size (read once; `sysconf` does not allocate).
+fn os_page_size() -> usize {
+    static SIZE: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+    let s = SIZE.load(core::sync::atomic::Ordering::Relaxed);
+    if s != 0 {
+        return s;
+    }
+    // SAFETY: no preconditions.
+    let ps = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let ps = if ps > 0 { ps as usize } else { PAGE_SIZE };
+    SIZE.store(ps, core::sync::atomic::Ordering::Relaxed);
+    ps
+}
+
+/// Counts the resident bytes of `[p, p + len)` (`p` page-aligned) piece by
+/// piece: `out[i]` gains the resident bytes of the `i`-th run of `piece`
+/// bytes (`piece` a multiple of the page size). One `mincore` call per 1024
+/// pages, into a stack buffer. False when part of the range is not mapped
+/// (the counts are then partial).
+pub(crate) fn count_resident(p: *const u8, len: usize, piece: usize, out: &mut [usize]) -> bool {
+    const WINDOW: usize = 1024;
+    let ps = os_page_size();
+    debug_assert!(p as usize % ps == 0 && piece % ps == 0 && piece > 0);
+    let mut vec = [0u8; WINDOW];
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).div_ceil(ps).min(WINDOW);
+        // SAFETY: `mincore` only reads the page tables of the range and
+        // writes one byte per page into `vec`, which has room for `n`; an
+        // unmapped range makes it fail (ENOMEM), it never faults.
+        let rc = unsafe {
+            libc::mincore(
+                p.wrapping_add(off) as *mut libc::c_void,
+                (n * ps).min(len - off),
+                vec.as_mut_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            return false;
+        }
+        for (i, v) in vec[..n].iter().enumerate() {
+            if v & 1 != 0 {
+                if let Some(slot) = out.get_mut((off + i * ps) / piece) {
+                    *slot += ps;
+                }
+            }
+        }
+        off += n * ps;
+    }
+    true
+}

@@ -17,6 +17,8 @@
 //!   false when the neighbouring address space is taken.
 //! - `remap_aligned(ptr, old, new, align)`: move a mapping to a new `align`-aligned
 //!   address without copying its pages; null on failure (the old mapping is intact).
+//! - `count_resident(ptr, len, piece, out)`: how many bytes of each `piece` of
+//!   a range of ours are resident now (the heap walk's resident figures).
 //! - `now_ms()`: a cheap monotonic clock in milliseconds (coarse is fine).
 //! - `random_u64()`: a secret from the kernel's random source.
 //! - thread-exit and fork hooks; `write_fd` for messages and files without allocating;
