@@ -4,7 +4,7 @@
 //! The calling thread's heap counts everything the thread does (see
 //! `counters.rs`); a scope reads its counters before and after. The high
 //! point inside the scope comes from the counters' `hi` (the highest net
-//! figure since the last flush) and `scope_hi` (the highest `hi` seen at
+//! figure the slow paths saw since the last flush) and `scope_hi` (the highest `hi` seen at
 //! flushes since the scope began), so the fast paths do nothing extra.
 
 use core::sync::atomic::Ordering;
@@ -25,7 +25,11 @@ pub struct Measured {
     /// Usable bytes handed out (every allocation, and growth in place).
     pub bytes_allocated: u64,
     /// The highest bytes in use reached during the closure, above the bytes
-    /// in use when it started (0 if it never went above).
+    /// in use when it started (0 if it never went above). Seen by the
+    /// allocation slow paths and at the closure's end: a high point that
+    /// small blocks from the fast path reached and left again between two
+    /// slow paths can be missed by up to what the thread's pages had ready
+    /// (a few KiB in practice; see `Stats::peak_live_bytes`).
     pub peak_bytes: u64,
 }
 
