@@ -72,7 +72,7 @@ use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering
 use crate::check::options::{self, id};
 use crate::os;
 use crate::walk::{self, Item, Place, SpanKind, Totals};
-use crate::writer::Writer;
+use crate::writer::{self, Writer};
 
 /// When snapshots are written (`HEAPKEEP_MAP`; `MAP_NAMES` order).
 const MODE_OFF: usize = 0;
@@ -184,64 +184,21 @@ fn write_default(when: When) -> bool {
     let mut path = [0u8; 512];
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u32;
-    let Some(len) = out_path(&mut path, pid) else {
+    // Spare room for the ".tmp" of `<path>.tmp`.
+    let Some(len) = writer::output_path(
+        &mut path,
+        b"HEAPKEEP_MAP_OUT\0",
+        "map",
+        "txt",
+        pid,
+        PID.load(Ordering::Relaxed),
+        5,
+    ) else {
         return false;
     };
     // SAFETY: `out_path` NUL-terminated the path.
     let path = unsafe { CStr::from_bytes_with_nul_unchecked(&path[..=len]) };
     write_to(path, when)
-}
-
-/// The output path, NUL-terminated in `buf` (returns its length without
-/// the NUL): `HEAPKEEP_MAP_OUT` with `%p` replaced by `pid`, else
-/// `heapkeep-map.<program>.<pid>.txt`. None in a forked child when the
-/// path would be its parent's.
-fn out_path(buf: &mut [u8; 512], pid: u32) -> Option<usize> {
-    let mut w = Writer::buffer();
-    match os::getenv(b"HEAPKEEP_MAP_OUT\0").filter(|v| !v.is_empty()) {
-        Some(v) => {
-            if pid != PID.load(Ordering::Relaxed) && !v.windows(2).any(|x| x == b"%p") {
-                return None;
-            }
-            let mut rest = v;
-            while let Some(i) = rest.windows(2).position(|x| x == b"%p") {
-                w.b(&rest[..i]).d(pid as usize);
-                rest = &rest[i + 2..];
-            }
-            w.b(rest);
-        }
-        None => {
-            let mut exe = [0u8; 256];
-            let exe = program(&mut exe);
-            let base = exe.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1);
-            w.s("heapkeep-map.")
-                .b(&exe[base..])
-                .s(".")
-                .d(pid as usize)
-                .s(".txt");
-        }
-    }
-    let bytes = w.as_bytes();
-    // Room for ".tmp" and the NUL.
-    if bytes.len() + 5 >= buf.len() || w.room() == 0 {
-        return None;
-    }
-    buf[..bytes.len()].copy_from_slice(bytes);
-    buf[bytes.len()] = 0;
-    Some(bytes.len())
-}
-
-/// The program's path (`/proc/self/exe`), in `buf`.
-fn program(buf: &mut [u8; 256]) -> &[u8] {
-    // SAFETY: readlink writes at most `len - 1` bytes into our buffer.
-    let n = unsafe {
-        libc::readlink(
-            c"/proc/self/exe".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len() - 1,
-        )
-    };
-    &buf[..n.max(0) as usize]
 }
 
 /// Writes a snapshot of the heap now to `path` (through `<path>.tmp`,
@@ -370,7 +327,8 @@ fn write_snapshot_text(w: &mut Writer, when: When, s: &crate::Stats) {
     w.s("heapkeep-map 1\npid ").d(pid);
     w.s("\ncopy ").x(copy_id());
     w.s("\nheld ").d(s.held_bytes as usize);
-    w.s("\nprogram ").b(program(&mut exe));
+    let n = os::exe_path(&mut exe);
+    w.s("\nprogram ").b(&exe[..n]);
     w.s("\nwhen ").s(when.name()).s("\n");
     let mut t = Totals::default();
     walk::walk(|item| {

@@ -43,7 +43,7 @@ use crate::heap::{self, Heap};
 use crate::os;
 use crate::segment::{segment_of, Kind};
 use crate::sync::SpinLock;
-use crate::writer::Writer;
+use crate::writer::{self, Writer};
 
 /// Profiling is on (decided at start-up).
 static ON: AtomicBool = AtomicBool::new(false);
@@ -422,7 +422,15 @@ extern "C" fn at_exit() {
     let mut path = [0u8; 512];
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u32;
-    let Some(len) = out_path(&mut path, pid) else {
+    let Some(len) = writer::output_path(
+        &mut path,
+        b"HEAPKEEP_PROFILE_OUT\0",
+        "profile",
+        "json",
+        pid,
+        PID.load(Ordering::Relaxed),
+        0,
+    ) else {
         return;
     };
     let (st, now) = {
@@ -475,51 +483,6 @@ extern "C" fn at_exit() {
     // SAFETY: our descriptor.
     unsafe { libc::close(fd) };
     write_table(st, shown);
-}
-
-/// The output path, NUL-terminated in `buf`: `HEAPKEEP_PROFILE_OUT` with
-/// `%p` replaced by `pid`, else `heapkeep-profile.<program>.<pid>.json`.
-/// None in a forked child when the path would be its parent's.
-fn out_path(buf: &mut [u8; 512], pid: u32) -> Option<usize> {
-    let mut w = Writer::buffer();
-    match os::getenv(b"HEAPKEEP_PROFILE_OUT\0").filter(|v| !v.is_empty()) {
-        Some(v) => {
-            if pid != PID.load(Ordering::Relaxed) && !v.windows(2).any(|x| x == b"%p") {
-                return None;
-            }
-            let mut rest = v;
-            while let Some(i) = rest.windows(2).position(|x| x == b"%p") {
-                w.b(&rest[..i]).d(pid as usize);
-                rest = &rest[i + 2..];
-            }
-            w.b(rest);
-        }
-        None => {
-            let mut exe = [0u8; 256];
-            // SAFETY: readlink writes at most `len - 1` bytes into our buffer.
-            let n = unsafe {
-                libc::readlink(
-                    c"/proc/self/exe".as_ptr(),
-                    exe.as_mut_ptr().cast(),
-                    exe.len() - 1,
-                )
-            };
-            let exe = &exe[..n.max(0) as usize];
-            let base = exe.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1);
-            w.s("heapkeep-profile.")
-                .b(&exe[base..])
-                .s(".")
-                .d(pid as usize)
-                .s(".json");
-        }
-    }
-    let bytes = w.as_bytes();
-    if bytes.len() >= buf.len() {
-        return None;
-    }
-    buf[..bytes.len()].copy_from_slice(bytes);
-    buf[bytes.len()] = 0;
-    Some(bytes.len())
 }
 
 /// Writes `s` as the body of a JSON string (quotes, backslashes and control

@@ -112,6 +112,59 @@ impl Drop for Writer {
     }
 }
 
+/// The path of an output file (heap profile, heap map), NUL-terminated in
+/// `buf`; returns its length without the NUL. The environment option `var`
+/// (a NUL-terminated name) with every `%p` replaced by `pid`, else
+/// `heapkeep-<kind>.<program>.<pid>.<ext>` in the working directory. None
+/// when it would not fit with `spare` more bytes (and the NUL), and in a
+/// forked child (`pid` is not `first_pid`) when the option names a fixed
+/// path, which is its parent's.
+pub(crate) fn output_path(
+    buf: &mut [u8; 512],
+    var: &[u8],
+    kind: &str,
+    ext: &str,
+    pid: u32,
+    first_pid: u32,
+    spare: usize,
+) -> Option<usize> {
+    let mut w = Writer::buffer();
+    match os::getenv(var).filter(|v| !v.is_empty()) {
+        Some(v) => {
+            if pid != first_pid && !v.windows(2).any(|x| x == b"%p") {
+                return None;
+            }
+            let mut rest = v;
+            while let Some(i) = rest.windows(2).position(|x| x == b"%p") {
+                w.b(&rest[..i]).d(pid as usize);
+                rest = &rest[i + 2..];
+            }
+            w.b(rest);
+        }
+        None => {
+            let mut exe = [0u8; 256];
+            let n = os::exe_path(&mut exe);
+            let exe = &exe[..n];
+            let base = exe.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1);
+            w.s("heapkeep-")
+                .s(kind)
+                .s(".")
+                .b(&exe[base..])
+                .s(".")
+                .d(pid as usize)
+                .s(".")
+                .s(ext);
+        }
+    }
+    let bytes = w.as_bytes();
+    if bytes.len() + spare >= buf.len() || w.room() == 0 {
+        return None;
+    }
+    buf[..bytes.len()].copy_from_slice(bytes);
+    buf[bytes.len()] = 0;
+    Some(bytes.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -318,15 +318,7 @@ fn place_of(ip: usize) -> Option<Place> {
     p.file_len = copy(info.dli_fname, &mut p.file);
     if p.file_len == 0 {
         // The main program: dladdr reports an empty name.
-        // SAFETY: readlink writes at most `len - 1` bytes into our buffer.
-        let n = unsafe {
-            libc::readlink(
-                c"/proc/self/exe".as_ptr(),
-                p.file.as_mut_ptr().cast(),
-                p.file.len() - 1,
-            )
-        };
-        p.file_len = n.max(0) as usize;
+        p.file_len = os::exe_path(&mut p.file);
     }
     p.sym_len = copy(info.dli_sname, &mut p.sym);
     Some(p)

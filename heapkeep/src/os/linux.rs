@@ -198,6 +198,20 @@ unsafe fn remap_aligned_raw(p: *mut u8, old: usize, new: usize, align: usize) ->
     q.cast()
 }
 
+/// The program's path (`/proc/self/exe`) written into `buf`; its length
+/// (0 if it cannot be read; cut to `buf.len() - 1` bytes).
+pub(crate) fn exe_path(buf: &mut [u8]) -> usize {
+    // SAFETY: readlink writes at most `len - 1` bytes into our buffer.
+    let n = unsafe {
+        libc::readlink(
+            c"/proc/self/exe".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len().saturating_sub(1),
+        )
+    };
+    n.max(0) as usize
+}
+
 /// The calling thread's kernel id.
 pub(crate) fn thread_id() -> u32 {
     // SAFETY: gettid has no preconditions.
