@@ -132,8 +132,6 @@ pub(crate) fn spawn_and_wait_with(
     Ok((child.id(), ending))
 }
 
-/// Our exit status for a program that ended so: its own, or 128+N when
-/// killed by signal N.
 /// Runs `command` with the library preloaded and `env` added, passing its
 /// output through; returns its exit status as ours (`check`, `profile`).
 pub(crate) fn run_preloaded(
@@ -151,6 +149,8 @@ pub(crate) fn run_preloaded(
     Ok(exit_code(ending))
 }
 
+/// Our exit status for a program that ended so: its own, or 128+N when
+/// killed by signal N.
 pub(crate) fn exit_code(ending: Ending) -> ExitCode {
     match ending {
         Ending::Exited(c) => ExitCode::from(c as u8),
@@ -167,7 +167,8 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, String> {
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..])
         .env("LD_PRELOAD", preload_value(&lib))
-        .env("HEAPKEEP_REPORT", &prefix);
+        .env("HEAPKEEP_REPORT", &prefix)
+        .env("HEAPKEEP_STACKS", "1");
     let start = Instant::now();
     let (pid, ending) = spawn_and_wait(&mut cmd, &program)?;
     let wall = start.elapsed();

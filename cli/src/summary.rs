@@ -20,7 +20,30 @@ pub struct Report {
     pub os_mapped_bytes_at_exit: u64,
     pub os_mapped_peak_bytes: u64,
     pub stats_enabled: u64,
+    /// Threads whose stack depth was measured (listed in `stacks` or not).
+    #[serde(default)]
+    pub threads_measured: u64,
+    /// The deepest stacks, deepest first (at most 64).
+    #[serde(default)]
+    pub stacks: Vec<StackRow>,
 }
+
+/// How deep one thread's stack went (the report's `stacks` rows).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct StackRow {
+    pub thread_id: u64,
+    pub name: String,
+    /// Bytes from the top of the stack to the deepest page it touched.
+    pub peak_bytes: u64,
+    /// The stack's size (the main thread: its stack limit).
+    pub size_bytes: u64,
+    /// Still running at exit (else measured as it exited).
+    pub running: bool,
+    pub main: bool,
+}
+
+/// Stack rows the text summary shows (the JSON has them all).
+const STACK_LINES: usize = 8;
 
 /// How the program ended.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -121,6 +144,7 @@ pub fn text(s: &RunSummary) -> String {
                 bytes(r.os_mapped_peak_bytes),
                 bytes(r.os_mapped_bytes_at_exit)
             );
+            stack_lines(&mut o, r);
         }
         None => {
             let _ = writeln!(
@@ -138,6 +162,50 @@ pub fn text(s: &RunSummary) -> String {
         );
     }
     o
+}
+
+/// The stack lines: each listed thread's peak stack use against its size.
+fn stack_lines(o: &mut String, r: &Report) {
+    if r.stacks.is_empty() {
+        return;
+    }
+    let more = r.threads_measured.saturating_sub(STACK_LINES as u64);
+    let _ = writeln!(
+        o,
+        "heapkeep:   stacks {} thread(s) measured, deepest first{}",
+        r.threads_measured,
+        if more > 0 {
+            format!(" ({more} more in --json or shallower)")
+        } else {
+            String::new()
+        }
+    );
+    for t in r.stacks.iter().take(STACK_LINES) {
+        let who = if t.main {
+            format!("main thread {}", t.thread_id)
+        } else {
+            format!("thread {}", t.thread_id)
+        };
+        let name = if t.name.is_empty() {
+            String::new()
+        } else {
+            format!(" \"{}\"", t.name)
+        };
+        let pct = if t.size_bytes > 0 {
+            format!(
+                " ({:.0}%)",
+                t.peak_bytes as f64 * 100.0 / t.size_bytes as f64
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            o,
+            "heapkeep:     {who}{name}: peak {} of {}{pct}",
+            bytes(t.peak_bytes),
+            bytes(t.size_bytes)
+        );
+    }
 }
 
 #[cfg(test)]
@@ -193,6 +261,50 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("peak 8.00 MiB mapped; at exit 4.00 MiB"), "{t}");
+        assert!(!t.contains("stacks"), "{t}");
         assert!(t.lines().all(|l| l.starts_with("heapkeep: ")));
+    }
+
+    #[test]
+    fn summary_lists_stacks_deepest_first() {
+        let row = |id: u64, name: &str, peak: u64, main: bool| StackRow {
+            thread_id: id,
+            name: name.into(),
+            peak_bytes: peak,
+            size_bytes: 8 << 20,
+            running: main,
+            main,
+        };
+        let mut r = Report {
+            stats_enabled: 1,
+            threads_measured: 10,
+            stacks: vec![row(7, "main", 2 << 20, true)],
+            ..Report::default()
+        };
+        r.stacks
+            .extend((0..9).map(|i| row(100 + i, "", (9 - i) << 10, false)));
+        let s = RunSummary {
+            program: "prog",
+            ending: Ending::Exited(0),
+            wall_seconds: 1.0,
+            child_processes: 0,
+            heap: Some(&r),
+        };
+        let t = text(&s);
+        assert!(
+            t.contains("stacks 10 thread(s) measured, deepest first (2 more"),
+            "{t}"
+        );
+        assert!(
+            t.contains("main thread 7 \"main\": peak 2.00 MiB of 8.00 MiB (25%)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("thread 100: peak 9.00 KiB of 8.00 MiB (0%)"),
+            "{t}"
+        );
+        // Eight rows: the main thread and seven of the nine others.
+        assert_eq!(t.matches(": peak ").count(), 8, "{t}");
+        assert!(!t.contains("thread 107"), "{t}");
     }
 }

@@ -121,6 +121,8 @@ pub(crate) struct Heap {
     /// Bytes the slow path made available to the fast path since the last
     /// profile sample (`profile.rs`).
     pub(crate) profile_due: usize,
+    /// Where this heap's thread has its stack (`stacks.rs`).
+    pub(crate) stack: crate::stacks::ThreadStack,
 }
 
 impl Heap {
@@ -149,6 +151,7 @@ impl Heap {
             counters: Counters::new(),
             sample_left: 0,
             profile_due: 0,
+            stack: crate::stacks::ThreadStack::new(),
         }
     }
 }

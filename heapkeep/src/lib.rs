@@ -74,6 +74,8 @@ mod segment;
 #[cfg(feature = "os")]
 mod size_class;
 #[cfg(feature = "os")]
+mod stacks;
+#[cfg(feature = "os")]
 mod stats;
 #[cfg(feature = "os")]
 mod sync;
@@ -94,6 +96,8 @@ pub use forbid::{
 pub use map::write_snapshot;
 #[cfg(feature = "os")]
 pub use measure::{measure, Measured};
+#[cfg(feature = "os")]
+pub use stacks::{stack_peaks, StackPeak, StackPeaks};
 #[cfg(feature = "os")]
 pub use stats::{for_each_thread, stats, thread_stats, Stats, ThreadStats};
 #[cfg(feature = "os")]

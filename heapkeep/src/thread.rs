@@ -215,6 +215,7 @@ pub(crate) fn global_init() -> bool {
     crate::check::init();
     crate::profile::init();
     crate::map::init();
+    crate::stacks::init();
     INIT.store(READY, Ordering::Release);
     // After READY: registering may allocate (glibc), which must find us ready.
     os::register_fork_handlers(fork_prepare, fork_parent, fork_child);
@@ -251,6 +252,9 @@ pub(crate) fn init_current() -> *mut Heap {
     os::set_thread_value(EXIT_KEY.load(Ordering::Relaxed), heap.cast());
     // SAFETY: this thread runs `heap` from now on; heaps are never freed.
     unsafe { (*heap).counters.start_thread(os::thread_id()) };
+    if crate::stacks::on() {
+        crate::stacks::begin_thread(heap);
+    }
     heap
 }
 
@@ -331,6 +335,9 @@ unsafe extern "C" fn thread_exit(value: *mut libc::c_void) {
         return;
     }
     slot::set(EMPTY_HEAP.0.get());
+    if crate::stacks::on() {
+        crate::stacks::end_thread(heap);
+    }
     // SAFETY: the exiting thread ran `heap` and stopped running it just now.
     unsafe {
         (*heap).counters.end_thread();
@@ -391,6 +398,9 @@ unsafe extern "C" fn fork_child() {
             }
         }
     });
+    if crate::stacks::on() {
+        crate::stacks::fork_child(me);
+    }
 }
 
 /// When the next sweep of retired heaps may run (ms).

@@ -52,8 +52,33 @@ impl<const N: usize> core::fmt::Write for Buf<N> {
     }
 }
 
-/// Formats the report of `s` for process `pid` as one line of JSON.
-fn format_report(s: &heapkeep::Stats, pid: u64, out: &mut Buf<1024>) {
+/// Size of the report buffer: the counts and up to 64 stack rows of at
+/// most ~190 bytes each.
+const REPORT_MAX: usize = 16 * 1024;
+
+/// Appends `s` as a JSON string (quoted, escaped).
+fn push_json_str<const N: usize>(out: &mut Buf<N>, s: &str) {
+    out.push(b"\"");
+    for c in s.bytes() {
+        match c {
+            b'"' | b'\\' => out.push(&[b'\\', c]),
+            0..=0x1f => {
+                let _ = core::fmt::Write::write_fmt(out, format_args!("\\u{c:04x}"));
+            }
+            _ => out.push(&[c]),
+        }
+    }
+    out.push(b"\"");
+}
+
+/// Formats the report of `s` and `stacks` for process `pid` as one line of
+/// JSON.
+fn format_report(
+    s: &heapkeep::Stats,
+    stacks: &heapkeep::StackPeaks,
+    pid: u64,
+    out: &mut Buf<REPORT_MAX>,
+) {
     let fields: [(&[u8], u64); 12] = [
         (b"pid", pid),
         (b"allocs", s.allocs),
@@ -78,7 +103,33 @@ fn format_report(s: &heapkeep::Stats, pid: u64, out: &mut Buf<1024>) {
         out.push(b"\":");
         out.push_u64(*v);
     }
-    out.push(b"}\n");
+    out.push(b",\"threads_measured\":");
+    out.push_u64(stacks.threads as u64);
+    out.push(b",\"stacks\":[");
+    for (i, p) in stacks.deepest().iter().enumerate() {
+        if i > 0 {
+            out.push(b",");
+        }
+        out.push(b"{\"thread_id\":");
+        out.push_u64(p.thread_id.into());
+        out.push(b",\"name\":");
+        push_json_str(out, p.name());
+        out.push(b",\"peak_bytes\":");
+        out.push_u64(p.peak_bytes as u64);
+        out.push(b",\"size_bytes\":");
+        out.push_u64(p.size_bytes as u64);
+        out.push(if p.running {
+            b",\"running\":true".as_slice()
+        } else {
+            b",\"running\":false"
+        });
+        out.push(if p.main {
+            b",\"main\":true}".as_slice()
+        } else {
+            b",\"main\":false}"
+        });
+    }
+    out.push(b"]}\n");
 }
 
 /// Writes the exit report if `HEAPKEEP_REPORT` is set.
@@ -111,8 +162,9 @@ extern "C" fn write_exit_report() {
     if heapkeep::STATS_ENABLED && stats.allocs == 0 && stats.frees == 0 && stats.reallocs == 0 {
         return;
     }
-    let mut json = Buf::<1024>::new();
-    format_report(&stats, pid, &mut json);
+    let stacks = heapkeep::stack_peaks();
+    let mut json = Buf::<REPORT_MAX>::new();
+    format_report(&stats, &stacks, pid, &mut json);
     // SAFETY: `path` is NUL-terminated; the fd is ours until closed.
     unsafe {
         let fd = libc::open(
@@ -256,12 +308,19 @@ mod tests {
         let mut s = heapkeep::stats();
         s.allocs = 12;
         s.peak_live_bytes = 18_446_744_073_709_551_615;
-        let mut b = Buf::<1024>::new();
-        format_report(&s, 42, &mut b);
+        let mut b = Buf::<REPORT_MAX>::new();
+        format_report(&s, &heapkeep::stack_peaks(), 42, &mut b);
         let text = core::str::from_utf8(&b.data[..b.len]).unwrap();
         assert!(text.starts_with("{\"pid\":42,\"allocs\":12,"), "{text}");
         assert!(text.contains("\"peak_live_bytes\":18446744073709551615,"));
-        assert!(text.ends_with("}\n"));
+        assert!(text.ends_with(",\"stacks\":[]}\n"), "{text}");
+    }
+
+    #[test]
+    fn names_are_escaped() {
+        let mut b = Buf::<64>::new();
+        push_json_str(&mut b, "a\"b\\c\n");
+        assert_eq!(&b.data[..b.len], b"\"a\\\"b\\\\c\\u000a\"");
     }
 
     #[test]

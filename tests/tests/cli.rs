@@ -149,3 +149,70 @@ fn check_mode_counts_the_programs_own_calls() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok 2\n", "{err}");
     assert!(!err.contains("heapkeep:"), "{err}");
 }
+
+/// `run` gives each thread's peak stack use against its stack's size:
+/// tests/c/stacks.c sends threads to known depths (16 KiB frames, so the
+/// deepest touched page is within a frame of the asked depth), including a
+/// thread that gets the cached stack of one that went deep before it.
+#[test]
+fn run_measures_how_deep_each_stack_went() {
+    let dir = tempdir();
+    let exe = dir.join("stacks");
+    compile_c("cc", "stacks.c", &exe, &["-O1", "-pthread"], &[]);
+    let path = dir.join("stacks.json");
+    let out = heapkeep(&[
+        "run",
+        "--json",
+        path.to_str().unwrap(),
+        "--",
+        exe.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // glibc gave `second` the stack `first` used: the figure below is only
+    // meaningful then.
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "reused 1\n");
+    let v = json(&path);
+    assert_eq!(num(&v, "threads_measured"), 5, "{v}");
+    let rows = v["stacks"].as_array().expect("stacks listed");
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no row for {name}: {v}"))
+    };
+    const K: u64 = 1024;
+    // (name, asked depth, stack size); the top of a thread's stack also
+    // holds glibc's thread descriptor and TLS, and the main thread's its
+    // arguments and environment: allow 64 KiB above the asked depth.
+    let main_name = exe.file_name().unwrap().to_str().unwrap();
+    for (name, depth, size) in [
+        ("deep", 1024 * K, Some(4096 * K)),
+        ("shallow", 64 * K, Some(2048 * K)),
+        ("first", 768 * K, Some(1024 * K)),
+        ("second", 32 * K, Some(1024 * K)),
+        (main_name, 512 * K, None),
+    ] {
+        let r = row(name);
+        let peak = num(r, "peak_bytes");
+        assert!(
+            peak >= depth && peak <= depth + 64 * K,
+            "{name}: peak {peak} for a depth of {depth}: {r}"
+        );
+        if let Some(size) = size {
+            assert_eq!(num(r, "size_bytes"), size, "{r}");
+            assert_eq!(r["running"], false, "{r}");
+            assert_eq!(r["main"], false, "{r}");
+        } else {
+            assert!(num(r, "size_bytes") >= 512 * K, "{r}");
+            assert_eq!(r["main"], true, "{r}");
+        }
+    }
+    // Deepest first, in the JSON and in the text summary.
+    let peaks: Vec<u64> = rows.iter().map(|r| num(r, "peak_bytes")).collect();
+    assert!(peaks.windows(2).all(|w| w[0] >= w[1]), "{peaks:?}");
+    assert!(err.contains("stacks 5 thread(s) measured"), "{err}");
+    let deep_line = err.find("\"deep\": peak 1.").expect("deep thread's line");
+    let second_line = err.find("\"second\": peak ").expect("second's line");
+    assert!(deep_line < second_line, "{err}");
+    assert!(err.contains("of 4.00 MiB"), "{err}");
+}

@@ -145,7 +145,7 @@ fn stack_fault(addr: usize, sp: usize) -> Option<Error> {
         .s("thread ")
         .d(super::this_thread() as usize)
         .s(" overflowed its stack");
-    if let Some((lo, hi)) = super::maps::near(addr, true) {
+    if let Some((lo, hi)) = crate::os::maps::near(addr, true) {
         // The stack is the mapping right above the guard it ran into; the
         // main thread's may still grow to its limit.
         let mut size = hi - lo;

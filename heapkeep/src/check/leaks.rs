@@ -13,8 +13,9 @@ use core::ptr;
 
 use super::stack::{self, Frames};
 use super::table::{FREED, LARGE, LIVE};
-use super::{check_freed, check_redzones, maps, options, report, Error, State, STATE};
+use super::{check_freed, check_redzones, options, report, Error, State, STATE};
 use crate::os;
+use crate::os::maps;
 use crate::writer::Writer;
 use options::id;
 

@@ -26,7 +26,6 @@
 
 mod fault;
 mod leaks;
-mod maps;
 pub(crate) mod options;
 pub(crate) mod stack;
 pub(crate) mod table;
@@ -204,7 +203,7 @@ fn this_thread() -> u32 {
             fault::setup_thread();
             let local = 0u8;
             let here = core::hint::black_box(&local) as *const u8 as usize;
-            if let Some((_, hi)) = maps::near(here, false) {
+            if let Some((_, hi)) = os::maps::near(here, false) {
                 t.stack_top.set(hi);
             }
             t.busy.set(false);
@@ -264,7 +263,7 @@ pub(crate) fn capture_fast(frames: &mut Frames, depth: usize, marker: usize) {
             let local = 0u8;
             let here = core::hint::black_box(&local) as *const u8 as usize;
             t.stack_top
-                .set(maps::near(here, false).map_or(usize::MAX, |(_, hi)| hi));
+                .set(os::maps::near(here, false).map_or(usize::MAX, |(_, hi)| hi));
         }
         let top = t.stack_top.get();
         top != usize::MAX && unwind::walk(frames, depth, marker, top)

@@ -1,5 +1,5 @@
 //! heapkeep's options (check mode, the sampled guard, allocation-free
-//! regions, the memory cap, profiles, heap map snapshots): one table (name,
+//! regions, the memory cap, profiles, heap map snapshots, stack depths): one table (name,
 //! environment variable, default, meaning), read once at start-up with
 //! `getenv` (which does not allocate). A value that does not parse is
 //! reported on stderr and the default is kept.
@@ -39,6 +39,7 @@ pub(crate) mod id {
     pub const MAP: usize = 13;
     pub const MAP_SIGNAL: usize = 14;
     pub const MAP_PEAK_STEP: usize = 15;
+    pub const STACKS: usize = 16;
 }
 
 /// What an allocation inside `forbid_alloc` does (`HEAPKEEP_FORBID_ALLOC`),
@@ -156,10 +157,16 @@ pub const OPTIONS: &[CheckOption] = &[
         default: "10",
         meaning: "map: rewrite the peak snapshot when the peak of bytes in use grew by this many percent (1 to 1000)",
     },
+    CheckOption {
+        name: "stacks",
+        env: "HEAPKEEP_STACKS",
+        default: "0",
+        meaning: "1: measure how deep each thread's stack went (heapkeep run sets it; one /proc/self/maps read per thread)",
+    },
 ];
 
 /// Values read from the environment, in [`OPTIONS`] order.
-static VALUES: [AtomicUsize; 16] = [const { AtomicUsize::new(0) }; 16];
+static VALUES: [AtomicUsize; 17] = [const { AtomicUsize::new(0) }; 17];
 
 /// The value of option `i` (see [`id`]); read after [`read_all`].
 #[inline]
@@ -204,7 +211,7 @@ fn parse(i: usize, text: &[u8]) -> Option<usize> {
         .fold(0usize, |v, d| v * 10 + usize::from(d - b'0'))
         .checked_mul(scale)?;
     let ok = match i {
-        id::CHECK | id::KEEP_GOING | id::SYMBOLIZE | id::PROFILE => v <= 1,
+        id::CHECK | id::KEEP_GOING | id::SYMBOLIZE | id::PROFILE | id::STACKS => v <= 1,
         id::PROFILE_RATE => v >= 1,
         id::LEAKS => v <= 1,
         id::LEAK_EXIT_CODE => v <= 255,

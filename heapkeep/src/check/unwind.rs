@@ -264,7 +264,8 @@ pub(super) fn walk(frames: &mut Frames, depth: usize, marker: usize, stack_top: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::{maps, stack};
+    use crate::check::stack;
+    use crate::os::maps;
 
     /// Captures the same stack with the platform unwinder and with `walk`.
     #[inline(never)]

@@ -358,15 +358,14 @@ fn os_page_size() -> usize {
     ps
 }
 
-/// Counts the resident bytes of `[p, p + len)` (`p` page-aligned) piece by
-/// piece: `out[i]` gains the resident bytes of the `i`-th run of `piece`
-/// bytes (`piece` a multiple of the page size). One `mincore` call per 1024
-/// pages, into a stack buffer. False when part of the range is not mapped
-/// (the counts are then partial).
-pub(crate) fn count_resident(p: *const u8, len: usize, piece: usize, out: &mut [usize]) -> bool {
+/// Calls `f(offset)` for each resident page of `[p, p + len)` (`p`
+/// page-aligned), in address order, until `f` says stop (false). One
+/// `mincore` call per 1024 pages, into a stack buffer. False when part of
+/// the range is not mapped (the pages before it were seen).
+fn each_resident_page(p: *const u8, len: usize, mut f: impl FnMut(usize) -> bool) -> bool {
     const WINDOW: usize = 1024;
     let ps = os_page_size();
-    debug_assert!(p as usize % ps == 0 && piece % ps == 0 && piece > 0);
+    debug_assert!(p as usize % ps == 0);
     let mut vec = [0u8; WINDOW];
     let mut off = 0;
     while off < len {
@@ -385,13 +384,113 @@ pub(crate) fn count_resident(p: *const u8, len: usize, piece: usize, out: &mut [
             return false;
         }
         for (i, v) in vec[..n].iter().enumerate() {
-            if v & 1 != 0 {
-                if let Some(slot) = out.get_mut((off + i * ps) / piece) {
-                    *slot += ps;
-                }
+            if v & 1 != 0 && !f(off + i * ps) {
+                return true;
             }
         }
         off += n * ps;
     }
     true
+}
+
+/// Counts the resident bytes of `[p, p + len)` (`p` page-aligned) piece by
+/// piece: `out[i]` gains the resident bytes of the `i`-th run of `piece`
+/// bytes (`piece` a multiple of the page size). False when part of the
+/// range is not mapped (the counts are then partial).
+pub(crate) fn count_resident(p: *const u8, len: usize, piece: usize, out: &mut [usize]) -> bool {
+    let ps = os_page_size();
+    debug_assert!(piece % ps == 0 && piece > 0);
+    each_resident_page(p, len, |off| {
+        if let Some(slot) = out.get_mut(off / piece) {
+            *slot += ps;
+        }
+        true
+    })
+}
+
+/// The offset of the lowest resident page of `[p, p + len)` (`p`
+/// page-aligned): `None` when no page is resident or part of the range is
+/// not mapped.
+pub(crate) fn lowest_resident(p: *const u8, len: usize) -> Option<usize> {
+    let mut lowest = None;
+    let mapped = each_resident_page(p, len, |off| {
+        lowest = Some(off);
+        false
+    });
+    lowest.filter(|_| mapped)
+}
+
+/// Asks the kernel never to back `[lo, hi)` (a thread's stack) with huge
+/// pages, so that its resident pages are the ones it touched (`stacks.rs`).
+pub(crate) fn no_huge_pages(lo: usize, hi: usize) {
+    // SAFETY: MADV_NOHUGEPAGE only changes how future faults of the range
+    // are served; its contents stay as they are.
+    unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_NOHUGEPAGE) };
+}
+
+/// Whether the calling thread runs on its alternate signal stack now.
+pub(crate) fn on_signal_stack() -> bool {
+    // SAFETY: stack_t is plain data (a pointer, an int, a size): all zero
+    // is a valid value.
+    let mut old: libc::stack_t = unsafe { core::mem::zeroed() };
+    // SAFETY: with a null new stack, sigaltstack only fills `old`.
+    let rc = unsafe { libc::sigaltstack(core::ptr::null(), &mut old) };
+    rc == 0 && old.ss_flags & libc::SS_ONSTACK != 0
+}
+
+/// The main thread's stack limit (`RLIMIT_STACK`'s soft value), or `None`
+/// when unlimited.
+pub(crate) fn main_stack_limit() -> Option<usize> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut r) };
+    (rc == 0 && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur as usize)
+}
+
+/// Reads thread `tid`'s name (`/proc/self/task/<tid>/comm`) into `out`
+/// (NUL-padded); returns its length (0 when it cannot be read).
+pub(crate) fn thread_name(tid: u32, out: &mut [u8; 16]) -> usize {
+    let mut path = [0u8; 40];
+    let prefix = b"/proc/self/task/";
+    path[..prefix.len()].copy_from_slice(prefix);
+    let mut len = prefix.len();
+    let mut digits = [0u8; 10];
+    let mut n = 0;
+    let mut t = tid;
+    loop {
+        digits[n] = b'0' + (t % 10) as u8;
+        n += 1;
+        t /= 10;
+        if t == 0 {
+            break;
+        }
+    }
+    for d in digits[..n].iter().rev() {
+        path[len] = *d;
+        len += 1;
+    }
+    path[len..len + 5].copy_from_slice(b"/comm");
+    // `path` stays NUL-terminated: it has room to spare.
+    *out = [0; 16];
+    // SAFETY: plain system calls on a NUL-terminated path, our own
+    // descriptor and buffer.
+    let got = unsafe {
+        let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return 0;
+        }
+        let got = libc::read(fd, out.as_mut_ptr().cast(), out.len());
+        libc::close(fd);
+        got
+    };
+    let mut got = got.max(0) as usize;
+    // The kernel ends the name with a newline.
+    while got > 0 && (out[got - 1] == b'\n' || out[got - 1] == 0) {
+        got -= 1;
+        out[got] = 0;
+    }
+    got
 }

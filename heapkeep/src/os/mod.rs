@@ -32,6 +32,8 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
+pub(crate) mod maps;
+#[cfg(target_os = "linux")]
 pub(crate) use linux::*;
 
 /// Bytes currently mapped from the OS by heapkeep (all mappings, resident or not).

@@ -1,15 +1,17 @@
 //! The process's memory mappings, read from `/proc/self/maps` without
-//! allocating (the fault handler and the leak scan use them).
+//! allocating (check mode's fault handler and leak scan, and the stack
+//! measurements of `stacks.rs`, use them).
 
-/// One mapping: `[lo, hi)`, whether it is readable and writable, and
-/// whether it is anonymous memory (no file; `[stack]`, `[heap]` and named
-/// anonymous mappings count as anonymous).
+/// One mapping: `[lo, hi)`, whether it is readable and writable, whether it is anonymous memory (no
+/// file; `[stack]`, `[heap]` and named anonymous mappings count as
+/// anonymous), and whether it is the main thread's stack (`[stack]`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Mapping {
     pub(crate) lo: usize,
     pub(crate) hi: usize,
     pub(crate) rw: bool,
     pub(crate) anon: bool,
+    pub(crate) main_stack: bool,
 }
 
 /// Calls `f` on every mapping, in address order.
@@ -50,21 +52,32 @@ pub(crate) fn for_each(mut f: impl FnMut(Mapping)) {
     unsafe { libc::close(fd) };
 }
 
-/// The mapping holding `addr`, or (`above`) the lowest one starting above
-/// it: for a stack overflow, the stack right above the guard it hit.
-pub(crate) fn near(addr: usize, above: bool) -> Option<(usize, usize)> {
-    let mut best = None;
+/// The first mapping (in address order) that `fits`.
+fn first(fits: impl Fn(&Mapping) -> bool) -> Option<Mapping> {
+    let mut found = None;
     for_each(|m| {
-        let fits = if above {
-            m.lo > addr
-        } else {
-            m.lo <= addr && addr < m.hi
-        };
-        if fits && best.is_none() {
-            best = Some((m.lo, m.hi));
+        if found.is_none() && fits(&m) {
+            found = Some(m);
         }
     });
-    best
+    found
+}
+
+/// The mapping holding `addr`.
+pub(crate) fn holding(addr: usize) -> Option<Mapping> {
+    first(|m| m.lo <= addr && addr < m.hi)
+}
+
+/// The bounds of the mapping holding `addr`, or (`above`) the lowest one
+/// starting above it: for a stack overflow, the stack right above the guard
+/// it hit.
+pub(crate) fn near(addr: usize, above: bool) -> Option<(usize, usize)> {
+    let m = if above {
+        first(|m| m.lo > addr)
+    } else {
+        holding(addr)
+    };
+    m.map(|m| (m.lo, m.hi))
 }
 
 /// Parses `lo-hi perms offset dev inode [path]`.
@@ -86,6 +99,7 @@ fn parse(line: &[u8]) -> Option<Mapping> {
         hi: hex(&range[dash + 1..])?,
         rw: perms.starts_with(b"rw"),
         anon: path.is_none_or(|p| p.starts_with(b"[")),
+        main_stack: path == Some(b"[stack]"),
     })
 }
 
@@ -100,10 +114,17 @@ mod tests {
         let m = parse(b"5500-5600 r-xp 00001000 08:01 123   /usr/bin/x").unwrap();
         assert!(!m.rw && !m.anon);
         let m = parse(b"7ffc-7ffd rw-p 00000000 00:00 0   [stack]").unwrap();
-        assert!(m.anon);
+        assert!(m.anon && m.main_stack);
+        assert!(
+            !parse(b"7ffc-7ffd rw-p 00000000 00:00 0   [heap]")
+                .unwrap()
+                .main_stack
+        );
         let local = 5u64;
         let here = &local as *const u64 as usize;
         let (lo, hi) = near(here, false).expect("the stack is mapped");
         assert!(lo <= here && here < hi);
+        let m = holding(here).expect("the stack is mapped");
+        assert_eq!((m.lo, m.hi), (lo, hi));
     }
 }
