@@ -264,3 +264,117 @@ fn a_rust_program_profiles_itself_with_the_environment_option() {
         "{frame}"
     );
 }
+
+/// valgrind's DHAT viewer (`dh_view.html`; the `valgrind` package has it).
+fn dh_view() -> PathBuf {
+    let candidates = [
+        std::env::var_os("HEAPKEEP_DH_VIEW").map(PathBuf::from),
+        Some(PathBuf::from("/usr/libexec/valgrind/dh_view.html")),
+        Some(PathBuf::from(
+            "/usr/lib/x86_64-linux-gnu/valgrind/dh_view.html",
+        )),
+        Some(PathBuf::from("/usr/lib/valgrind/dh_view.html")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .expect("dh_view.html not found: install valgrind (.ci/run does) or set HEAPKEEP_DH_VIEW")
+}
+
+/// tests/dhview with its node modules (jsdom) installed from the lock file.
+fn dhview_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = workspace().join("tests").join("dhview");
+        if !dir.join("node_modules").join("jsdom").is_dir() {
+            let status = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&dir)
+                .status()
+                .expect("run npm (install nodejs and npm; .ci/run does)");
+            assert!(status.success(), "npm ci in {} failed", dir.display());
+        }
+        dir
+    })
+}
+
+/// The first program point under the root in the tree the viewer shows.
+fn first_child(view: &str) -> &str {
+    let start = view
+        .find("PP 1.1/")
+        .unwrap_or_else(|| panic!("no PP 1.1 in\n{view}"));
+    let rest = &view[start..];
+    let end = rest.find("PP 1.2/").unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// Opens `file` in dh_view.html (jsdom, tests/dhview/load.js) and checks
+/// that the page reports no error and shows, for each sort metric, the
+/// expected site first under the root.
+fn open_in_dh_view(file: &Path, metrics: &[(&str, &str)]) {
+    let out = Command::new("node")
+        .arg(dhview_dir().join("load.js"))
+        .arg(dh_view())
+        .arg(file)
+        .args(metrics.iter().map(|m| m.0))
+        .output()
+        .expect("run node (install nodejs; .ci/run does)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "load.js failed: {err}");
+    let page: Value = serde_json::from_slice(&out.stdout).expect("load.js prints JSON");
+    assert_eq!(
+        page["errors"],
+        serde_json::json!([]),
+        "the viewer reported errors"
+    );
+    let title = page["title"].as_str().unwrap();
+    let name = file.file_name().unwrap().to_str().unwrap();
+    assert!(
+        title.starts_with(&format!("DHAT Viewer - {name}")),
+        "{title}"
+    );
+    for (metric, site) in metrics {
+        let view = page["views"][metric].as_str().unwrap();
+        assert!(view.contains("Mode:    heapkeep"), "{view}");
+        assert!(
+            view.contains("t-gmax:") && view.contains("t-end:"),
+            "{view}"
+        );
+        let top = first_child(view);
+        assert!(
+            top.contains(site) && top.contains("top.c:"),
+            "{metric}: the top site is not {site}:\n{top}"
+        );
+    }
+}
+
+/// The profile opens in the real DHAT viewer: dh_view.html and its script,
+/// run in jsdom, load the file through the page's own file input, report
+/// no error, and show the sites the program was built to have at the top
+/// of the tree for each sort metric: at the default sampling rate (the
+/// 200 KB leak gets less than one sample there, so only the big site is
+/// asked for) and with every allocation recorded.
+#[test]
+fn the_profile_opens_in_dh_view_with_the_right_top_sites() {
+    let dir = scratch("dhview");
+    let exe = top_program().to_str().unwrap();
+    profile(&["--out", "default.json", "--", exe], &dir);
+    open_in_dh_view(
+        &dir.join("default.json"),
+        &[
+            ("Total (bytes)", "big_site ("),
+            ("At t-gmax (bytes)", "big_site ("),
+        ],
+    );
+    profile(&["--every", "--out", "every.json", "--", exe], &dir);
+    open_in_dh_view(
+        &dir.join("every.json"),
+        &[
+            ("Total (bytes)", "big_site ("),
+            ("Total (blocks)", "big_site ("),
+            ("At t-gmax (bytes)", "big_site ("),
+            ("At t-end (bytes)", "leaky_site ("),
+        ],
+    );
+}
