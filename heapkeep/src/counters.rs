@@ -268,14 +268,17 @@ impl Counters {
         if !ENABLED {
             return;
         }
+        let r = Ordering::Relaxed;
+        let mut out = self.out.load(r);
         if bytes < SLOW_PACK_MAX {
-            bump(&self.out, out_unit(bytes, size));
+            out = out.wrapping_add(out_unit(bytes, size));
+            self.out.store(out, r);
         } else {
             bump(&self.allocs, 1);
             bump(&self.requested, size as u64);
             bump(&self.bytes_out, bytes as u64);
         }
-        self.upkeep();
+        self.upkeep_with(out, self.inn.load(r));
     }
 
     /// Counts a free of the slow paths (any size), then
@@ -284,27 +287,43 @@ impl Counters {
         if !ENABLED {
             return;
         }
+        let r = Ordering::Relaxed;
+        let mut inn = self.inn.load(r);
         if bytes < SLOW_PACK_MAX {
-            bump(&self.inn, in_unit(bytes));
+            inn = inn.wrapping_add(in_unit(bytes));
+            self.inn.store(inn, r);
         } else {
             bump(&self.frees, 1);
             bump(&self.bytes_in, bytes as u64);
         }
-        self.upkeep();
+        self.upkeep_with(self.out.load(r), inn);
     }
 
     /// Slow-path care: drains packed words whose fields are half full,
     /// raises `hi`, and flushes when the net figure moved [`FLUSH_BYTES`]
     /// from the last flush. Owner thread only.
     pub(crate) fn upkeep(&self) {
-        if !ENABLED {
-            return;
+        if ENABLED {
+            let r = Ordering::Relaxed;
+            self.upkeep_with(self.out.load(r), self.inn.load(r));
         }
+    }
+
+    /// [`Counters::upkeep`] with the packed words as they are now (the
+    /// caller just read or wrote them: the atomics are not loaded twice).
+    #[inline(always)]
+    fn upkeep_with(&self, out: u64, inn: u64) {
         let r = Ordering::Relaxed;
-        if self.out.load(r) & OUT_HALVES != 0 || self.inn.load(r) >= IN_DRAIN_AT {
+        let (out, inn) = if out & OUT_HALVES != 0 || inn >= IN_DRAIN_AT {
             self.drain();
-        }
-        let net = self.net();
+            (0, 0)
+        } else {
+            (out, inn)
+        };
+        let net = self
+            .wide_net()
+            .wrapping_add((out >> OUT_BYTES_SHIFT) as i64)
+            .wrapping_sub((inn >> IN_BYTES_SHIFT) as i64);
         if net > self.hi.load(r) {
             self.hi.store(net, r);
         }
