@@ -49,10 +49,12 @@
 //! Sizes below `SMALL_LIMIT` (16 granules) have one class per granule
 //! (first level 0). Above, first level `fl` covers `[2^(fl+k-1), 2^(fl+k))`
 //! (`k = log2(SMALL_LIMIT)`), cut into 16 second-level classes of equal
-//! width; sizes past the last level share the top class. A request first
-//! tries the head of its own class (it fits if big enough, which helps a full
-//! heap), then the first non-empty class whose every block fits (found with
-//! the bitmaps), and only then looks a few steps down its own class's list.
+//! width; sizes past the last level share the top class. A request takes
+//! the head of the first non-empty class whose every block fits (found with
+//! the bitmaps); when that class is a power of two or more above the request
+//! (or there is none), it first tries the head of its own class (a closer
+//! fit); and only before failing looks a few steps down its own class's
+//! list.
 
 use core::alloc::Layout;
 use core::mem::size_of;
@@ -658,9 +660,9 @@ impl RegionHeap {
         Some(unsafe { *self.heads.add(found?) })
     }
 
-    /// The last resort before failing: up to `EXACT_SCAN` blocks of the
-    /// request's own class after the head, the first in which `need` bytes
-    /// fit at an `align`-aligned address.
+    /// The last resort before failing: the head of the request's own class
+    /// and up to `EXACT_SCAN` blocks after it, the first in which `need`
+    /// bytes fit at an `align`-aligned address.
     #[cold]
     fn scan_own_class(&mut self, need: usize, align: usize) -> Option<*mut Gap> {
         let c = class_of(need);
