@@ -8,7 +8,9 @@
 use allocator_api2::vec::Vec as ApiVec;
 use heapkeep::arena::Arena;
 use heapkeep::pool::{Pool, Slot};
-use heapkeep::region::{LockedRegionHeap, RegionHeap, BLOCK_OVERHEAD, GRANULE, MIN_BLOCK};
+use heapkeep::region::{
+    LockedRegionHeap, RegionHeap, BLOCK_OVERHEAD, GRANULE, HEAD_TABLE_BYTES, MIN_BLOCK,
+};
 use heapkeep_tests::{Pattern, KIB, MIB};
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -32,7 +34,8 @@ fn owned(bytes: usize) -> Owned {
     let (lo, hi) = (buf.as_ptr() as usize, buf.as_ptr() as usize + bytes);
     // SAFETY: the buffer outlives the heap (both in `Owned`, heap first) and nothing else uses it.
     let added = unsafe { heap.extend_raw(buf.as_mut_ptr(), bytes) };
-    assert!(added > bytes - 128, "{added} of {bytes}");
+    // The first region holds the head table, a region header and the base tag.
+    assert!(added > bytes - HEAD_TABLE_BYTES - 128, "{added} of {bytes}");
     Owned {
         heap,
         _buf: buf,
@@ -368,7 +371,7 @@ fn extension_with_new_and_adjacent_regions() {
     assert_eq!(map(&heap, 8).lines().count(), 1);
     assert_eq!(
         heap.largest_free(),
-        before + added - 112,
+        before + added - (100 + BLOCK_OVERHEAD).next_multiple_of(GRANULE),
         "the tail block grew"
     );
     // SAFETY: live block.
@@ -496,26 +499,48 @@ fn map_fragmentation_and_picture() {
     assert_eq!(map(&o.heap, 10), "----------\n");
 }
 
-/// Deliberately corrupting a header is caught by `check()`.
+/// Deliberately corrupting a used block's tag, or a free block's fields, is caught by `check()`.
 #[test]
 fn check_detects_corruption() {
     let mut o = owned(16 * KIB);
     let l = Layout::from_size_align(64, 8).unwrap();
     let a = o.heap.alloc(l).unwrap();
-    let _b = o.heap.alloc(l).unwrap();
+    let b = o.heap.alloc(l).unwrap();
+    let _c = o.heap.alloc(l).unwrap();
     check(&o.heap, "before");
-    // SAFETY: the word before a block's payload is its header (test-only corruption).
+    let block = (64 + BLOCK_OVERHEAD).next_multiple_of(GRANULE);
+    // SAFETY: a used block's last word is its tag, and a free block's first granule holds its
+    // fields (test-only corruption, each undone).
     unsafe {
-        let h = a.as_ptr().sub(BLOCK_OVERHEAD).cast::<usize>();
-        let saved = *h;
-        *h = saved + GRANULE;
+        let tag = a.as_ptr().add(block - BLOCK_OVERHEAD).cast::<usize>();
+        let saved = *tag;
+        *tag = saved + GRANULE;
         assert!(o.heap.check().is_err(), "a wrong size must be found");
-        *h = saved | 1; // the FREE bit on a used block
+        *tag = saved & !1;
         assert!(
             o.heap.check().is_err(),
-            "a used block marked free must be found"
+            "a used block that reads as free must be found"
         );
-        *h = saved;
+        *tag = saved | 2;
+        assert!(
+            o.heap.check().is_err(),
+            "an ABOVE_FREE bit under a used block must be found"
+        );
+        *tag = saved;
+        check(&o.heap, "restored");
+        o.heap.dealloc(b, l);
+        check(&o.heap, "b freed");
+        let size = b.as_ptr().add(3 * BLOCK_OVERHEAD).cast::<usize>();
+        *size += GRANULE;
+        assert!(
+            o.heap.check().is_err(),
+            "a free block whose two size words differ must be found"
+        );
+        *size -= GRANULE;
+        let next_of_prev = b.as_ptr().add(BLOCK_OVERHEAD).cast::<usize>();
+        *next_of_prev += 8;
+        assert!(o.heap.check().is_err(), "a wrong back link must be found");
+        *next_of_prev -= 8;
     }
     check(&o.heap, "restored");
 }

@@ -8,7 +8,8 @@
 //! - latency: the same streams with every operation timed on its own (rdtsc on x86_64): p99 and
 //!   the worst;
 //! - heap efficiency: random allocs, frees and reallocs until the first failure; the bytes live
-//!   (as requested) over the region size, averaged over seeds;
+//!   (as requested) over the region size, averaged over seeds; and, as a second table, talc's
+//!   own method (the same operations on one 128 MiB heap reused for many trials);
 //! - arena: many small allocations then a reset, and vectors growing in the arena.
 //!
 //! Usage: `cargo run --release -p heapkeep-bench-region -- [--quick] [--out DIR]`; prints a
@@ -24,6 +25,8 @@ use heapkeep::arena::Arena;
 use heapkeep::region::RegionHeap;
 
 const REGION: usize = 16 << 20;
+/// The heap size of talc's own efficiency benchmark (the second efficiency table).
+const REF_REGION: usize = 128 << 20;
 const MAX_SIZES: [usize; 5] = [64, 256, 1024, 4096, 32 * 1024];
 
 // -------------------------------------------------------------------------------------------
@@ -44,6 +47,11 @@ trait Heap {
     /// # Safety
     /// `p` is live, allocated with `l`.
     unsafe fn realloc(&mut self, p: NonNull<u8>, l: Layout, new: usize) -> Option<NonNull<u8>>;
+    /// Free bytes and the largest free block, for allocators that can tell (the efficiency
+    /// diagnostics).
+    fn free_stats(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
 /// What allocators without a realloc of their own do (and what `GlobalAlloc`'s default does).
@@ -87,6 +95,9 @@ impl Heap for Hk {
     unsafe fn realloc(&mut self, p: NonNull<u8>, l: Layout, new: usize) -> Option<NonNull<u8>> {
         // SAFETY: forwarded.
         unsafe { self.0.realloc(p, l, new) }
+    }
+    fn free_stats(&self) -> Option<(usize, usize)> {
+        Some((self.0.free_bytes(), self.0.largest_free()))
     }
 }
 
@@ -376,22 +387,34 @@ fn latency<H: Heap>(
     (at(0.5), at(0.99), *times.last().unwrap())
 }
 
-/// Random allocs (half), frees (a tenth) and reallocs (four tenths, up to 10x the alloc
-/// maximum) until the first failure; the bytes live then over the region size.
-fn efficiency<H: Heap>(region: *mut u8, seed: u64) -> f64 {
+/// Where one efficiency run stopped: the bytes live (as requested), and the request that failed.
+/// `free` and `largest` (free bytes, largest free block) only for allocators that can tell.
+#[derive(Clone, Copy, Default)]
+struct Stop {
+    live: usize,
+    request: usize,
+    free: Option<usize>,
+    largest: Option<usize>,
+}
+
+/// Random allocs (half, `4..=cap` bytes with `cap` uniform in `16..=10,000`), frees (a tenth)
+/// and reallocs (four tenths, to `1..=100,000` bytes, or `1..100,000` with `exclusive`) on the
+/// blocks in `live` until the first failure.
+fn run_to_failure<H: Heap>(
+    h: &mut H,
+    rng: &mut Rng,
+    live: &mut Vec<(NonNull<u8>, Layout)>,
+    exclusive: bool,
+) -> Stop {
     const MAX: usize = 10_000;
-    // SAFETY: as `throughput`.
-    let mut h = unsafe { H::over(region, REGION) };
-    let mut rng = Rng(seed);
-    let mut live: Vec<(NonNull<u8>, Layout)> = Vec::new();
-    loop {
+    let request = loop {
         match rng.next() % 10 {
             0..=4 => {
                 let cap = rng.range(16, MAX);
                 let l = Layout::from_size_align(rng.range(4, cap), rng.align()).unwrap();
                 match h.alloc(l) {
                     Some(p) => live.push((p, l)),
-                    None => break,
+                    None => break l.size(),
                 }
             }
             5 => {
@@ -405,17 +428,51 @@ fn efficiency<H: Heap>(region: *mut u8, seed: u64) -> f64 {
                 if !live.is_empty() {
                     let i = rng.range(0, live.len() - 1);
                     let (p, l) = live[i];
-                    let new = rng.range(1, 10 * MAX);
+                    let new = rng.range(1, 10 * MAX - exclusive as usize);
                     // SAFETY: live.
                     match unsafe { h.realloc(p, l, new) } {
                         Some(q) => live[i] = (q, Layout::from_size_align(new, l.align()).unwrap()),
-                        None => break,
+                        None => break new,
                     }
                 }
             }
         }
+    };
+    let stats = h.free_stats();
+    Stop {
+        live: live.iter().map(|b| b.1.size()).sum(),
+        request,
+        free: stats.map(|s| s.0),
+        largest: stats.map(|s| s.1),
     }
-    live.iter().map(|b| b.1.size()).sum::<usize>() as f64 / REGION as f64
+}
+
+/// Our workload: a fresh heap over the 16 MiB region, run to the first failure.
+fn efficiency<H: Heap>(region: *mut u8, seed: u64) -> Stop {
+    // SAFETY: as `throughput`.
+    let mut h = unsafe { H::over(region, REGION) };
+    let mut live = Vec::new();
+    run_to_failure(&mut h, &mut Rng(seed), &mut live, false)
+}
+
+/// Talc's own heap-efficiency method (its `benches/src/heap_efficiency.rs`): one heap over
+/// `REF_REGION` bytes, created once and reused for `trials` trials; each trial runs the same
+/// random operations to the first failure, then frees everything. Returns the stops.
+fn efficiency_reference<H: Heap>(region: *mut u8, trials: usize, seed: u64) -> Vec<Stop> {
+    // SAFETY: as `throughput`, for the reference region.
+    let mut h = unsafe { H::over(region, REF_REGION) };
+    let mut rng = Rng(seed);
+    let mut live = Vec::new();
+    (0..trials)
+        .map(|_| {
+            let stop = run_to_failure(&mut h, &mut rng, &mut live, true);
+            for (p, l) in live.drain(..) {
+                // SAFETY: live, freed once.
+                unsafe { h.dealloc(p, l) };
+            }
+            stop
+        })
+        .collect()
 }
 
 // -------------------------------------------------------------------------------------------
@@ -669,6 +726,7 @@ fn main() {
     let rounds = if quick { 3 } else { 5 };
     let n_ops = if quick { 100_000 } else { 300_000 };
     let eff_seeds = if quick { 8 } else { 24 };
+    let ref_trials = if quick { 4 } else { 30 };
 
     // One region for everyone, touched once so no run pays its page faults.
     let layout = Layout::from_size_align(REGION, 4096).unwrap();
@@ -724,15 +782,33 @@ fn main() {
             }
         }
     }
-    let mut eff = vec![Vec::new(); 5];
+    let mut stops = vec![Vec::new(); 5];
     for seed in 0..eff_seeds {
-        for (k, e) in eff.iter_mut().enumerate() {
+        for (k, e) in stops.iter_mut().enumerate() {
             e.push(for_heap!(k, efficiency(region, 1000 + seed as u64)));
         }
     }
-    let eff: Vec<f64> = eff
+    let eff: Vec<f64> = stops
         .iter()
-        .map(|e| e.iter().sum::<f64>() / e.len() as f64 * 100.0)
+        .map(|e| {
+            e.iter().map(|s| s.live as f64 / REGION as f64).sum::<f64>() / e.len() as f64 * 100.0
+        })
+        .collect();
+    // Talc's method, on a region of its size.
+    let ref_layout = Layout::from_size_align(REF_REGION, 4096).unwrap();
+    // SAFETY: a non-zero layout; the region is never freed.
+    let ref_region = unsafe { std::alloc::alloc(ref_layout) };
+    assert!(!ref_region.is_null());
+    // SAFETY: the whole region is ours.
+    unsafe { ref_region.write_bytes(0x5a, REF_REGION) };
+    let ref_stops: Vec<Vec<Stop>> = (0..5)
+        .map(|k| for_heap!(k, efficiency_reference(ref_region, ref_trials, 7)))
+        .collect();
+    let ref_eff: Vec<f64> = ref_stops
+        .iter()
+        .map(|e| {
+            e.iter().map(|s| s.live).sum::<usize>() as f64 / (e.len() * REF_REGION) as f64 * 100.0
+        })
         .collect();
     let med = |v: &mut Vec<Vec<Vec<f64>>>| -> Vec<Vec<f64>> {
         v.iter_mut()
@@ -841,6 +917,47 @@ fn main() {
     );
     let _ = writeln!(
         r,
+        "\n### Heap efficiency, talc's method (one {} MiB heap reused for {ref_trials} trials; bytes live at each trial's first failure, summed, over trials x heap size)\n",
+        REF_REGION >> 20
+    );
+    let _ = writeln!(r, "| {} |", NAMES.join(" | "));
+    let _ = writeln!(r, "|{}", "---:|".repeat(5));
+    let _ = writeln!(
+        r,
+        "| {} |",
+        ref_eff
+            .iter()
+            .map(|e| format!("{e:.2}%"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let _ = writeln!(r, "\n### heapkeep at the first failure (means over runs)\n");
+    let _ = writeln!(
+        r,
+        "| workload | live | free | largest free block | failed request | failures a compacting heap would serve |"
+    );
+    let _ = writeln!(r, "|---|---:|---:|---:|---:|---:|");
+    for (name, list, size) in [
+        ("ours, 16 MiB", &stops[0], REGION),
+        ("talc's method, 128 MiB", &ref_stops[0], REF_REGION),
+    ] {
+        let n = list.len() as f64;
+        let mean = |f: &dyn Fn(&Stop) -> f64| list.iter().map(f).sum::<f64>() / n;
+        let _ = writeln!(
+            r,
+            "| {name} | {:.2}% | {:.2}% | {:.1} KiB | {:.1} KiB | {} of {} |",
+            mean(&|s| s.live as f64 / size as f64 * 100.0),
+            mean(&|s| s.free.unwrap_or(0) as f64 / size as f64 * 100.0),
+            mean(&|s| s.largest.unwrap_or(0) as f64 / 1024.0),
+            mean(&|s| s.request as f64 / 1024.0),
+            list.iter()
+                .filter(|s| s.request + 64 <= s.free.unwrap_or(0))
+                .count(),
+            list.len()
+        );
+    }
+    let _ = writeln!(
+        r,
         "\n### Arena against bumpalo (seconds, lower is better)\n"
     );
     let _ = writeln!(r, "| workload | heapkeep Arena | bumpalo | arena/bumpalo |");
@@ -877,9 +994,10 @@ fn main() {
     );
     let _ = writeln!(
         r,
-        "| heap efficiency >= 99% | {} | {:.2}% |",
+        "| heap efficiency >= 99% | {} | {:.2}% (talc's method: {:.2}%) |",
         pass(eff[0] >= 99.0),
-        eff[0]
+        eff[0],
+        ref_eff[0]
     );
     let _ = writeln!(
         r,
@@ -900,6 +1018,7 @@ fn main() {
     }
     for (k, name) in NAMES.iter().enumerate() {
         let _ = writeln!(csv, "efficiency_pct,,{name},{:.3}", eff[k]);
+        let _ = writeln!(csv, "efficiency_talc_method_pct,,{name},{:.3}", ref_eff[k]);
     }
     let _ = writeln!(
         csv,
@@ -941,15 +1060,18 @@ fn main() {
     .unwrap();
     let eff_series: Vec<(&str, Vec<f64>)> = NAMES
         .iter()
-        .zip(&eff)
-        .map(|(n, e)| (*n, vec![*e]))
+        .zip(eff.iter().zip(&ref_eff))
+        .map(|(n, (e, r))| (*n, vec![*e, *r]))
         .collect();
     std::fs::write(
         format!("{out}/efficiency.svg"),
         bar_chart(
             "Heap efficiency: live bytes at the first failure",
             "% of the region",
-            &["random workload".to_string()],
+            &[
+                "ours (16 MiB, fresh heap per seed)".to_string(),
+                format!("talc's method ({} MiB, one heap)", REF_REGION >> 20),
+            ],
             &eff_series,
             false,
         ),

@@ -9,42 +9,52 @@
 //!   No operation walks the heap (the statistics in `view.rs` may).
 //! - Free blocks are coalesced with both physical neighbours at once, so no
 //!   two free blocks are ever adjacent.
+//! - `dealloc` and `realloc` find a block's end from the layout it was
+//!   allocated with (as `GlobalAlloc` and `Allocator` promise): a used block
+//!   has no header, only a tag in its last word.
 //! - `RegionHeap` is a plain single-owner value (`&mut self` everywhere);
 //!   sharing it between threads, or installing it as the global allocator, is
-//!   `LockedRegionHeap`'s job (`locked.rs`).
+//!   `LockedRegionHeap`'s job (`locked.rs`). It may be moved freely: nothing
+//!   points into it (the list heads live in the first region).
 //!
 //! ## Memory layout
-//! A region starts with a `RegionHdr` (its link in the heap's region list),
-//! then blocks laid end to end, then a *sentinel*: a header word with size 0
-//! that reads as a used block, so nothing coalesces past the end.
+//! A region starts with a `RegionHdr` (its link in the heap's region list;
+//! the first region also holds the table of list heads), then a *base tag*
+//! (a word that reads as the tag of a used block of size 0, so nothing
+//! coalesces below the first block), then blocks laid end to end up to the
+//! region's `limit`.
 //!
 //! ```text
-//!  block:  [ header: size | PREV_FREE | FREE ][ payload ...................... ]
-//!  free:   [ header ][ next free ][ prev free ] ........... [ footer: own addr ]
+//!  used:  [ payload .................................. ][ tag: size | ABOVE_FREE | USED ]
+//!  free:  [ next ][ next_of_prev ][ class ][ size ] .......................... [ size ]
 //! ```
 //!
-//! Every block header sits at an address `≡ W (mod GRANULE)` (W: a machine
-//! word) and every block size is a multiple of `GRANULE` (two words), so
-//! every payload (header + W) is `GRANULE`-aligned. A used block costs one
-//! header word ([`BLOCK_OVERHEAD`]); its payload runs to the next header. A
-//! free block also holds its list links and, in its last word, a *footer*
-//! (its own address), which the next block reads when its `PREV_FREE` bit is
-//! set to find and merge with it in O(1).
+//! Every block starts at a multiple of [`GRANULE`] (four words) and its size
+//! is a multiple of `GRANULE`, so the payload of a used block is the block
+//! itself: any alignment up to `GRANULE` is free, a larger one is a free
+//! block split off in front. A used block costs one word, its *tag*, in its
+//! last word ([`BLOCK_OVERHEAD`]); a request of `n` bytes takes `n + W`
+//! rounded up to `GRANULE`, so the tag's address follows from the layout and
+//! every remainder left by a split is a valid free block (no slack).
 //!
-//! An over-aligned request takes a block with room for the worst offset to
-//! the alignment. An offset big enough for a free block is split off in front
-//! of the used block; a smaller one (one granule) stays inside it, and the
-//! word before the shifted payload then holds the offset or'ed with
-//! `SHIFTED` instead of the header, so `dealloc` still finds the header.
+//! The word just below a block tells what is below: a used block's tag has
+//! bit `USED` set; a free block's last word is its size, a multiple of
+//! `GRANULE` with that bit clear. What is above is the `ABOVE_FREE` bit of
+//! the block's own tag (the word above is not ours to read: it may be a
+//! used block's payload). A free block keeps its list links, its class and
+//! its size in its first granule (one cache line), and its size again in
+//! its last word; in a block of one granule the two size words are the same.
 //!
 //! ## Classes
-//! Sizes below `SMALL_LIMIT` (32 granules) have one class per granule
+//! Sizes below `SMALL_LIMIT` (16 granules) have one class per granule
 //! (first level 0). Above, first level `fl` covers `[2^(fl+k-1), 2^(fl+k))`
-//! (`k = log2(SMALL_LIMIT)`), cut into 32 second-level classes of equal width.
-//! A request first tries the head of its own class (it fits if big enough,
-//! which helps a full heap), then the first non-empty class whose every block
-//! fits (found with the bitmaps), and only then looks a few steps down its own
-//! class's list.
+//! (`k = log2(SMALL_LIMIT)`), cut into 16 second-level classes of equal
+//! width; sizes past the last level share the top class. A request takes
+//! the head of the first non-empty class whose every block fits (found with
+//! the bitmaps); when that class is a power of two or more above the request
+//! (or there is none), it first tries the head of its own class (a closer
+//! fit); and only before failing looks a few steps down its own class's
+//! list.
 
 use core::alloc::Layout;
 use core::mem::size_of;
@@ -58,52 +68,63 @@ pub use view::CheckError;
 
 /// A machine word.
 const W: usize = size_of::<usize>();
-/// Block sizes, and payload addresses, are multiples of this (two words).
-pub const GRANULE: usize = 2 * W;
+/// Block sizes and block addresses (which are payload addresses) are
+/// multiples of this: four words, the bookkeeping of a free block.
+pub const GRANULE: usize = 4 * W;
+const GRANULE_SHIFT: u32 = GRANULE.trailing_zeros();
 /// Bytes a live block costs beyond what was asked for (before rounding up to
-/// [`GRANULE`]): its header word.
+/// [`GRANULE`]): its tag word.
 pub const BLOCK_OVERHEAD: usize = W;
-/// The smallest block: header, two list links and a footer when free.
-pub const MIN_BLOCK: usize = 2 * GRANULE;
+/// The smallest block (free or used): one granule.
+pub const MIN_BLOCK: usize = GRANULE;
+/// Bytes the first region gives up to the table of list heads (one word per
+/// class), beside its region header.
+pub const HEAD_TABLE_BYTES: usize = CLASS_COUNT * W;
 /// Second-level classes per power of two.
-const SL_BITS: u32 = 5;
+const SL_BITS: u32 = 4;
 const SL_COUNT: usize = 1 << SL_BITS;
 /// Below this, one class per granule (first level 0).
 const SMALL_LIMIT: usize = SL_COUNT * GRANULE;
 const SMALL_SHIFT: u32 = SMALL_LIMIT.trailing_zeros();
-/// First-level classes: level 0 plus one per power of two from `SMALL_LIMIT`.
-const FL_COUNT: usize = (usize::BITS - SMALL_SHIFT + 1) as usize;
+/// First-level classes: level 0 plus one per power of two from
+/// `SMALL_LIMIT`; sizes past the last level (4 GiB on 64-bit, 2 GiB on
+/// 32-bit) share the top class.
+const FL_COUNT: usize = 24;
+/// Number of free lists; a class is `fl << SL_BITS | sl`.
+const CLASS_COUNT: usize = FL_COUNT * SL_COUNT;
+const TOP_CLASS: usize = CLASS_COUNT - 1;
 /// How many blocks of its own class a request looks at, past the head, when
 /// no bigger class has a block: bounded, so allocation stays O(1).
 pub const EXACT_SCAN: usize = 16;
 
-/// Header bit: this block is free (on a list).
-const FREE: usize = 1;
-/// Header bit: the block physically before this one is free; the word just
-/// before this header is then that block's footer (its address).
-const PREV_FREE: usize = 2;
-/// Not a header bit: marks the word before a shifted payload (`block_of`).
-/// Headers never have it (sizes are multiples of `GRANULE >= 8`).
-const SHIFTED: usize = 4;
-const FLAGS: usize = FREE | PREV_FREE | SHIFTED;
+/// Tag bit: this word is the tag of a used block (a free block's last word,
+/// its size, never has it).
+const USED: usize = 1;
+/// Tag bit: the block physically above this used block is free.
+const ABOVE_FREE: usize = 2;
+const FLAGS: usize = USED | ABOVE_FREE;
 
-const _: () = assert!(FL_COUNT <= 64, "fl_bitmap is a u64");
+const _: () = assert!(FL_COUNT <= 32, "fl_bitmap is a u32");
 const _: () = assert!(SL_COUNT <= 32, "sl_bitmap entries are u32");
 const _: () = assert!(
-    MIN_BLOCK >= size_of::<Block>() + W,
-    "a free block holds links and a footer"
+    size_of::<Gap>() == GRANULE,
+    "a free block's fields fill one granule"
 );
 const _: () = assert!(GRANULE > FLAGS, "sizes leave room for the flag bits");
 
-/// The start of a block. Only `header` exists for a used block; `next` and
-/// `prev` are the free-list links of a free one (they overlap the payload).
+/// The first granule of a free block. The block's size is also in its last
+/// word (the same word as `size` in a block of one granule).
 #[repr(C)]
-struct Block {
-    /// Size of the block in bytes (a multiple of `GRANULE`, the header
-    /// included), or'ed with `FREE` and `PREV_FREE`.
-    header: usize,
-    next: *mut Block,
-    prev: *mut Block,
+struct Gap {
+    /// The next free block of the same class, or null.
+    next: *mut Gap,
+    /// Where this block is linked from: the `next` field of the block before
+    /// it on its list, or its class's slot in the head table.
+    next_of_prev: *mut *mut Gap,
+    /// Its class (`class_of(size)`), kept so unlinking needs no lookup.
+    class: usize,
+    /// Its size in bytes, a multiple of `GRANULE`.
+    size: usize,
 }
 
 /// The first bytes of every region: the heap's list of regions.
@@ -113,10 +134,10 @@ struct RegionHdr {
     /// One past the last byte the region was given (extension merges a new
     /// slice that starts exactly here).
     end: usize,
-    /// The first block.
-    first: *mut Block,
-    /// The size-0 used block that closes the region.
-    sentinel: *mut Block,
+    /// The first block (the base tag is the word before it).
+    first: *mut u8,
+    /// One past the last block: `GRANULE`-aligned, at most `end`.
+    limit: *mut u8,
 }
 
 /// A TLSF heap over memory given to it (see the module documentation).
@@ -137,14 +158,16 @@ struct RegionHdr {
 /// ```
 pub struct RegionHeap {
     /// Bit `fl` is set iff `sl_bitmap[fl] != 0`.
-    fl_bitmap: u64,
-    /// Bit `sl` of `sl_bitmap[fl]` is set iff `heads[fl][sl]` is not null.
+    fl_bitmap: u32,
+    /// Bit `sl` of `sl_bitmap[fl]` is set iff the list of class
+    /// `fl << SL_BITS | sl` is not empty.
     sl_bitmap: [u32; FL_COUNT],
-    /// `heads[fl][sl]`: the first free block of class `(fl, sl)`, or null.
-    /// Every block on that list (linked by `next`/`prev`, `prev` of the head
-    /// null) is free and its size maps to `(fl, sl)` by `class_of`; every
-    /// free block is on exactly one list.
-    heads: [[*mut Block; SL_COUNT]; FL_COUNT],
+    /// `CLASS_COUNT` list heads (null: empty list), in the first region;
+    /// null while the heap has no region (the bitmaps are then all zero).
+    /// Every block on list `c` (linked by `next`, each `next_of_prev`
+    /// pointing at the field that points at it) is free, has `class == c ==
+    /// class_of(size)`; every free block is on exactly one list.
+    heads: *mut *mut Gap,
     /// The regions, newest first (null: none yet).
     regions: *mut RegionHdr,
     /// Sum of the sizes of all free blocks.
@@ -173,12 +196,11 @@ impl core::fmt::Debug for RegionHeap {
     }
 }
 
-/// `log2` of the class width around `size` (a multiple of `GRANULE`): the
-/// granule below `SMALL_LIMIT`, `2^(log2(size) - SL_BITS)` above. Branch-free
-/// (a mispredicted "is it small?" test cost more than the whole lookup):
-/// or-ing in `SMALL_LIMIT / 2` makes every small size look like the top
-/// power of two below `SMALL_LIMIT`, whose shift is one less than the
-/// granule's.
+/// `log2(size)` (at least `SMALL_SHIFT - 1`) and `log2` of the width of the
+/// class around `size`: the granule below `SMALL_LIMIT`,
+/// `2^(log2(size) - SL_BITS)` above. Branch-free: or-ing in `SMALL_LIMIT /
+/// 2` makes every small size look like the top power of two below
+/// `SMALL_LIMIT`, whose shift is one less than the granule's.
 #[inline(always)]
 fn class_shift(size: usize) -> (u32, u32) {
     // Never zero, so `ilog2` is a bare `bsr`/`clz`.
@@ -188,32 +210,48 @@ fn class_shift(size: usize) -> (u32, u32) {
 
 /// The class whose list holds a free block of `size` bytes: first level 0
 /// and one class per granule below `SMALL_LIMIT`; above it, first level
-/// `log2(size) - log2(SMALL_LIMIT) + 1` and the next `SL_BITS` bits of size.
+/// `log2(size) - log2(SMALL_LIMIT) + 1` and the next `SL_BITS` bits of size;
+/// past the last level, the top class.
 #[inline(always)]
-fn class_of(size: usize) -> (usize, usize) {
+fn class_of(size: usize) -> usize {
     let (log, shift) = class_shift(size);
     let fl = (log - (SMALL_SHIFT - 1)) as usize;
     // Above `SMALL_LIMIT`, `size >> shift` is in `SL_COUNT..2 * SL_COUNT`
-    // (the mask drops the leading 1); below, in `0..SL_COUNT`. The `min`
-    // (a no-op, `log < usize::BITS`) lets the compiler drop bounds checks.
-    (fl.min(FL_COUNT - 1), (size >> shift) & (SL_COUNT - 1))
+    // (the mask drops the leading 1); below, in `0..SL_COUNT`.
+    ((fl << SL_BITS) | ((size >> shift) & (SL_COUNT - 1))).min(TOP_CLASS)
 }
 
+/// The smallest block size of class `c` (`c < CLASS_COUNT`).
+const fn class_lower(c: usize) -> usize {
+    let (fl, sl) = (c >> SL_BITS, c & (SL_COUNT - 1));
+    if fl == 0 {
+        sl * GRANULE
+    } else {
+        (SL_COUNT + sl) << (fl - 1 + GRANULE_SHIFT as usize)
+    }
+}
+
+/// Requests up to this size have a class all of whose blocks fit them.
+const TOP_LOWER: usize = class_lower(TOP_CLASS);
+
 /// The lowest class all of whose blocks are at least `size` bytes (`size`
-/// rounded up to a class boundary); `None` if there is no such class.
+/// rounded up to a class boundary), or `CLASS_COUNT` if there is none.
 #[inline(always)]
-fn class_at_least(size: usize) -> Option<(usize, usize)> {
+fn class_at_least(size: usize) -> usize {
+    if size > TOP_LOWER {
+        return CLASS_COUNT;
+    }
     // Below `SMALL_LIMIT` classes are exact and `size` a multiple of the
     // granule, so adding `granule - 1` changes nothing there.
     let (_, shift) = class_shift(size);
-    Some(class_of(size.checked_add((1 << shift) - 1)?))
+    class_of(size + ((1 << shift) - 1))
 }
 
-/// The block size serving a request of `size` bytes, `None` if too big.
+/// The block size serving a request of `size` bytes: the size plus the tag,
+/// rounded up to the granule; `None` if that overflows.
 #[inline(always)]
 fn block_size_for(size: usize) -> Option<usize> {
-    let s = size.checked_add(W + GRANULE - 1)? & !(GRANULE - 1);
-    Some(if s < MIN_BLOCK { MIN_BLOCK } else { s })
+    Some(size.checked_add(W + GRANULE - 1)? & !(GRANULE - 1))
 }
 
 /// Hints the cache to load the line at `p` (no effect on correctness; any
@@ -230,81 +268,31 @@ fn prefetch(p: *const u8) {
     let _ = p;
 }
 
-/// The block whose payload is `ptr`, and how far `ptr` is past the
-/// block's normal payload: the word before a payload is the block's header,
-/// or, for an aligned block whose payload was shifted by a gap too small to
-/// free, that offset or'ed with `SHIFTED`.
-///
-/// # Safety
-/// `ptr` is a live block of a `RegionHeap`.
+/// Bytes from `p` up to the next multiple of `align` (a power of two).
 #[inline(always)]
-unsafe fn block_of(ptr: NonNull<u8>) -> (*mut Block, usize) {
-    let word = ptr.as_ptr().wrapping_sub(W);
-    // SAFETY: the word before a live payload is a header or a shift marker.
-    let w = unsafe { *word.cast::<usize>() };
-    if w & SHIFTED == 0 {
-        (word.cast(), 0)
-    } else {
-        let offset = w & !FLAGS;
-        (word.wrapping_sub(offset).cast(), offset)
-    }
+fn align_gap(p: *mut u8, align: usize) -> usize {
+    (p as usize).wrapping_neg() & (align - 1)
 }
 
-/// The payload of block `b`.
+/// The word just below `p` (a tag, a free block's size or the base tag).
 ///
 /// # Safety
-/// `b` is a block header inside a region.
+/// `p` is a block (or a region's `limit`) of a heap's regions.
 #[inline(always)]
-unsafe fn payload_of(b: *mut Block) -> NonNull<u8> {
-    // SAFETY: a header inside a region is not at address 0, nor its payload.
-    unsafe { NonNull::new_unchecked(b.cast::<u8>().add(W)) }
+unsafe fn word_below(p: *mut u8) -> *mut usize {
+    // SAFETY: the word before a block is inside its region (the base tag at
+    // worst).
+    unsafe { p.sub(W).cast() }
 }
 
-/// The header word of block `b`.
+/// Writes the tag of a used block `base..base + size`.
 ///
 /// # Safety
-/// `b` is a block header inside one of the heap's regions (the sentinel
-/// included).
+/// `base..base + size` lies in a region of ours and is not a live payload.
 #[inline(always)]
-unsafe fn header(b: *mut Block) -> usize {
-    // SAFETY: the caller's promise.
-    unsafe { (*b).header }
-}
-
-/// The size of block `b`, its header included.
-///
-/// # Safety
-/// As `header`.
-#[inline(always)]
-unsafe fn size_of_block(b: *mut Block) -> usize {
-    // SAFETY: forwarded.
-    unsafe { header(b) & !FLAGS }
-}
-
-/// The block physically after `b` (or the sentinel).
-///
-/// # Safety
-/// `b` is a block of the heap's regions, not the sentinel.
-#[inline(always)]
-unsafe fn next_phys(b: *mut Block) -> *mut Block {
-    // SAFETY: forwarded; a block's end is the next header or the sentinel.
-    unsafe { b.cast::<u8>().add(size_of_block(b)).cast() }
-}
-
-/// Sets or clears the `PREV_FREE` bit of `b`.
-///
-/// # Safety
-/// As `header`, and the bit then tells the truth about the block before.
-#[inline(always)]
-unsafe fn set_prev_free(b: *mut Block, on: bool) {
-    // SAFETY: forwarded.
-    unsafe {
-        if on {
-            (*b).header |= PREV_FREE;
-        } else {
-            (*b).header &= !PREV_FREE;
-        }
-    }
+unsafe fn set_tag(base: *mut u8, size: usize, above_free: bool) {
+    // SAFETY: the block's last word (`size >= GRANULE`).
+    unsafe { *word_below(base.add(size)) = size | USED | if above_free { ABOVE_FREE } else { 0 } };
 }
 
 impl RegionHeap {
@@ -313,15 +301,17 @@ impl RegionHeap {
         Self {
             fl_bitmap: 0,
             sl_bitmap: [0; FL_COUNT],
-            heads: [[ptr::null_mut(); SL_COUNT]; FL_COUNT],
+            heads: ptr::null_mut(),
             regions: ptr::null_mut(),
             free: 0,
             capacity: 0,
         }
     }
 
-    /// A heap over `memory`. A slice too small to hold a header, one block
-    /// and the sentinel (under 80 bytes on 64-bit) gives an empty heap.
+    /// A heap over `memory`. The first region also holds the table of list
+    /// heads (`FL_COUNT * 16` words: 3 KiB on 64-bit, 1.5 KiB on 32-bit); a
+    /// slice too small for it, a region header and one block gives an empty
+    /// heap.
     pub fn new(memory: &'static mut [u8]) -> Self {
         let mut heap = Self::empty();
         heap.extend(memory);
@@ -346,80 +336,80 @@ impl RegionHeap {
         let Some(end) = base.checked_add(len) else {
             return 0;
         };
-        // The sentinel's header: the last word of the last granule.
-        let sentinel_at = (end & !(GRANULE - 1)).wrapping_sub(W);
-        // SAFETY: walking our own region list.
         let mut r = self.regions;
         while !r.is_null() {
             // SAFETY: region headers stay valid while the heap lives.
             let region = unsafe { &mut *r };
             if region.end == base {
                 // SAFETY: forwarded from the caller.
-                return unsafe { self.merge_after(region, end, sentinel_at) };
+                return unsafe { self.merge_after(region, end) };
             }
             r = region.next;
         }
+        let table = if self.heads.is_null() {
+            HEAD_TABLE_BYTES
+        } else {
+            0
+        };
         let hdr_at = (base + (core::mem::align_of::<RegionHdr>() - 1))
             & !(core::mem::align_of::<RegionHdr>() - 1);
         let Some(first_at) = hdr_at
-            .checked_add(size_of::<RegionHdr>() + W + GRANULE - 1)
-            .map(|a| (a & !(GRANULE - 1)) - W)
+            .checked_add(size_of::<RegionHdr>() + table + W + GRANULE - 1)
+            .map(|a| a & !(GRANULE - 1))
         else {
             return 0;
         };
-        if end < GRANULE || sentinel_at < first_at || sentinel_at - first_at < MIN_BLOCK {
+        let limit_at = end & !(GRANULE - 1);
+        if limit_at < first_at || limit_at - first_at < MIN_BLOCK {
             return 0;
         }
-        let size = sentinel_at - first_at;
+        let size = limit_at - first_at;
         let hdr = start.wrapping_add(hdr_at - base).cast::<RegionHdr>();
-        let first = start.wrapping_add(first_at - base).cast::<Block>();
-        let sentinel = start.wrapping_add(sentinel_at - base).cast::<Block>();
-        // SAFETY: all three lie inside the caller's memory (computed above),
-        // aligned to a word.
+        let first = start.wrapping_add(first_at - base);
+        let limit = start.wrapping_add(limit_at - base);
+        // SAFETY: the header, the table, the base tag and the block all lie
+        // inside the caller's memory (computed above), aligned to a word.
         unsafe {
             hdr.write(RegionHdr {
                 next: self.regions,
                 end,
                 first,
-                sentinel,
+                limit,
             });
-            (*sentinel).header = 0;
-            self.insert_free(first, size);
+            if table != 0 {
+                let heads = hdr.add(1).cast::<*mut Gap>();
+                for c in 0..CLASS_COUNT {
+                    heads.add(c).write(ptr::null_mut());
+                }
+                self.heads = heads;
+            }
+            *word_below(first) = USED | ABOVE_FREE;
+            self.link(first, size, class_of(size));
         }
         self.regions = hdr;
         self.capacity += size;
         size
     }
 
-    /// Grows `region` by the memory `region.end..end`: the old sentinel
-    /// becomes a block, freed (and so merged with a free last block).
+    /// Grows `region` by the memory `region.end..end`: the new block space
+    /// is freed as if it were a used block (so it merges with a free last
+    /// block).
     ///
     /// # Safety
     /// As [`extend_raw`](Self::extend_raw), for `region.end..end`.
-    unsafe fn merge_after(
-        &mut self,
-        region: &mut RegionHdr,
-        end: usize,
-        sentinel_at: usize,
-    ) -> usize {
-        let old = region.sentinel;
-        let old_at = old as usize;
-        if sentinel_at <= old_at || sentinel_at - old_at < MIN_BLOCK {
+    unsafe fn merge_after(&mut self, region: &mut RegionHdr, end: usize) -> usize {
+        let old = region.limit;
+        let limit_at = end & !(GRANULE - 1);
+        if limit_at <= old as usize {
             return 0;
         }
-        let size = sentinel_at - old_at;
-        let sentinel = old.cast::<u8>().wrapping_add(size).cast::<Block>();
-        // SAFETY: the old sentinel is ours; the new one lies in the caller's
-        // memory. The old sentinel becomes a used block of `size` bytes
-        // (keeping its PREV_FREE bit), which `free_block` then frees.
-        unsafe {
-            (*sentinel).header = 0;
-            (*old).header = size | (header(old) & PREV_FREE);
-            self.capacity += size;
-            self.free_block(old);
-        }
+        let size = limit_at - old as usize;
+        // SAFETY: `old..old + size` is the caller's memory (and the few bytes
+        // between the old limit and the old end, ours); nothing is above it.
+        unsafe { self.free_range(old, old.add(size), false) };
+        self.capacity += size;
         region.end = end;
-        region.sentinel = sentinel;
+        region.limit = old.wrapping_add(size);
         size
     }
 
@@ -434,52 +424,56 @@ impl RegionHeap {
     pub fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         let need = block_size_for(layout.size())?;
         if layout.align() <= GRANULE {
-            let b = self.take_free(need)?;
-            // SAFETY: `b` is a free block just taken off its list, of at least
-            // `need` bytes; its neighbours are used (no adjacent free blocks).
-            unsafe {
-                self.carve(b, size_of_block(b), need);
-                Some(payload_of(b))
-            }
+            let g = self.take_free(need)?;
+            // SAFETY: `g` is a free block of ours of at least `need` bytes.
+            Some(unsafe { self.carve(g, need) })
         } else {
             self.alloc_aligned(need, layout.align())
         }
     }
 
-    /// Allocates `need` block bytes whose payload is aligned to `align`
-    /// (above `GRANULE`). The payload is GRANULE-aligned already, so the
-    /// offset to the next `align` boundary is at most `align - GRANULE`: a
-    /// block that big plus `need` always serves. An offset big enough for a
-    /// free block is split off in front; a smaller one stays inside the used
-    /// block, whose payload is then *shifted* (see `block_of`).
+    /// Allocates `need` block bytes at an address aligned to `align` (above
+    /// `GRANULE`). Block addresses are multiples of `GRANULE`, so the offset
+    /// to the next `align` boundary is at most `align - GRANULE`: a block that
+    /// big plus `need` always serves. The offset, a multiple of the granule,
+    /// stays a free block in front.
     #[cold]
     fn alloc_aligned(&mut self, need: usize, align: usize) -> Option<NonNull<u8>> {
-        let search = need.checked_add(align - GRANULE)?;
-        let b = self.take_free(search)?;
-        // SAFETY: `b` is a free block of at least `search` bytes just taken
-        // off its list, with used neighbours; the offset and the aligned
-        // block both lie inside it (the bound above).
+        let g = match need
+            .checked_add(align - GRANULE)
+            .and_then(|search| self.take_free_fast(search))
+        {
+            Some(g) => g,
+            None => self.scan_own_class(need, align)?,
+        };
+        // SAFETY: `g` is a free block of ours, linked, in which an
+        // `align`-aligned block of `need` bytes fits (the bound above, or the
+        // scan's test).
         unsafe {
-            let size = size_of_block(b);
-            let payload = b.cast::<u8>().add(W);
-            let offset = payload.align_offset(align);
+            let base = g.cast::<u8>();
+            let offset = align_gap(base, align);
             if offset == 0 {
-                self.carve(b, size, need);
-                Some(payload_of(b))
-            } else if offset >= MIN_BLOCK {
-                let block = b.cast::<u8>().add(offset).cast::<Block>();
-                (*block).header = size - offset;
-                // The gap's neighbour before it is used (b was free), after
-                // it `block`, about to be used: a plain free block.
-                self.insert_free(b, offset);
-                self.carve(block, size - offset, need);
-                Some(payload_of(block))
-            } else {
-                self.carve(b, size, need + offset);
-                let shifted = payload.add(offset);
-                *shifted.cast::<usize>().sub(1) = offset | SHIFTED;
-                Some(NonNull::new_unchecked(shifted))
+                return Some(self.carve(g, need));
             }
+            let size = (*g).size;
+            let block = base.add(offset);
+            let rest = size - offset - need;
+            // The front part stays free where it is (the block below it
+            // keeps its ABOVE_FREE bit).
+            let c = class_of(offset);
+            if c == (*g).class {
+                (*g).size = offset;
+                *word_below(block) = offset;
+                self.free -= size - offset;
+            } else {
+                self.unlink(g);
+                self.link(base, offset, c);
+            }
+            if rest != 0 {
+                self.link(block.add(need), rest, class_of(rest));
+            }
+            set_tag(block, need, rest != 0);
+            Some(NonNull::new_unchecked(block))
         }
     }
 
@@ -487,22 +481,29 @@ impl RegionHeap {
     ///
     /// # Safety
     /// `ptr` is a live block of this heap, allocated (or last reallocated)
-    /// with `layout`'s alignment.
+    /// with `layout`.
     #[inline]
     pub unsafe fn dealloc(&mut self, ptr: NonNull<u8>, layout: Layout) {
-        // The next block's header, where it most likely is: loading it
-        // alongside our own header, instead of after it, hides a miss.
-        prefetch(
-            ptr.as_ptr()
-                .wrapping_add(layout.size().wrapping_add(GRANULE - 1) & !(GRANULE - 1)),
-        );
-        // SAFETY: the caller passes a live block of ours.
-        unsafe { self.free_block(block_of(ptr).0) }
+        let base = ptr.as_ptr();
+        // A layout's size is at most `isize::MAX`: no overflow.
+        let size = (layout.size() + (W + GRANULE - 1)) & !(GRANULE - 1);
+        // SAFETY: the caller passes a live block of ours with its layout, so
+        // `base..base + size` is that block and its last word its tag.
+        unsafe {
+            let end = base.add(size);
+            // The block above, if free, is needed soon (and its first line
+            // is the tag's only half the time).
+            prefetch(end);
+            let tag = *word_below(end);
+            debug_assert_eq!(tag & !ABOVE_FREE, size | USED, "dealloc: wrong layout");
+            self.free_range(base, end, tag & ABOVE_FREE != 0);
+        }
     }
 
     /// Resizes a live block to `new_size` bytes, keeping its contents up to
     /// the smaller size and its alignment. In place when shrinking or when
-    /// the next block is free and big enough; otherwise allocates, copies and
+    /// the next block is free and big enough; then into a free block just
+    /// below (sliding the contents down); otherwise allocates, copies and
     /// frees. `None` when out of memory: the block is then untouched.
     ///
     /// # Safety
@@ -514,257 +515,381 @@ impl RegionHeap {
         layout: Layout,
         new_size: usize,
     ) -> Option<NonNull<u8>> {
-        // As in `dealloc`.
-        prefetch(
-            ptr.as_ptr()
-                .wrapping_add(layout.size().wrapping_add(GRANULE - 1) & !(GRANULE - 1)),
-        );
-        // SAFETY: `ptr` is a live block of ours (the caller's promise); so
-        // is `b`, and its next physical block is a block or the sentinel,
-        // whose header reads as used.
+        let base = ptr.as_ptr();
+        let size = (layout.size() + (W + GRANULE - 1)) & !(GRANULE - 1);
+        let need = block_size_for(new_size)?;
+        // SAFETY: `base..base + size` is a live block of ours (the caller's
+        // promise), its last word its tag; a set ABOVE_FREE bit means a free
+        // block starts at its end.
         unsafe {
-            let (b, offset) = block_of(ptr);
-            let need = block_size_for(new_size)?.checked_add(offset)?;
-            let size = size_of_block(b);
-            let next = next_phys(b);
-            let next_free = header(next) & FREE != 0;
+            let end = base.add(size);
+            let tag = *word_below(end);
+            debug_assert_eq!(tag & !ABOVE_FREE, size | USED, "realloc: wrong layout");
+            let above_free = tag & ABOVE_FREE != 0;
             if need <= size {
-                if next_free {
-                    // Give the tail to the free neighbour, however small.
-                    let total = size + size_of_block(next);
-                    self.remove_free(next);
-                    (*b).header = need | (header(b) & PREV_FREE);
-                    self.insert_free(b.cast::<u8>().add(need).cast(), total - need);
-                } else if size - need >= MIN_BLOCK {
-                    (*b).header = need | (header(b) & PREV_FREE);
-                    self.insert_free(b.cast::<u8>().add(need).cast(), size - need);
+                if need < size {
+                    set_tag(base, need, true);
+                    self.free_tail(base.add(need), end, above_free);
                 }
                 return Some(ptr);
             }
-            if next_free && size + size_of_block(next) >= need {
-                let total = size + size_of_block(next);
-                self.remove_free(next);
-                self.carve(b, total, need);
-                return Some(ptr);
-            }
-            if header(b) & PREV_FREE != 0 && offset == 0 {
-                // Slide down into the free block before (and take the free
-                // one after, if any): no search, and it fills a hole.
-                let prev = *b.cast::<*mut Block>().sub(1);
-                let after = if next_free { size_of_block(next) } else { 0 };
-                let total = size_of_block(prev) + size + after;
-                let moved = payload_of(prev);
-                if total >= need && moved.as_ptr() as usize & (layout.align() - 1) == 0 {
-                    self.remove_free(prev);
-                    if next_free {
-                        self.remove_free(next);
+            if above_free {
+                let above = end.cast::<Gap>();
+                let total = size + (*above).size;
+                if total >= need {
+                    let rest = total - need;
+                    if rest == 0 {
+                        self.unlink(above);
+                    } else {
+                        self.shift_gap(above, base.add(need), rest);
                     }
-                    // `prev` is free, so the block before it is used.
-                    (*prev).header = total;
-                    // Overlapping; the tail `carve` frees lies past the copy
-                    // (`need >= new_size + W`).
-                    ptr::copy(ptr.as_ptr(), moved.as_ptr(), layout.size().min(new_size));
-                    self.carve(prev, total, need);
+                    set_tag(base, need, rest != 0);
+                    return Some(ptr);
+                }
+            }
+            let below = *word_below(base);
+            if below & USED == 0 {
+                if let Some(moved) =
+                    self.slide_down(base, size, below, above_free, need, layout, new_size)
+                {
                     return Some(moved);
                 }
             }
-            let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
-            let new = self.alloc(new_layout)?;
-            ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), layout.size().min(new_size));
-            self.free_block(b);
+            let new = self.alloc(Layout::from_size_align_unchecked(new_size, layout.align()))?;
+            ptr::copy_nonoverlapping(base, new.as_ptr(), layout.size().min(new_size));
+            // Read again: the new block may have come out of the free block
+            // above, which clears the bit.
+            let above_free = *word_below(end) & ABOVE_FREE != 0;
+            self.free_range(base, end, above_free);
             Some(new)
         }
     }
 
-    /// Takes a free block of at least `need` bytes off its list.
-    #[inline(always)]
-    fn take_free(&mut self, need: usize) -> Option<*mut Block> {
-        let (fl, sl) = class_of(need);
-        let head = self.heads[fl][sl];
-        // SAFETY: a list head is a free block of ours.
-        if !head.is_null() && unsafe { size_of_block(head) } >= need {
-            // SAFETY: as above.
-            unsafe { self.remove_free_in(head, fl, sl) };
-            return Some(head);
+    /// `realloc`'s third choice: the block `base..base + size` moves down
+    /// into the free block of `below` bytes just under it (with the free
+    /// block above, if any), at the lowest address there aligned to
+    /// `layout.align()`, if `need` bytes fit: no search, and it fills a hole.
+    ///
+    /// # Safety
+    /// `base..base + size` is a live block of ours allocated with `layout`,
+    /// the block below it is free and `below` bytes long, `above_free` tells
+    /// the truth about the block above, and `need > size`.
+    #[cold]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn slide_down(
+        &mut self,
+        base: *mut u8,
+        size: usize,
+        below: usize,
+        above_free: bool,
+        need: usize,
+        layout: Layout,
+        new_size: usize,
+    ) -> Option<NonNull<u8>> {
+        // SAFETY: the caller's promises; every address written lies in the
+        // free blocks around the block or in the block itself.
+        unsafe {
+            let low = base.sub(below);
+            let above = if above_free {
+                (*base.add(size).cast::<Gap>()).size
+            } else {
+                0
+            };
+            let high = base.add(size + above);
+            let to = low.add(align_gap(low, layout.align()));
+            if (high as usize - to as usize) < need {
+                return None;
+            }
+            // Unlink both free neighbours before the copy may overwrite
+            // their fields.
+            self.unlink(low.cast());
+            if above_free {
+                self.unlink(base.add(size).cast());
+            }
+            ptr::copy(base, to, layout.size().min(new_size));
+            if to != low {
+                // A free block stays in front; the block below it is used.
+                let front = to as usize - low as usize;
+                self.link(low, front, class_of(front));
+            } else {
+                *word_below(low) &= !ABOVE_FREE;
+            }
+            let rest = high as usize - to as usize - need;
+            if rest != 0 {
+                self.link(to.add(need), rest, class_of(rest));
+            }
+            set_tag(to, need, rest != 0);
+            Some(NonNull::new_unchecked(to))
         }
-        if let Some((fl, sl)) =
-            class_at_least(need).and_then(|(fl, sl)| self.first_class_from(fl, sl))
-        {
-            let b = self.heads[fl][sl];
-            // SAFETY: the bitmap says this list is not empty.
-            unsafe { self.remove_free_in(b, fl, sl) };
-            return Some(b);
-        }
-        self.scan_own_class(fl, sl, need)
     }
 
-    /// The last resort before failing: up to `EXACT_SCAN` blocks of the
-    /// request's own class after the head, which may be big enough.
+    /// Takes a free block of at least `need` bytes (still linked: `carve`
+    /// unlinks it), or `None`.
+    #[inline(always)]
+    fn take_free(&mut self, need: usize) -> Option<*mut Gap> {
+        match self.take_free_fast(need) {
+            Some(g) => Some(g),
+            None => self.scan_own_class(need, GRANULE),
+        }
+    }
+
+    /// The O(1) part of `take_free`: the head of the first non-empty class
+    /// whose every block fits; but when that class is a power of two or
+    /// more above the request, the head of the request's own class if it is
+    /// big enough (a closer fit, which keeps big blocks whole). Testing the
+    /// own class first on every request cost more in mispredicted branches
+    /// than it saved.
+    #[inline(always)]
+    fn take_free_fast(&mut self, need: usize) -> Option<*mut Gap> {
+        let at_least = class_at_least(need);
+        let found = self.first_class_from(at_least);
+        if found.is_none_or(|f| f >> SL_BITS > at_least >> SL_BITS) {
+            let c = class_of(need);
+            if self.sl_bitmap[c >> SL_BITS] & (1 << (c & (SL_COUNT - 1))) != 0 {
+                // SAFETY: the bitmap says list `c` is not empty (so the
+                // table exists), and its head is a free block of ours.
+                unsafe {
+                    let head = *self.heads.add(c);
+                    if (*head).size >= need {
+                        return Some(head);
+                    }
+                }
+            }
+        }
+        // SAFETY: the bitmap says this list is not empty.
+        Some(unsafe { *self.heads.add(found?) })
+    }
+
+    /// The last resort before failing: the head of the request's own class
+    /// and up to `EXACT_SCAN` blocks after it, the first in which `need`
+    /// bytes fit at an `align`-aligned address.
     #[cold]
-    fn scan_own_class(&mut self, fl: usize, sl: usize, need: usize) -> Option<*mut Block> {
-        let head = self.heads[fl][sl];
-        if head.is_null() {
+    fn scan_own_class(&mut self, need: usize, align: usize) -> Option<*mut Gap> {
+        let c = class_of(need);
+        if self.sl_bitmap[c >> SL_BITS] & (1 << (c & (SL_COUNT - 1))) == 0 {
             return None;
         }
-        // SAFETY: walking one free list of ours.
+        // SAFETY: walking one non-empty free list of ours.
         unsafe {
-            let mut b = (*head).next;
-            for _ in 0..EXACT_SCAN {
-                if b.is_null() {
+            let mut g = *self.heads.add(c);
+            for _ in 0..=EXACT_SCAN {
+                if g.is_null() {
                     break;
                 }
-                if size_of_block(b) >= need {
-                    self.remove_free(b);
-                    return Some(b);
+                let offset = align_gap(g.cast(), align);
+                if (*g).size >= need && (*g).size - need >= offset {
+                    return Some(g);
                 }
-                b = (*b).next;
+                g = (*g).next;
             }
         }
         None
     }
 
-    /// The first non-empty class at or above `(fl, sl)`.
+    /// The first non-empty class at or above `c` (`CLASS_COUNT`: none).
     #[inline(always)]
-    fn first_class_from(&self, fl: usize, sl: usize) -> Option<(usize, usize)> {
+    fn first_class_from(&self, c: usize) -> Option<usize> {
+        if c >= CLASS_COUNT {
+            return None;
+        }
+        let (fl, sl) = (c >> SL_BITS, c & (SL_COUNT - 1));
         let here = self.sl_bitmap[fl] & (u32::MAX << sl);
         if here != 0 {
-            return Some((fl, here.trailing_zeros() as usize));
+            return Some((fl << SL_BITS) | here.trailing_zeros() as usize);
         }
-        let above = self.fl_bitmap & (u64::MAX << (fl + 1));
+        let above = self.fl_bitmap & (u32::MAX.checked_shl(fl as u32 + 1).unwrap_or(0));
         if above == 0 {
             return None;
         }
         let fl = above.trailing_zeros() as usize;
-        Some((fl, self.sl_bitmap[fl].trailing_zeros() as usize))
+        Some((fl << SL_BITS) | self.sl_bitmap[fl].trailing_zeros() as usize)
     }
 
-    /// Makes `b` (off every list, `size` bytes, PREV_FREE bit right, its next
-    /// neighbour used) a used block of `need` bytes, freeing the tail as a
-    /// block of its own when it is big enough.
+    /// Makes the front `need` bytes of free block `g` (still linked, at
+    /// least `need` bytes) a used block; the rest, if any, stays free above
+    /// it. Returns the block.
     ///
     /// # Safety
-    /// As described; `need <= size`, both multiples of `GRANULE`.
+    /// As described.
     #[inline(always)]
-    unsafe fn carve(&mut self, b: *mut Block, size: usize, need: usize) {
-        // SAFETY: `b..b + size` is one block of ours (the caller's promise).
+    unsafe fn carve(&mut self, g: *mut Gap, need: usize) -> NonNull<u8> {
+        // SAFETY: `g` is a free block of ours: the word below it is the tag
+        // of a used block (no two free blocks are adjacent), and everything
+        // written lies inside `g`.
         unsafe {
-            let prev_free = header(b) & PREV_FREE;
-            if size - need >= MIN_BLOCK {
-                (*b).header = need | prev_free;
-                self.insert_free(b.cast::<u8>().add(need).cast(), size - need);
+            let base = g.cast::<u8>();
+            let rest = (*g).size - need;
+            if rest == 0 {
+                self.unlink(g);
             } else {
-                (*b).header = size | prev_free;
-                set_prev_free(b.cast::<u8>().add(size).cast(), false);
+                self.shift_gap(g, base.add(need), rest);
             }
+            *word_below(base) &= !ABOVE_FREE;
+            set_tag(base, need, rest != 0);
+            NonNull::new_unchecked(base)
         }
     }
 
-    /// Frees used block `b`, merging it with free neighbours on both sides.
+    /// Frees the used block `base..end`, merging it with free neighbours on
+    /// both sides.
     ///
     /// # Safety
-    /// `b` is a used block of ours.
+    /// `base..end` is a used block of ours (or new block space at a region's
+    /// end, not yet counted as free), and `above_free` says whether a free
+    /// block starts at `end`.
     #[inline(always)]
-    unsafe fn free_block(&mut self, mut b: *mut Block) {
-        // SAFETY: `b` is used; its neighbours are blocks (or the sentinel)
-        // of the same region; a set PREV_FREE bit means the word before `b`
-        // is the footer of the free block before it.
+    unsafe fn free_range(&mut self, base: *mut u8, end: *mut u8, above_free: bool) {
+        // SAFETY: the word below a block is a tag or a free block's size; a
+        // free block below is `below` bytes long and ends at `base`; a free
+        // block above starts at `end`.
         unsafe {
-            let mut size = size_of_block(b);
-            let next = next_phys(b);
-            if header(next) & FREE != 0 {
-                size += size_of_block(next);
-                self.remove_free(next);
-            }
-            if header(b) & PREV_FREE != 0 {
-                let prev = *b.cast::<*mut Block>().sub(1);
-                let prev_size = size_of_block(prev);
-                let total = prev_size + size;
-                let prev_class = class_of(prev_size);
-                if class_of(total) == prev_class {
-                    // Same list: `prev` grows where it is.
-                    (*prev).header = total | FREE;
-                    let end = prev.cast::<u8>().add(total);
-                    *end.cast::<*mut Block>().sub(1) = prev;
-                    set_prev_free(end.cast(), true);
-                    self.free += size;
-                    return;
+            let below = *word_below(base);
+            if below & USED == 0 {
+                let low = base.sub(below).cast::<Gap>();
+                let mut top = end;
+                if above_free {
+                    let above = end.cast::<Gap>();
+                    top = end.add((*above).size);
+                    self.unlink(above);
                 }
-                self.remove_free_in(prev, prev_class.0, prev_class.1);
-                size = total;
-                b = prev;
+                let total = top as usize - low as usize;
+                let c = class_of(total);
+                if c == (*low).class {
+                    // Same list: the block below grows where it is.
+                    (*low).size = total;
+                    *word_below(top) = total;
+                    self.free += total - below;
+                } else {
+                    self.unlink(low);
+                    self.link(low.cast(), total, c);
+                }
+            } else {
+                *word_below(base) = below | ABOVE_FREE;
+                self.free_tail(base, end, above_free);
             }
-            self.insert_free(b, size);
         }
     }
 
-    /// Writes a free block of `size` bytes at `b` (header, footer) and pushes
-    /// it on its list. Its previous neighbour must be used (free blocks are
-    /// never adjacent), so PREV_FREE is clear; the next one learns it.
+    /// Frees `base..end`, whose block below is used (and already marked
+    /// ABOVE_FREE), merging it with the free block at `end` if `above_free`.
     ///
     /// # Safety
-    /// `b..b + size` lies in a region of ours and is followed by a block
-    /// header or the sentinel; nothing there is live.
+    /// `base..end` lies in a region of ours, holds nothing live, and is
+    /// followed by a free block iff `above_free`.
     #[inline(always)]
-    unsafe fn insert_free(&mut self, b: *mut Block, size: usize) {
-        let (fl, sl) = class_of(size);
-        let head = self.heads[fl][sl];
-        // SAFETY: the caller's promise; `b` is GRANULE-aligned plus W, and
-        // `size >= MIN_BLOCK` leaves room for links and footer.
+    unsafe fn free_tail(&mut self, base: *mut u8, end: *mut u8, above_free: bool) {
+        // SAFETY: the caller's promise.
         unsafe {
-            (*b).header = size | FREE;
-            (*b).next = head;
-            (*b).prev = ptr::null_mut();
-            if !head.is_null() {
-                (*head).prev = b;
+            if above_free {
+                let above = end.cast::<Gap>();
+                let total = (*above).size + (end as usize - base as usize);
+                self.shift_gap(above, base, total);
+            } else {
+                let size = end as usize - base as usize;
+                self.link(base, size, class_of(size));
             }
-            let end = b.cast::<u8>().add(size);
-            *end.cast::<*mut Block>().sub(1) = b;
-            set_prev_free(end.cast(), true);
         }
-        self.heads[fl][sl] = b;
-        self.sl_bitmap[fl] |= 1 << sl;
-        self.fl_bitmap |= 1 << fl;
+    }
+
+    /// Moves the linked free block `g` to `to` with `size` bytes (the two
+    /// may not overlap in their first granule): in place on its list when
+    /// the class stays, else unlinked and linked anew.
+    ///
+    /// # Safety
+    /// `g` is on a free list of ours; `to..to + size` lies in a region of
+    /// ours, holds nothing live, and is bounded by used blocks (or region
+    /// ends) once `g` is gone.
+    #[inline(always)]
+    unsafe fn shift_gap(&mut self, g: *mut Gap, to: *mut u8, size: usize) {
+        let c = class_of(size);
+        // SAFETY: the caller's promise; list neighbours are free blocks or
+        // the head table.
+        unsafe {
+            if c == (*g).class {
+                let Gap {
+                    next,
+                    next_of_prev,
+                    size: old,
+                    ..
+                } = g.read();
+                let to = to.cast::<Gap>();
+                to.write(Gap {
+                    next,
+                    next_of_prev,
+                    class: c,
+                    size,
+                });
+                *next_of_prev = to;
+                if !next.is_null() {
+                    (*next).next_of_prev = ptr::addr_of_mut!((*to).next);
+                }
+                *word_below(to.cast::<u8>().add(size)) = size;
+                self.free = self.free + size - old;
+            } else {
+                self.unlink(g);
+                self.link(to, size, c);
+            }
+        }
+    }
+
+    /// Writes a free block of `size` bytes at `b` (its fields and last word)
+    /// and pushes it on list `c`.
+    ///
+    /// # Safety
+    /// `b..b + size` lies in a region of ours and holds nothing live; `c ==
+    /// class_of(size)`; the heap has its head table.
+    #[inline(always)]
+    unsafe fn link(&mut self, b: *mut u8, size: usize, c: usize) {
+        // SAFETY: the caller's promise; `b` is GRANULE-aligned and `size >=
+        // GRANULE` leaves room for the fields.
+        unsafe {
+            let slot = self.heads.add(c);
+            let head = *slot;
+            let g = b.cast::<Gap>();
+            g.write(Gap {
+                next: head,
+                next_of_prev: slot,
+                class: c,
+                size,
+            });
+            *word_below(b.add(size)) = size;
+            if head.is_null() {
+                self.sl_bitmap[c >> SL_BITS] |= 1 << (c & (SL_COUNT - 1));
+                self.fl_bitmap |= 1 << (c >> SL_BITS);
+            } else {
+                (*head).next_of_prev = ptr::addr_of_mut!((*g).next);
+            }
+            *slot = g;
+        }
         self.free += size;
     }
 
-    /// Unlinks free block `b` from its list (it stays marked free; the
-    /// caller rewrites its header).
+    /// Unlinks free block `g` from its list (its memory is then the
+    /// caller's).
     ///
     /// # Safety
-    /// `b` is on a free list of ours.
+    /// `g` is on a free list of ours.
     #[inline(always)]
-    unsafe fn remove_free(&mut self, b: *mut Block) {
-        // SAFETY: forwarded.
+    unsafe fn unlink(&mut self, g: *mut Gap) {
+        // SAFETY: the caller's promise; list neighbours are free blocks or
+        // the head table.
         unsafe {
-            let (fl, sl) = class_of(size_of_block(b));
-            self.remove_free_in(b, fl, sl);
-        }
-    }
-
-    /// `remove_free` for a caller that knows the class.
-    ///
-    /// # Safety
-    /// `b` is on the free list `(fl, sl)` of ours.
-    #[inline(always)]
-    unsafe fn remove_free_in(&mut self, b: *mut Block, fl: usize, sl: usize) {
-        // SAFETY: the caller's promise; list neighbours are free blocks.
-        unsafe {
-            let size = size_of_block(b);
-            debug_assert_eq!(class_of(size), (fl, sl));
-            let (next, prev) = ((*b).next, (*b).prev);
+            let Gap {
+                next,
+                next_of_prev,
+                class,
+                size,
+            } = g.read();
+            *next_of_prev = next;
             if !next.is_null() {
-                (*next).prev = prev;
-            }
-            if prev.is_null() {
-                self.heads[fl][sl] = next;
-                if next.is_null() {
-                    self.sl_bitmap[fl] &= !(1 << sl);
-                    if self.sl_bitmap[fl] == 0 {
-                        self.fl_bitmap &= !(1 << fl);
-                    }
+                (*next).next_of_prev = next_of_prev;
+            } else if next_of_prev == self.heads.add(class) {
+                // It was alone on its list.
+                let (fl, sl) = (class >> SL_BITS, class & (SL_COUNT - 1));
+                self.sl_bitmap[fl] &= !(1 << sl);
+                if self.sl_bitmap[fl] == 0 {
+                    self.fl_bitmap &= !(1 << fl);
                 }
-            } else {
-                (*prev).next = next;
             }
             self.free -= size;
         }
@@ -775,33 +900,28 @@ impl RegionHeap {
 mod tests {
     use super::*;
 
-    /// The smallest block size mapping to class `(fl, sl)`.
-    fn class_lower(fl: usize, sl: usize) -> usize {
-        if fl == 0 {
-            sl * GRANULE
-        } else {
-            (SL_COUNT + sl) << (fl - 1 + (SMALL_SHIFT - SL_BITS) as usize)
-        }
-    }
-
     #[test]
     fn classes_bound_their_sizes() {
-        let mut last = (0, 0);
+        let mut last = 0;
         let mut s = MIN_BLOCK;
-        while s < 1 << 26 {
+        while s < TOP_LOWER * 2 {
             let c = class_of(s);
             assert!(c >= last, "class of {s} went down");
-            assert!(class_lower(c.0, c.1) <= s);
+            assert!(class_lower(c) <= s);
+            assert!(c == TOP_CLASS || class_lower(c + 1) > s, "{s}: class {c}");
             last = c;
             // Every block in `class_at_least(s)` is at least `s`.
-            let (fl, sl) = class_at_least(s).unwrap();
-            assert!(class_lower(fl, sl) >= s, "{s}: class ({fl}, {sl})");
-            // ... and it is the lowest such class: the one below has a
-            // lower bound under `s`.
-            assert!((fl, sl) <= class_of(s + s / 16 + GRANULE));
-            s += GRANULE * (1 + s / 512);
+            let c = class_at_least(s);
+            if s <= TOP_LOWER {
+                assert!(class_lower(c) >= s, "{s}: class {c}");
+                // ... and it is the lowest such class.
+                assert!(c == 0 || class_lower(c - 1) < s);
+            } else {
+                assert_eq!(c, CLASS_COUNT);
+            }
+            s += GRANULE * (1 + s / 256);
         }
-        assert!(class_of(usize::MAX & !(GRANULE - 1)).0 < FL_COUNT);
-        assert_eq!(class_at_least(usize::MAX - 10), None);
+        assert_eq!(class_of(usize::MAX & !(GRANULE - 1)), TOP_CLASS);
+        assert_eq!(class_at_least(usize::MAX - 10), CLASS_COUNT);
     }
 }

@@ -10,8 +10,8 @@
 use core::fmt::{self, Write};
 
 use super::{
-    class_of, header, next_phys, size_of_block, Block, RegionHdr, RegionHeap, FL_COUNT, FREE,
-    GRANULE, MIN_BLOCK, PREV_FREE, SL_COUNT, W,
+    class_of, Gap, RegionHdr, RegionHeap, ABOVE_FREE, CLASS_COUNT, FLAGS, FL_COUNT, GRANULE,
+    MIN_BLOCK, SL_BITS, SL_COUNT, USED, W,
 };
 
 /// The first broken invariant `RegionHeap::check` found: what, and where.
@@ -44,31 +44,61 @@ fn regions(heap: &RegionHeap) -> impl Iterator<Item = &RegionHdr> {
     })
 }
 
-/// The blocks of `region` in address order, with their sizes and whether
-/// each is free (the sentinel excluded).
-fn blocks(region: &RegionHdr) -> impl Iterator<Item = (*mut Block, usize, bool)> + '_ {
-    let mut b = region.first;
+/// One block met by `blocks_down`.
+#[derive(Clone, Copy)]
+struct Seen {
+    /// Its first byte.
+    at: usize,
+    size: usize,
+    free: bool,
+    /// Its last word: a used block's tag, a free block's size.
+    last: usize,
+}
+
+/// The blocks of `region` from the top down (the only way to walk them: a
+/// block's size is in its last word). Each block's size comes from the word
+/// below the previous one; a size that is zero or reaches below the region's
+/// first block is reported once and ends the walk (`check` rejects it).
+fn blocks_down(region: &RegionHdr) -> impl Iterator<Item = Seen> + '_ {
+    let first = region.first as usize;
+    let mut end = region.limit as usize;
     core::iter::from_fn(move || {
-        if b == region.sentinel {
+        if end <= first {
             return None;
         }
-        // SAFETY: `b` is a block of a checked-or-trusted heap before its
-        // sentinel; the walk only reads headers.
-        let (size, free, next) = unsafe { (size_of_block(b), header(b) & FREE != 0, next_phys(b)) };
-        let item = (b, size, free);
-        b = next;
-        Some(item)
+        // SAFETY: `end` is a block boundary inside the region above its
+        // first block, so the word below it is a block's last word.
+        let last = unsafe { *((end - W) as *const usize) };
+        let free = last & USED == 0;
+        let size = if free { last } else { last & !FLAGS };
+        let at = end.wrapping_sub(size);
+        end = if size == 0 || size > end - first {
+            first
+        } else {
+            at
+        };
+        Some(Seen {
+            at,
+            size,
+            free,
+            last,
+        })
     })
 }
 
+/// Used blocks in `region`.
+fn used_blocks(region: &RegionHdr) -> usize {
+    blocks_down(region).filter(|b| !b.free).count()
+}
+
 impl RegionHeap {
-    /// Bytes in free blocks (each block's header word included: a single
+    /// Bytes in free blocks (each block's tag word included: a single
     /// allocation can use at most `largest_free() - BLOCK_OVERHEAD`). O(1).
     pub fn free_bytes(&self) -> usize {
         self.free
     }
 
-    /// Bytes in used blocks (headers and rounding included).
+    /// Bytes in used blocks (tags and rounding included).
     pub fn used_bytes(&self) -> usize {
         self.capacity - self.free
     }
@@ -79,15 +109,17 @@ impl RegionHeap {
         if self.fl_bitmap == 0 {
             return 0;
         }
-        let fl = 63 - self.fl_bitmap.leading_zeros() as usize;
+        let fl = 31 - self.fl_bitmap.leading_zeros() as usize;
         let sl = 31 - self.sl_bitmap[fl].leading_zeros() as usize;
-        let mut b = self.heads[fl][sl];
+        // SAFETY: the bitmaps say this list is not empty, so the head table
+        // exists; walking one of our free lists.
+        let mut g = unsafe { *self.heads.add(fl << SL_BITS | sl) };
         let mut largest = 0;
-        while !b.is_null() {
-            // SAFETY: walking one of our free lists.
+        while !g.is_null() {
+            // SAFETY: as above.
             unsafe {
-                largest = largest.max(size_of_block(b));
-                b = (*b).next;
+                largest = largest.max((*g).size);
+                g = (*g).next;
             }
         }
         largest
@@ -102,65 +134,58 @@ impl RegionHeap {
         (1.0 - self.largest_free() as f64 / self.free as f64) * 100.0
     }
 
-    /// Walks every region block by block and every free list, and checks
-    /// that they agree: sizes and bounds, the FREE / PREV_FREE bits and
-    /// footers, no two free blocks adjacent, each free block on the list of
-    /// its class exactly once, the bitmaps, and the byte totals. Slow (the
-    /// whole heap); for tests.
+    /// Walks every region block by block (from the top down) and every free
+    /// list, and checks that they agree: sizes and bounds, the tags' bits
+    /// (USED, ABOVE_FREE) and the base tag, free blocks' fields and last
+    /// words, no two free blocks adjacent, each free block on the list of
+    /// its class exactly once with its back link right, the bitmaps, and the
+    /// byte totals. Slow (the whole heap); for tests.
     pub fn check(&self) -> Result<(), CheckError> {
         let mut capacity = 0;
         let mut free = 0;
         let mut free_blocks = 0usize;
         for region in regions(self) {
-            let (first, sentinel) = (region.first as usize, region.sentinel as usize);
-            if first % GRANULE != GRANULE - W || sentinel % GRANULE != GRANULE - W {
-                return fail("region first block or sentinel misaligned", first);
+            let (first, limit) = (region.first as usize, region.limit as usize);
+            if first % GRANULE != 0 || limit % GRANULE != 0 || limit <= first {
+                return fail("region bounds misaligned or empty", first);
             }
-            if sentinel + W > region.end {
-                return fail("sentinel past the region's end", sentinel);
+            if limit > region.end {
+                return fail("blocks past the region's end", limit);
             }
-            // SAFETY: the region's first block header.
-            if unsafe { header(region.first) } & PREV_FREE != 0 {
-                return fail(
-                    "first block of a region claims a free block before it",
-                    first,
-                );
-            }
-            let mut prev_free = false;
-            let mut at = first;
-            for (b, size, is_free) in blocks(region) {
-                at = b as usize;
-                if size < MIN_BLOCK || size % GRANULE != 0 || at + size > sentinel {
-                    return fail("block size out of bounds", at);
+            let mut above_free = false;
+            let mut at = limit;
+            for b in blocks_down(region) {
+                if b.size < MIN_BLOCK || b.size % GRANULE != 0 || b.size > at - first {
+                    return fail("block size out of bounds", at - W);
                 }
-                // SAFETY: `b` and its size were checked to lie in the region.
-                let h = unsafe { header(b) };
-                if (h & PREV_FREE != 0) != prev_free {
-                    return fail("PREV_FREE bit disagrees with the block before", at);
-                }
-                if is_free {
-                    if prev_free {
+                at = b.at;
+                if b.free {
+                    if above_free {
                         return fail("two adjacent free blocks", at);
                     }
-                    // SAFETY: the footer is the block's last word, in bounds.
-                    let footer = unsafe { *((at + size - W) as *const usize) };
-                    if footer != at {
-                        return fail("free block footer does not point at its header", at);
+                    // SAFETY: a free block's first granule, in bounds.
+                    let g = unsafe { &*(at as *const Gap) };
+                    if g.size != b.size {
+                        return fail("free block's two size words differ", at);
                     }
-                    free += size;
+                    if g.class != class_of(b.size) {
+                        return fail("free block's class is wrong", at);
+                    }
+                    free += b.size;
                     free_blocks += 1;
+                } else if (b.last & ABOVE_FREE != 0) != above_free {
+                    return fail("ABOVE_FREE bit disagrees with the block above", at);
                 }
-                capacity += size;
-                prev_free = is_free;
-                at += size;
+                capacity += b.size;
+                above_free = b.free;
             }
-            if at != sentinel {
-                return fail("blocks do not end at the sentinel", at);
+            if at != first {
+                return fail("blocks do not start at the region's first block", at);
             }
-            // SAFETY: the sentinel header.
-            let h = unsafe { header(region.sentinel) };
-            if h & !PREV_FREE != 0 || (h & PREV_FREE != 0) != prev_free {
-                return fail("sentinel header is wrong", sentinel);
+            // SAFETY: the base tag, the word below the first block.
+            let base_tag = unsafe { *((first - W) as *const usize) };
+            if base_tag & !ABOVE_FREE != USED || (base_tag & ABOVE_FREE != 0) != above_free {
+                return fail("base tag is wrong", first - W);
             }
         }
         if capacity != self.capacity {
@@ -169,48 +194,64 @@ impl RegionHeap {
         if free != self.free {
             return fail("free byte count differs from the free blocks", free);
         }
+        if self.heads.is_null() {
+            return if self.fl_bitmap == 0 && self.sl_bitmap.iter().all(|&m| m == 0) {
+                Ok(())
+            } else {
+                fail("bitmaps set without a head table", 0)
+            };
+        }
         let mut listed = 0usize;
         for fl in 0..FL_COUNT {
             if (self.fl_bitmap >> fl & 1 != 0) != (self.sl_bitmap[fl] != 0) {
                 return fail("first-level bitmap disagrees with the second level", fl);
             }
             for sl in 0..SL_COUNT {
-                let head = self.heads[fl][sl];
+                let c = fl << SL_BITS | sl;
+                debug_assert!(c < CLASS_COUNT);
+                // SAFETY: the table has CLASS_COUNT slots.
+                let slot = unsafe { self.heads.add(c) };
+                // SAFETY: as above.
+                let head = unsafe { *slot };
                 if (self.sl_bitmap[fl] >> sl & 1 != 0) == head.is_null() {
                     return fail(
                         "second-level bitmap disagrees with the list head",
                         head as usize,
                     );
                 }
-                let mut prev: *mut Block = core::ptr::null_mut();
-                let mut b = head;
-                while !b.is_null() {
+                let mut from = slot;
+                let mut g = head;
+                while !g.is_null() {
                     listed += 1;
                     if listed > free_blocks {
                         return fail(
                             "more blocks on free lists than free in the regions",
-                            b as usize,
+                            g as usize,
                         );
                     }
                     if !regions(self)
-                        .any(|r| (r.first as usize..r.sentinel as usize).contains(&(b as usize)))
+                        .any(|r| (r.first as usize..r.limit as usize).contains(&(g as usize)))
                     {
-                        return fail("free list entry outside every region", b as usize);
+                        return fail("free list entry outside every region", g as usize);
                     }
-                    // SAFETY: `b` lies in a region (just checked) and the
+                    // SAFETY: `g` lies in a region (just checked) and the
                     // walk above checked every block there.
                     unsafe {
-                        if header(b) & FREE == 0 {
-                            return fail("used block on a free list", b as usize);
+                        let end = g as usize + (*g).size;
+                        if (*g).size < MIN_BLOCK
+                            || (*g).size % GRANULE != 0
+                            || *((end - W) as *const usize) != (*g).size
+                        {
+                            return fail("list entry is not a free block", g as usize);
                         }
-                        if class_of(size_of_block(b)) != (fl, sl) {
-                            return fail("free block on the list of another class", b as usize);
+                        if (*g).class != c {
+                            return fail("free block on the list of another class", g as usize);
                         }
-                        if (*b).prev != prev {
-                            return fail("free list back link is wrong", b as usize);
+                        if (*g).next_of_prev != from {
+                            return fail("free list back link is wrong", g as usize);
                         }
-                        prev = b;
-                        b = (*b).next;
+                        from = core::ptr::addr_of_mut!((*g).next);
+                        g = (*g).next;
                     }
                 }
             }
@@ -229,44 +270,56 @@ impl RegionHeap {
     /// ```
     /// # use core::alloc::Layout;
     /// # use heapkeep::region::RegionHeap;
-    /// # let memory = Box::leak(vec![0u8; 4096].into_boxed_slice());
+    /// # let memory = Box::leak(vec![0u8; 8192].into_boxed_slice());
     /// let mut heap = RegionHeap::new(memory);
-    /// heap.alloc(Layout::from_size_align(1000, 8).unwrap()).unwrap();
+    /// let quarter = heap.capacity() / 4;
+    /// heap.alloc(Layout::from_size_align(quarter, 8).unwrap()).unwrap();
     /// let mut map = String::new();
     /// heap.render_map(8, &mut map).unwrap();
     /// assert_eq!(map, "aa------\n");
     /// ```
+    ///
+    /// Blocks can only be walked from the top down (a block's size is in its
+    /// last word), so each line is drawn in batches of `BATCH` cells, one
+    /// walk of the region per batch, into a buffer on the stack.
     pub fn render_map(&self, width: usize, out: &mut impl Write) -> fmt::Result {
-        let mut letter = 0u8;
+        const BATCH: usize = 128;
+        // Used blocks in the regions before this one (letters run on).
+        let mut before = 0usize;
         for region in regions(self) {
-            let span = (region.sentinel as usize - region.first as usize) as u128;
-            let mut cells = 0;
-            for (b, size, free) in blocks(region) {
-                let (lo, hi) = (
-                    (b as usize - region.first as usize) as u128,
-                    (b as usize - region.first as usize + size) as u128,
-                );
-                let c = if free {
-                    '-'
-                } else {
-                    let c = (b'a' + letter) as char;
-                    letter = (letter + 1) % 26;
-                    c
-                };
-                // Cells whose middle, `(2i + 1) * span / (2 * width)`, is in
-                // `lo..hi`.
-                while cells < width {
-                    let mid = (2 * cells as u128 + 1) * span / (2 * width as u128);
-                    if mid >= hi {
-                        break;
+            let first = region.first as usize;
+            let span = (region.limit as usize - first) as u128;
+            let used = used_blocks(region);
+            let mut start = 0;
+            while start < width {
+                let n = BATCH.min(width - start);
+                let mut cells = [b'?'; BATCH];
+                // Used blocks above the current one in this region.
+                let mut above = 0usize;
+                for b in blocks_down(region) {
+                    let (lo, hi) = ((b.at - first) as u128, (b.at - first + b.size) as u128);
+                    let c = if b.free {
+                        b'-'
+                    } else {
+                        above += 1;
+                        b'a' + ((before + used - above) % 26) as u8
+                    };
+                    // Cells of this batch whose middle,
+                    // `(2i + 1) * span / (2 * width)`, is in `lo..hi`.
+                    for (i, cell) in cells.iter_mut().enumerate().take(n) {
+                        let mid = (2 * (start + i) as u128 + 1) * span / (2 * width as u128);
+                        if (lo..hi).contains(&mid) {
+                            *cell = c;
+                        }
                     }
-                    if mid >= lo {
-                        out.write_char(c)?;
-                    }
-                    cells += 1;
                 }
+                for &c in &cells[..n] {
+                    out.write_char(c as char)?;
+                }
+                start += n;
             }
             out.write_char('\n')?;
+            before += used;
         }
         Ok(())
     }
@@ -283,28 +336,31 @@ impl RegionHeap {
             out,
             r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
         )?;
-        let mut letter = 0usize;
+        let mut before = 0usize;
         for (row, region) in regions(self).enumerate() {
             let y = row * (BAR + 8) + 4;
-            let span = (region.sentinel as usize - region.first as usize) as f64;
             let first = region.first as usize;
-            for (b, size, free) in blocks(region) {
-                let x = (b as usize - first) as f64 / span * width as f64;
-                let w = size as f64 / span * width as f64;
-                if free {
+            let span = (region.limit as usize - first) as f64;
+            let used = used_blocks(region);
+            let mut above = 0usize;
+            for b in blocks_down(region) {
+                let x = (b.at - first) as f64 / span * width as f64;
+                let w = b.size as f64 / span * width as f64;
+                if b.free {
                     writeln!(
                         out,
                         r##"<rect x="{x:.2}" y="{y}" width="{w:.2}" height="{BAR}" fill="#e4e4e4"/>"##
                     )?;
                 } else {
-                    let hue = (letter % 26) * 360 / 26;
-                    letter += 1;
+                    above += 1;
+                    let hue = ((before + used - above) % 26) * 360 / 26;
                     writeln!(
                         out,
                         r#"<rect x="{x:.2}" y="{y}" width="{w:.2}" height="{BAR}" fill="hsl({hue},65%,55%)" stroke="white" stroke-width="0.5"/>"#
                     )?;
                 }
             }
+            before += used;
         }
         writeln!(
             out,
