@@ -102,8 +102,14 @@ fn out_unit(bytes: usize, size: usize) -> u64 {
 
 /// The free fast path's word for a block of `bytes` usable bytes.
 #[inline(always)]
-fn in_unit(bytes: usize) -> u64 {
+const fn in_unit(bytes: usize) -> u64 {
     ((bytes as u64) << IN_BYTES_SHIFT) | 1
+}
+
+/// What the free fast path adds for a block of `bytes` usable bytes
+/// (pages keep it precomputed: `page::set_block_size`).
+pub(crate) const fn free_unit(bytes: usize) -> u64 {
+    in_unit(bytes)
 }
 
 /// [`Counters::out`] as (blocks, requested bytes, usable bytes).
@@ -253,12 +259,13 @@ impl Counters {
         }
     }
 
-    /// Counts a block of `bytes` usable bytes (at most 2 MiB) taken back by
-    /// the free fast path. Owner thread only.
+    /// Counts a block taken back by the free fast path: `unit` is
+    /// [`free_unit`] of its usable size (at most 2 MiB), which the page
+    /// keeps. Owner thread only.
     #[inline(always)]
-    pub(crate) fn on_free(&self, bytes: usize) {
+    pub(crate) fn on_free_unit(&self, unit: u64) {
         if ENABLED {
-            bump(&self.inn, in_unit(bytes));
+            bump(&self.inn, unit);
         }
     }
 

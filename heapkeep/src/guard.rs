@@ -162,7 +162,7 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
             ptr::write_bytes(block as *mut u8, 0, usable);
         }
         let entry = &mut (*seg).pages[i];
-        entry.block_size = usable;
+        crate::page::set_block_size(entry, usable);
         entry.used = 1;
     }
     let slot = &mut pool.slots[i];

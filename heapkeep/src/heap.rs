@@ -306,7 +306,7 @@ pub(crate) unsafe fn free_in(heap: *mut Heap, p: *mut u8) {
     // change; `block` is live and becomes free here.
     unsafe {
         if (*page).owner.load(Ordering::Relaxed) == heap as usize {
-            (*heap).counters.on_free((*page).block_size);
+            (*heap).counters.on_free_unit((*page).free_unit);
             set_next(block, (*page).local_free, (*page).key);
             (*page).local_free = block;
             (*page).used -= 1;
@@ -1420,7 +1420,7 @@ unsafe fn resize_large(seg: *mut Segment, page: *mut Page, new_size: usize) -> b
             link_span(seg, idx, n2);
         }
         (*page).slice_count = n2 as u32;
-        (*page).block_size = n2 * SLICE_SIZE;
+        page::set_block_size(page, n2 * SLICE_SIZE);
         true
     }
 }

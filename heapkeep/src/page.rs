@@ -79,8 +79,11 @@ pub(crate) struct Page {
     /// Bin (see `size_class::BIN_COUNT`), or `LARGE_CLASS` for a single-block
     /// page. On the first line: the fast paths count per bin (`counters.rs`).
     pub(crate) class: u32,
-    /// Keeps `xthread` off the first cache line.
-    _pad: [u8; 8],
+    /// What the free fast path adds to its heap's counters for a block of
+    /// this page (`counters::free_unit(block_size)`, precomputed so the fast
+    /// path adds a loaded word). Invariant: kept in step with `block_size`
+    /// by [`set_block_size`]. Also keeps `xthread` off the first cache line.
+    pub(crate) free_unit: u64,
     // -- second cache line: cold for the owner, written by other threads --
     /// Blocks freed by other threads: `head | count << XT_COUNT_SHIFT`, links
     /// encoded like the other lists; or exactly `XT_INBOX` when the page is
@@ -134,7 +137,7 @@ impl Page {
         block_size: 0,
         fresh: false,
         class: 0,
-        _pad: [0; 8],
+        free_unit: 0,
         xthread: AtomicUsize::new(0),
         capacity: 0,
         reserved: 0,
@@ -163,6 +166,20 @@ pub(crate) fn decode(stored: usize, slot: *mut Block, key: usize) -> *mut Block 
 
 /// Reads the next link of `block`, checking that it stays in the block's segment.
 ///
+/// Sets a page's block size and the free fast path's word with it.
+///
+/// # Safety
+/// `page` is a page entry the caller may write (its owner, or no thread can
+/// reach it).
+#[inline]
+pub(crate) unsafe fn set_block_size(page: *mut Page, block_size: usize) {
+    // SAFETY: forwarded from the caller; raw place writes, no reference.
+    unsafe {
+        (*page).block_size = block_size;
+        (*page).free_unit = crate::counters::free_unit(block_size);
+    }
+}
+
 /// # Safety
 /// `block` is a free block of a page whose links were encoded with `key`.
 #[inline(always)]
@@ -259,7 +276,7 @@ pub(crate) unsafe fn init(
         (*page).used = 0;
         (*page).slice_offset = 0;
         (*page).key = key ^ (area as usize).rotate_left(7);
-        (*page).block_size = block_size;
+        set_block_size(page, block_size);
         (*page).capacity = 0;
         (*page).reserved = ((bytes - offset) / block_size) as u32;
         (*page).class = class;
