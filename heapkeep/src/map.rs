@@ -226,16 +226,8 @@ fn copy_id() -> usize {
 /// than `held` bytes: that copy serves the program, and its snapshot stays.
 fn other_copy_wrote_more(path: &CStr, held: u64) -> bool {
     let mut buf = [0u8; 512];
-    // SAFETY: `path` is NUL-terminated; we read into our buffer and close
-    // the descriptor we opened.
-    let n = unsafe {
-        let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-        if fd < 0 {
-            return false;
-        }
-        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-        libc::close(fd);
-        n.max(0) as usize
+    let Some(n) = os::read_head(path, &mut buf) else {
+        return false;
     };
     let (mut pid, mut copy, mut their_held) = (None, None, 0u64);
     for line in buf[..n].split(|&c| c == b'\n') {

@@ -581,18 +581,8 @@ fn write_dhat(st: &mut State, fd: i32, pid: u32, now: u64) {
 /// The program's command line, JSON-escaped, arguments joined by spaces.
 fn write_cmdline(w: &mut Writer) {
     let mut buf = [0u8; 1024];
-    // SAFETY: plain system calls into our own buffer.
-    let n = unsafe {
-        let fd = libc::open(
-            c"/proc/self/cmdline".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        );
-        if fd < 0 {
-            return;
-        }
-        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-        libc::close(fd);
-        n.max(0) as usize
+    let Some(n) = os::read_head(c"/proc/self/cmdline", &mut buf) else {
+        return;
     };
     let text = &buf[..n];
     let text = text.strip_suffix(&[0]).unwrap_or(text);

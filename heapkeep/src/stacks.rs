@@ -24,6 +24,7 @@
 //! seen: threads that never call the heap, and a thread whose first heap
 //! call runs on its alternate signal stack.
 
+use core::ffi::CStr;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use crate::check::options::{self, id};
@@ -31,6 +32,7 @@ use crate::heap::Heap;
 use crate::os::{self, maps};
 use crate::sync::SpinLock;
 use crate::thread;
+use crate::writer::Writer;
 
 /// How many threads [`StackPeaks`] lists (the deepest ones).
 const LISTED: usize = 64;
@@ -238,8 +240,25 @@ fn measure(lo: usize, hi: usize, tid: u32, main: bool, running: bool) -> Option<
         main,
         ..StackPeak::default()
     };
-    os::thread_name(tid, &mut p.name);
+    thread_name(tid, &mut p.name);
     Some(p)
+}
+
+/// Reads thread `tid`'s name (`/proc/self/task/<tid>/comm`) into `out`,
+/// NUL-padded (empty when it cannot be read).
+fn thread_name(tid: u32, out: &mut [u8; 16]) {
+    let mut path = Writer::buffer();
+    path.s("/proc/self/task/").d(tid as usize).s("/comm\0");
+    let Ok(path) = CStr::from_bytes_with_nul(path.as_bytes()) else {
+        return;
+    };
+    *out = [0; 16];
+    let mut n = os::read_head(path, out).unwrap_or(0);
+    // The kernel ends the name with a newline.
+    while n > 0 && (out[n - 1] == b'\n' || out[n - 1] == 0) {
+        n -= 1;
+        out[n] = 0;
+    }
 }
 
 /// The deepest stacks of the threads measured so far (those that exited,

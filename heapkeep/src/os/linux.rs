@@ -450,47 +450,20 @@ pub(crate) fn main_stack_limit() -> Option<usize> {
     (rc == 0 && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur as usize)
 }
 
-/// Reads thread `tid`'s name (`/proc/self/task/<tid>/comm`) into `out`
-/// (NUL-padded); returns its length (0 when it cannot be read).
-pub(crate) fn thread_name(tid: u32, out: &mut [u8; 16]) -> usize {
-    let mut path = [0u8; 40];
-    let prefix = b"/proc/self/task/";
-    path[..prefix.len()].copy_from_slice(prefix);
-    let mut len = prefix.len();
-    let mut digits = [0u8; 10];
-    let mut n = 0;
-    let mut t = tid;
-    loop {
-        digits[n] = b'0' + (t % 10) as u8;
-        n += 1;
-        t /= 10;
-        if t == 0 {
-            break;
-        }
-    }
-    for d in digits[..n].iter().rev() {
-        path[len] = *d;
-        len += 1;
-    }
-    path[len..len + 5].copy_from_slice(b"/comm");
-    // `path` stays NUL-terminated: it has room to spare.
-    *out = [0; 16];
+/// The first bytes of the file at `path` (one `read`, at most
+/// `buf.len()`) into `buf`; their count, or `None` when the file cannot be
+/// opened. Small `/proc` files (a command line, a thread's name) and our
+/// own snapshot headers.
+pub(crate) fn read_head(path: &core::ffi::CStr, buf: &mut [u8]) -> Option<usize> {
     // SAFETY: plain system calls on a NUL-terminated path, our own
     // descriptor and buffer.
-    let got = unsafe {
-        let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
         if fd < 0 {
-            return 0;
+            return None;
         }
-        let got = libc::read(fd, out.as_mut_ptr().cast(), out.len());
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
         libc::close(fd);
-        got
-    };
-    let mut got = got.max(0) as usize;
-    // The kernel ends the name with a newline.
-    while got > 0 && (out[got - 1] == b'\n' || out[got - 1] == 0) {
-        got -= 1;
-        out[got] = 0;
+        Some(n.max(0) as usize)
     }
-    got
 }
