@@ -19,6 +19,11 @@
 //!   address without copying its pages; null on failure (the old mapping is intact).
 //! - `count_resident(ptr, len, piece, out)`: how many bytes of each `piece` of
 //!   a range of ours are resident now (the heap walk's resident figures).
+//! - `lowest_resident(ptr, len)`, `no_huge_pages(lo, hi)`, `on_signal_stack()`,
+//!   `main_stack_limit()`: what `stacks.rs` needs to measure a thread's stack
+//!   depth; `maps.rs` reads `/proc/self/maps`.
+//! - `read_head(path, buf)`: the first bytes of a small file (`/proc` files,
+//!   our own snapshot headers) in one read.
 //! - `now_ms()`: a cheap monotonic clock in milliseconds (coarse is fine).
 //! - `random_u64()`: a secret from the kernel's random source.
 //! - thread-exit and fork hooks; `write_fd` for messages and files without allocating;
