@@ -174,6 +174,11 @@ pub(crate) struct Counters {
     /// The totals when that thread started running the heap (a retired
     /// heap is adopted with the counts of the threads before).
     base: [AtomicU64; 7],
+    /// The smallest block these counters see, in bytes: 8 for a heap's
+    /// (usable sizes), 0 for check mode's, which counts the requested
+    /// sizes (a free of a 1-byte block adds 1). Only the debug check of the
+    /// free word's byte field uses it.
+    min_block: u64,
 }
 
 /// A consistent reading of one heap's counters.
@@ -227,8 +232,17 @@ fn bump(c: &AtomicU64, n: u64) {
 }
 
 impl Counters {
-    /// All zero.
+    /// All zero, for usable sizes (every block at least 8 bytes).
     pub(crate) const fn new() -> Counters {
+        Counters::with_min_block(8)
+    }
+
+    /// All zero, for requested sizes (blocks of any size, 0 included).
+    pub(crate) const fn for_requested_sizes() -> Counters {
+        Counters::with_min_block(0)
+    }
+
+    const fn with_min_block(min_block: u64) -> Counters {
         Counters {
             out: AtomicU64::new(0),
             inn: AtomicU64::new(0),
@@ -246,6 +260,7 @@ impl Counters {
             private: AtomicBool::new(false),
             thread: AtomicU32::new(0),
             base: [const { AtomicU64::new(0) }; 7],
+            min_block,
         }
     }
 
@@ -362,9 +377,12 @@ impl Counters {
         bump(&self.requested, req);
         bump(&self.bytes_out, b);
         let (n, b) = unpack_in(self.inn.load(r));
-        // A block is at least 8 bytes: fewer bytes than that per block
-        // means the byte field wrapped (see the module docs).
-        debug_assert!(b >= 8 * n, "free counts wrapped: {n} blocks, {b} bytes");
+        // A block is at least `min_block` bytes: fewer bytes than that per
+        // block means the byte field wrapped (see the module docs).
+        debug_assert!(
+            b >= self.min_block * n,
+            "free counts wrapped: {n} blocks, {b} bytes"
+        );
         bump(&self.frees, n);
         bump(&self.bytes_in, b);
         self.out.store(0, r);

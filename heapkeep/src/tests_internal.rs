@@ -658,6 +658,33 @@ fn purge_delay_grows_when_purged_memory_comes_back_and_relaxes() {
     check_invariants().unwrap();
 }
 
+/// Check mode counts requested sizes, so its blocks can be 0 or 1 byte:
+/// drains of a free word holding fewer than 8 bytes per block must neither
+/// trip the wrap check nor lose counts (a debug assertion assumed usable
+/// sizes and fired in check mode's CI run).
+#[cfg(feature = "stats")]
+#[test]
+fn requested_size_counts_take_tiny_blocks() {
+    let c = crate::counters::Counters::for_requested_sizes();
+    c.private.store(true, core::sync::atomic::Ordering::Relaxed);
+    let (mut bytes, mut n) = (0u64, 0u64);
+    // Enough pairs to fill the packed words' halves many times over.
+    for i in 0..300_000u64 {
+        let size = (i % 3) as usize; // 0, 1 and 2 bytes
+        c.count_alloc(size, size);
+        c.count_free(size);
+        bytes += size as u64;
+        n += 1;
+    }
+    let t = c.totals();
+    assert_eq!((t.allocs, t.frees), (n, n));
+    assert_eq!(
+        (t.bytes_out, t.bytes_in, t.requested),
+        (bytes, bytes, bytes)
+    );
+    assert_eq!(t.net(), 0);
+}
+
 /// The packed counters (`counters.rs`) stay exact through many drains, a
 /// long run of frees in random order, and a reader on another thread never
 /// sees a drain half done.

@@ -77,7 +77,7 @@ unsafe impl Send for State {}
 /// What the program did in check mode, counted with the sizes it asked for
 /// (the inner heap's own counters, redzones included, are private). Written
 /// under the check lock only.
-static USER: Counters = Counters::new();
+static USER: Counters = Counters::for_requested_sizes();
 
 /// Check mode's counts of the program's calls, for `stats()`.
 pub(crate) fn counters() -> &'static Counters {
