@@ -196,6 +196,16 @@ impl Depot {
 // ---------------------------------------------------------------------------
 // Symbolization
 
+/// `<T as alloc::...>::f`: a trait of the `alloc` crate implemented for
+/// some type (`<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem`).
+fn trait_impl_in_alloc(name: &[u8]) -> bool {
+    let Some(rest) = name.strip_prefix(b"<") else {
+        return false;
+    };
+    let head = &rest[..rest.iter().position(|&c| c == b'>').unwrap_or(rest.len())];
+    head.windows(10).any(|w| w == b" as alloc:")
+}
+
 /// Function names that belong to the allocator itself (or to Rust's
 /// allocation shims): leading frames with these names are not printed.
 fn is_allocator_frame(name: &[u8]) -> bool {
@@ -230,6 +240,7 @@ fn is_allocator_frame(name: &[u8]) -> bool {
     ];
     PREFIXES.iter().any(|p| name.starts_with(p))
         || EXACT.contains(&name)
+        || trait_impl_in_alloc(name)
         || name.starts_with(b"operator new")
         || name.starts_with(b"operator delete")
         || name.starts_with(b"_Znw")
@@ -324,13 +335,21 @@ fn place_of(ip: usize) -> Option<Place> {
     Some(p)
 }
 
-/// Text from `addr2line` for the frames of one stack: each frame's
-/// function and location as ranges of `text`.
+/// Most functions named for one stack, inlined ones included.
+const MAX_NAMED: usize = 4 * MAX_DEPTH;
+
+/// Text from `addr2line` for the frames of one stack. A frame's code may
+/// be several functions inlined into each other, so a frame has a run of
+/// named entries, innermost first: `first[k]..first[k] + count[k]` of
+/// `func`/`loc` (ranges of `text`).
 struct Symbols {
     text: [u8; 32 * 1024],
     len: usize,
-    func: [(u32, u32); MAX_DEPTH],
-    loc: [(u32, u32); MAX_DEPTH],
+    func: [(u32, u32); MAX_NAMED],
+    loc: [(u32, u32); MAX_NAMED],
+    named: usize,
+    first: [u16; MAX_DEPTH],
+    count: [u16; MAX_DEPTH],
 }
 
 impl Symbols {
@@ -339,9 +358,12 @@ impl Symbols {
     }
 }
 
-/// Runs `addr2line -C -f -e FILE ADDR...` once for the frames `which` of
-/// one module (addresses `addrs`, relative to its load bias) and records
-/// each frame's function and `file:line` in `out`. False if it cannot run.
+/// Runs `addr2line -C -f -i -a -e FILE ADDR...` once for the frames `which`
+/// of one module (addresses `addrs`, relative to its load bias) and records
+/// each frame's functions and `file:line`s in `out`: the function the code
+/// is in, then each function it is inlined into (with `-i`), so a call made
+/// from code inlined out of `alloc::` still names the caller's own
+/// function. False if it cannot run.
 fn addr2line(file: &[u8], addrs: &[usize], which: &[usize], out: &mut Symbols) -> bool {
     let mut path = [0u8; 257];
     if file.len() >= path.len() || addrs.is_empty() {
@@ -362,16 +384,19 @@ fn addr2line(file: &[u8], addrs: &[usize], which: &[usize], out: &mut Symbols) -
         n += 1;
     }
     let (addrs, which) = (&addrs[..n], &which[..n]);
-    let mut argv: [*const libc::c_char; MAX_DEPTH + 6] = [ptr::null(); MAX_DEPTH + 6];
-    argv[..5].copy_from_slice(&[
+    const ARGS: usize = 7;
+    let mut argv: [*const libc::c_char; MAX_DEPTH + ARGS + 1] = [ptr::null(); MAX_DEPTH + ARGS + 1];
+    argv[..ARGS].copy_from_slice(&[
         c"addr2line".as_ptr(),
         c"-C".as_ptr(),
         c"-f".as_ptr(),
+        c"-i".as_ptr(),
+        c"-a".as_ptr(),
         c"-e".as_ptr(),
         path.as_ptr().cast(),
     ]);
     for k in 0..addrs.len() {
-        argv[5 + k] = hex.as_bytes()[starts[k]..].as_ptr().cast();
+        argv[ARGS + k] = hex.as_bytes()[starts[k]..].as_ptr().cast();
     }
     let start = out.len;
     let mut fds = [0 as c_int; 2];
@@ -420,22 +445,53 @@ fn addr2line(file: &[u8], addrs: &[usize], which: &[usize], out: &mut Symbols) -
         out.len = start;
         return false;
     }
-    // Two lines per address: function, then file:line.
-    let mut pos = start;
-    let mut line = || -> (u32, u32) {
-        let end = out.text[pos..out.len]
-            .iter()
-            .position(|&c| c == b'\n')
-            .map_or(out.len, |i| pos + i);
-        let r = (pos as u32, end as u32);
-        pos = (end + 1).min(out.len);
-        r
-    };
-    for &frame in which {
-        out.func[frame] = line();
-        out.loc[frame] = line();
-    }
+    parse_inlined(out, start, which);
     true
+}
+
+/// Reads `addr2line -f -i -a` output from `out.text[start..out.len]`: per
+/// address a line `0x...`, then a function line and a `file:line` line for
+/// it and for each function it is inlined into. Frames `which` (in the
+/// order their addresses were given) get their runs of entries. A line cut
+/// off by a full buffer is left out.
+fn parse_inlined(out: &mut Symbols, start: usize, which: &[usize]) {
+    let mut lines = [(0u32, 0u32); 2];
+    let mut pos = start;
+    let mut group = 0usize;
+    let mut have = 0; // lines of the current pair read so far
+    while pos < out.len {
+        let Some(nl) = out.text[pos..out.len].iter().position(|&c| c == b'\n') else {
+            break; // cut off
+        };
+        let (a, b) = (pos, pos + nl);
+        pos = b + 1;
+        if out.text[a..b].starts_with(b"0x") && have == 0 {
+            // The next address's group starts.
+            if group >= which.len() {
+                break;
+            }
+            let k = which[group];
+            group += 1;
+            out.first[k] = out.named as u16;
+            out.count[k] = 0;
+            continue;
+        }
+        if group == 0 {
+            continue;
+        }
+        lines[have] = (a as u32, b as u32);
+        have += 1;
+        if have == 2 {
+            have = 0;
+            if out.named < MAX_NAMED {
+                let k = which[group - 1];
+                out.func[out.named] = lines[0];
+                out.loc[out.named] = lines[1];
+                out.named += 1;
+                out.count[k] += 1;
+            }
+        }
+    }
 }
 
 /// Prints one stack section of a report: `  <title> (thread <tid>):` and
@@ -501,8 +557,11 @@ pub(crate) fn describe(
     let mut syms = Symbols {
         text: [0; 32 * 1024],
         len: 0,
-        func: [(0, 0); MAX_DEPTH],
-        loc: [(0, 0); MAX_DEPTH],
+        func: [(0, 0); MAX_NAMED],
+        loc: [(0, 0); MAX_NAMED],
+        named: 0,
+        first: [0; MAX_DEPTH],
+        count: [0; MAX_DEPTH],
     };
     if symbolize {
         // One addr2line run per module, for all of its frames.
@@ -532,33 +591,41 @@ pub(crate) fn describe(
     let mut leading = true;
     for (k, &ip) in ips.iter().enumerate() {
         let place = &places[k];
-        let mut func: &[u8] = b"??";
-        let mut loc: &[u8] = b"";
+        let mut sym: &[u8] = b"??";
         if let Some(p) = place {
             if p.sym_len > 0 {
-                func = &p.sym[..p.sym_len];
+                sym = &p.sym[..p.sym_len];
             }
         }
-        let f = syms.get(syms.func[k]);
-        if !f.is_empty() && f != b"??" {
-            func = f;
-        }
-        let l = syms.get(syms.loc[k]);
-        if !l.is_empty() && !l.starts_with(b"??") {
-            loc = l;
-        }
-        if leading && is_allocator_frame(func) {
-            continue;
-        }
-        leading = false;
-        if !loc.is_empty() {
-            frame(ip, func, Loc::Line(loc));
-        } else if let Some(p) = place {
-            let name = &p.file[..p.file_len];
-            let base = name.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1);
-            frame(ip, func, Loc::Module(&name[base..], look(k) - p.bias));
-        } else {
-            frame(ip, func, Loc::None);
+        // The frame's named functions, innermost first; one unnamed entry
+        // (the loader's symbol, if any) when addr2line said nothing.
+        let first = syms.first[k] as usize;
+        let entries = (syms.count[k] as usize).max(1);
+        for e in first..first + entries {
+            let (mut func, mut loc): (&[u8], &[u8]) = (sym, b"");
+            if syms.count[k] > 0 {
+                let f = syms.get(syms.func[e]);
+                if !f.is_empty() && f != b"??" {
+                    func = f;
+                }
+                let l = syms.get(syms.loc[e]);
+                if !l.is_empty() && !l.starts_with(b"??") {
+                    loc = l;
+                }
+            }
+            if leading && is_allocator_frame(func) {
+                continue;
+            }
+            leading = false;
+            if !loc.is_empty() {
+                frame(ip, func, Loc::Line(loc));
+            } else if let Some(p) = place {
+                let name = &p.file[..p.file_len];
+                let base = name.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1);
+                frame(ip, func, Loc::Module(&name[base..], look(k) - p.bias));
+            } else {
+                frame(ip, func, Loc::None);
+            }
         }
     }
 }
@@ -601,5 +668,44 @@ mod tests {
         assert!(is_allocator_frame(b"operator new(unsigned long)"));
         assert!(!is_allocator_frame(b"main"));
         assert!(!is_allocator_frame(b"mallocator"));
+        assert!(is_allocator_frame(
+            b"<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem"
+        ));
+        assert!(!is_allocator_frame(b"<app::Pool as app::Alloc>::get"));
+        assert!(!is_allocator_frame(b"<Vec<u8> as app::Pack>::pack"));
+    }
+
+    #[test]
+    fn inlined_functions_get_an_entry_each() {
+        let mut syms = Symbols {
+            text: [0; 32 * 1024],
+            len: 0,
+            func: [(0, 0); MAX_NAMED],
+            loc: [(0, 0); MAX_NAMED],
+            named: 0,
+            first: [0; MAX_DEPTH],
+            count: [0; MAX_DEPTH],
+        };
+        let out: &[u8] = b"0x0000000000001234\nalloc::vec::from_elem\nvec.rs:10\n\
+            app::site\napp.rs:3\n0x0000000000005678\napp::main\napp.rs:9\n0x9\nhalf\n";
+        syms.text[..out.len()].copy_from_slice(out);
+        syms.len = out.len();
+        // The frames were given as 2, 0, 5: the last one's output is cut.
+        parse_inlined(&mut syms, 0, &[2, 0, 5]);
+        let names = |k: usize| -> std::vec::Vec<(&[u8], &[u8])> {
+            let f = syms.first[k] as usize;
+            (f..f + syms.count[k] as usize)
+                .map(|e| (syms.get(syms.func[e]), syms.get(syms.loc[e])))
+                .collect()
+        };
+        assert_eq!(
+            names(2),
+            [
+                (&b"alloc::vec::from_elem"[..], &b"vec.rs:10"[..]),
+                (&b"app::site"[..], &b"app.rs:3"[..])
+            ]
+        );
+        assert_eq!(names(0), [(&b"app::main"[..], &b"app.rs:9"[..])]);
+        assert!(names(5).is_empty());
     }
 }

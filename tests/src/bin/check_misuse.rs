@@ -41,6 +41,15 @@ fn layout(size: usize, align: usize) -> Layout {
     Layout::from_size_align(size, align).expect("valid layout")
 }
 
+/// Code after a call, so an optimised build calls instead of jumping (a
+/// tail call would take the site's own frame off the stack); `site` makes
+/// each site's code its own (identical functions would be merged into one,
+/// named after only one of them).
+#[inline(always)]
+fn keep_frame(site: u8) {
+    black_box(site);
+}
+
 #[inline(never)]
 fn alloc_site_small(size: usize) -> *mut u8 {
     // SAFETY: the layout is not zero-sized.
@@ -69,7 +78,8 @@ fn alloc_site_large(size: usize) -> *mut u8 {
 /// None: this is the misuse (`p` is not a block).
 #[inline(never)]
 unsafe fn invalid_free_site(p: *mut u8, l: Layout) {
-    unsafe { dealloc(p, l) }
+    unsafe { dealloc(p, l) };
+    keep_frame(1);
 }
 
 /// Reads the byte at `p + i`.
@@ -96,28 +106,33 @@ fn stack_overflow_recurse(depth: u64) -> u64 {
 /// `p` was allocated with `l` and is not freed yet (for a correct free).
 #[inline(never)]
 unsafe fn free_site(p: *mut u8, l: Layout) {
-    unsafe { dealloc(p, l) }
+    unsafe { dealloc(p, l) };
+    keep_frame(2);
 }
 
 /// # Safety
 /// None: this is the misuse (a second free of `p`).
 #[inline(never)]
 unsafe fn free_again_site(p: *mut u8, l: Layout) {
-    unsafe { dealloc(p, l) }
+    unsafe { dealloc(p, l) };
+    keep_frame(3);
 }
 
 /// # Safety
 /// None: this is the misuse (`l` is not the layout `p` was allocated with).
 #[inline(never)]
 unsafe fn free_wrong_layout_site(p: *mut u8, l: Layout) {
-    unsafe { dealloc(p, l) }
+    unsafe { dealloc(p, l) };
+    keep_frame(4);
 }
 
 /// # Safety
 /// None: this is the misuse (`l` is not the layout `p` was allocated with).
 #[inline(never)]
 unsafe fn realloc_wrong_layout_site(p: *mut u8, l: Layout, new_size: usize) -> *mut u8 {
-    unsafe { realloc(p, l, new_size) }
+    let q = unsafe { realloc(p, l, new_size) };
+    keep_frame(5);
+    q
 }
 
 /// Writes `v` at `p + i`.
@@ -169,13 +184,16 @@ fn scrub_stack() {
 }
 
 /// 3 blocks of 100, 200 and 400 bytes and 2 of 500: 1700 bytes in 5
-/// blocks, each site called in a loop so its blocks share one stack.
+/// blocks, each site called in a loop so its blocks share one stack (the
+/// trip counts are hidden from the optimiser: an unrolled loop would make
+/// one call site, and so one stack, per block).
 #[inline(never)]
 fn leak() {
-    for n in [100, 200, 400] {
+    let sizes = [100, 200, 400];
+    for &n in black_box(&sizes[..]) {
         leak_site_triple(n);
     }
-    for _ in 0..2 {
+    for _ in 0..black_box(2) {
         leak_site_pair(500);
     }
     scrub_stack();
