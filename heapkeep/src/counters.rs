@@ -106,6 +106,18 @@ const fn in_unit(bytes: usize) -> u64 {
     ((bytes as u64) << IN_BYTES_SHIFT) | 1
 }
 
+/// What the allocation fast path adds for a block of `bytes` usable bytes,
+/// before the request's `size << OUT_REQ_SHIFT` (pages keep it precomputed:
+/// `page::set_block_size`). 0 for blocks the fast path never hands out
+/// (16 MiB and more: they would not fit the usable-bytes field).
+pub(crate) const fn alloc_unit(bytes: usize) -> u64 {
+    if bytes < 1 << (64 - OUT_BYTES_SHIFT) {
+        ((bytes as u64) << OUT_BYTES_SHIFT) | 1
+    } else {
+        0
+    }
+}
+
 /// What the free fast path adds for a block of `bytes` usable bytes
 /// (pages keep it precomputed: `page::set_block_size`).
 pub(crate) const fn free_unit(bytes: usize) -> u64 {
@@ -264,13 +276,13 @@ impl Counters {
         }
     }
 
-    /// Counts a block of `bytes` usable bytes handed out by the allocation
-    /// fast path for a request of `size` bytes (both at most 1 KiB). Owner
-    /// thread only.
+    /// Counts a block handed out by the allocation fast path for a request
+    /// of `size` bytes (at most 1 KiB): `unit` is [`alloc_unit`] of its
+    /// usable size, which the page keeps. Owner thread only.
     #[inline(always)]
-    pub(crate) fn on_alloc(&self, bytes: usize, size: usize) {
+    pub(crate) fn on_alloc_unit(&self, unit: u64, size: usize) {
         if ENABLED {
-            bump(&self.out, out_unit(bytes, size));
+            bump(&self.out, unit + ((size as u64) << OUT_REQ_SHIFT));
         }
     }
 

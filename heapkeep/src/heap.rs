@@ -216,7 +216,7 @@ unsafe fn take_block(
     // SAFETY: forwarded from the caller.
     unsafe {
         (*page).used += 1;
-        (*heap).counters.on_alloc((*page).block_size, size);
+        (*heap).counters.on_alloc_unit((*page).alloc_unit, size);
         if zero {
             clear_block(page, block, size);
         }
@@ -1166,7 +1166,7 @@ unsafe fn link_span(seg: *mut Segment, idx: usize, n: usize) {
     unsafe {
         let pages = page_entry(seg, 0);
         for k in 1..n {
-            (*pages.add(idx + k)).slice_offset = k as u32;
+            (*pages.add(idx + k)).slice_offset = k as u16;
         }
     }
 }

@@ -253,7 +253,7 @@ unsafe fn init_entries(seg: *mut Segment) {
         .owner
         .store(OWNER_HUGE, core::sync::atomic::Ordering::Relaxed);
     s.pages[0].slice_offset = 0;
-    s.pages[idx].slice_offset = idx as u32;
+    s.pages[idx].slice_offset = idx as u16;
 }
 
 /// Usable bytes of the huge block in `seg`.

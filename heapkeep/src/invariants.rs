@@ -269,6 +269,14 @@ fn check_page(s: &Segment, p: &Page, owner: usize) -> Res {
     if p.capacity > p.reserved {
         return Err(format!("page {:p}: capacity above reserved", p));
     }
+    if p.alloc_unit != crate::counters::alloc_unit(p.block_size)
+        || p.free_unit != crate::counters::free_unit(p.block_size)
+    {
+        return Err(format!(
+            "page {:p}: counting units out of step with block size {}",
+            p, p.block_size
+        ));
+    }
     if p.class == LARGE_CLASS {
         if p.used != 1 || p.block_size != p.slice_count as usize * SLICE_SIZE {
             return Err(format!(

@@ -60,7 +60,12 @@ pub(crate) struct Page {
     /// See the module docs.
     pub(crate) used: u32,
     /// Number of `Page` entries back to this slice's page head (0 for a head).
-    pub(crate) slice_offset: u32,
+    pub(crate) slice_offset: u16,
+    /// Every block on `free` was carved from a span that read as zero and was
+    /// never handed out: only its link word is non-zero, so `alloc_zeroed`
+    /// clears one word instead of the block. Cleared as soon as a freed block
+    /// can reach `free` (`refill` taking `local_free` or `xthread`).
+    pub(crate) fresh: bool,
     /// Owning heap address, `| OWNER_FULL` while full; `OWNER_NONE` for a free
     /// slice; `OWNER_HUGE` for a huge block. Written only by the owner thread
     /// (or while no thread can reach the page); read by any thread.
@@ -71,14 +76,11 @@ pub(crate) struct Page {
     pub(crate) key: usize,
     /// Bytes per block.
     pub(crate) block_size: usize,
-    /// Every block on `free` was carved from a span that read as zero and was
-    /// never handed out: only its link word is non-zero, so `alloc_zeroed`
-    /// clears one word instead of the block. Cleared as soon as a freed block
-    /// can reach `free` (`refill` taking `local_free` or `xthread`).
-    pub(crate) fresh: bool,
-    /// Bin (see `size_class::BIN_COUNT`), or `LARGE_CLASS` for a single-block
-    /// page. On the first line: the fast paths count per bin (`counters.rs`).
-    pub(crate) class: u32,
+    /// What the allocation fast path adds to its heap's counters for a
+    /// block of this page, before the requested size is added in
+    /// (`counters::alloc_unit(block_size)`). Invariant: kept in step with
+    /// `block_size` by [`set_block_size`].
+    pub(crate) alloc_unit: u64,
     /// What the free fast path adds to its heap's counters for a block of
     /// this page (`counters::free_unit(block_size)`, precomputed so the fast
     /// path adds a loaded word). Invariant: kept in step with `block_size`
@@ -95,6 +97,9 @@ pub(crate) struct Page {
     pub(crate) reserved: u32,
     /// Slices this page spans (head only).
     pub(crate) slice_count: u32,
+    /// Bin (see `size_class::BIN_COUNT`), or `LARGE_CLASS` for a single-block
+    /// page. Slow paths only.
+    pub(crate) class: u32,
     /// First block.
     pub(crate) start: *mut u8,
     /// Links in the heap's class queue.
@@ -110,6 +115,8 @@ pub(crate) struct Page {
 
 const _: () = assert!(core::mem::size_of::<Page>() == 128);
 const _: () = assert!(core::mem::offset_of!(Page, xthread) == 64);
+// `slice_offset` counts slices of one segment (and one past its end).
+const _: () = assert!(crate::segment::SLICE_COUNT < u16::MAX as usize);
 
 /// `xthread` flag: route remote frees of this page to the heap inbox.
 pub(crate) const XT_INBOX: usize = 1;
@@ -137,6 +144,7 @@ impl Page {
         block_size: 0,
         fresh: false,
         class: 0,
+        alloc_unit: 0,
         free_unit: 0,
         xthread: AtomicUsize::new(0),
         capacity: 0,
@@ -176,6 +184,7 @@ pub(crate) unsafe fn set_block_size(page: *mut Page, block_size: usize) {
     // SAFETY: forwarded from the caller; raw place writes, no reference.
     unsafe {
         (*page).block_size = block_size;
+        (*page).alloc_unit = crate::counters::alloc_unit(block_size);
         (*page).free_unit = crate::counters::free_unit(block_size);
     }
 }
