@@ -294,10 +294,9 @@ impl State {
 
     /// Forgets the sampled block at `addr` (if it is one).
     fn forget(&mut self, addr: usize, now: u64) {
-        let Some(s) = self.samples.get(addr).map(|s| *s) else {
+        let Some(s) = self.samples.take(addr) else {
             return;
         };
-        self.samples.remove(addr);
         // SAFETY: `s.site < n_sites`.
         let site = unsafe { &mut *self.sites.add(s.site as usize) };
         site.cb -= s.bytes;

@@ -4,9 +4,10 @@
 //! that writes out of bounds cannot corrupt it, and a bad pointer is looked
 //! up here without ever being dereferenced.
 //!
-//! Open addressing with linear probing; deleted slots become tombstones; the
-//! table doubles (rehashing into a fresh mapping) when live plus dead slots
-//! pass half of its capacity. Only the holder of the check lock touches it.
+//! Open addressing with linear probing; a removal moves the entries after
+//! it back (no tombstones); the table doubles (rehashing into a fresh
+//! mapping) when its entries pass half of its capacity. Only the holder of
+//! the check lock touches it.
 
 use core::ptr;
 
@@ -24,8 +25,8 @@ pub(crate) const LARGE: u8 = 1;
 
 /// Key of a slot never used.
 const EMPTY: usize = 0;
-/// Key of a slot whose entry was removed.
-const TOMBSTONE: usize = 1;
+/// A key no entry may have (reserved: the lowest real key is above it).
+const RESERVED: usize = 1;
 
 /// What check mode knows about one block.
 ///
@@ -77,11 +78,11 @@ impl Entry {
 }
 
 /// An entry type of a [`Table`]: a plain record whose key is an address
-/// (0 and 1 are reserved: never used, removed).
+/// (0 and 1 are reserved: 0 marks an empty slot).
 pub(crate) trait Keyed: Copy {
     /// The address the entry is kept under.
     fn key(&self) -> usize;
-    /// Changes the key (to mark the slot removed).
+    /// Changes the key (to mark the slot empty).
     fn set_key(&mut self, key: usize);
 }
 
@@ -98,7 +99,9 @@ impl Keyed for Entry {
 
 /// The table. Invariant: `slots` points to `cap` entries (a power of two)
 /// in a mapping of its own, or is null with `cap == 0`; `used` counts
-/// live keys plus tombstones and stays below `cap / 2`.
+/// occupied slots and stays below `cap / 2`; every entry sits on the probe
+/// run from its home slot (`hash(key) & (cap - 1)`) with no empty slot
+/// between (what `get` relies on, and `take` keeps).
 pub(crate) struct Table<E: Keyed = Entry> {
     slots: *mut E,
     cap: usize,
@@ -144,7 +147,7 @@ impl<E: Keyed> Table<E> {
 
     /// The entry for `addr`, if any.
     pub(crate) fn get(&mut self, addr: usize) -> Option<&mut E> {
-        if self.cap == 0 || addr <= TOMBSTONE {
+        if self.cap == 0 || addr <= RESERVED {
             return None;
         }
         let mask = self.cap - 1;
@@ -164,7 +167,7 @@ impl<E: Keyed> Table<E> {
 
     /// Adds `entry` (its key must not be present). False when out of memory.
     pub(crate) fn insert(&mut self, entry: E) -> bool {
-        debug_assert!(entry.key() > TOMBSTONE);
+        debug_assert!(entry.key() > RESERVED);
         if (self.used + 1) * 2 > self.cap && !self.grow() {
             return false;
         }
@@ -173,10 +176,8 @@ impl<E: Keyed> Table<E> {
         loop {
             // SAFETY: in bounds; ours.
             let e = unsafe { &mut *self.slot(i) };
-            if e.key() == EMPTY || e.key() == TOMBSTONE {
-                if e.key() == EMPTY {
-                    self.used += 1;
-                }
+            if e.key() == EMPTY {
+                self.used += 1;
                 *e = entry;
                 self.len += 1;
                 return true;
@@ -188,10 +189,54 @@ impl<E: Keyed> Table<E> {
 
     /// Removes the entry for `addr`.
     pub(crate) fn remove(&mut self, addr: usize) {
-        if let Some(e) = self.get(addr) {
-            e.set_key(TOMBSTONE);
-            self.len -= 1;
+        self.take(addr);
+    }
+
+    /// Removes the entry for `addr` and returns it. The entries after it in
+    /// its probe run move back into the hole (backward-shift deletion), so
+    /// removal leaves no tombstone: a table with many inserts and removals
+    /// (the profile's samples, check mode's quarantine) keeps short probes.
+    pub(crate) fn take(&mut self, addr: usize) -> Option<E> {
+        if self.cap == 0 || addr <= RESERVED {
+            return None;
         }
+        let mask = self.cap - 1;
+        let mut i = hash(addr) & mask;
+        let found = loop {
+            // SAFETY: in bounds; ours.
+            let k = unsafe { (*self.slot(i)).key() };
+            if k == addr {
+                // SAFETY: as above.
+                break unsafe { *self.slot(i) };
+            }
+            if k == EMPTY {
+                return None;
+            }
+            i = (i + 1) & mask;
+        };
+        let mut hole = i;
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            // SAFETY: in bounds; ours.
+            let k = unsafe { (*self.slot(j)).key() };
+            if k == EMPTY {
+                break;
+            }
+            // An entry may fill the hole if the hole lies on its probe path
+            // (from its home slot up to where it is now).
+            let home = hash(k) & mask;
+            if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
+                // SAFETY: both in bounds; ours; distinct slots.
+                unsafe { *self.slot(hole) = *self.slot(j) };
+                hole = j;
+            }
+        }
+        // SAFETY: in bounds; ours.
+        unsafe { (*self.slot(hole)).set_key(EMPTY) };
+        self.used -= 1;
+        self.len -= 1;
+        Some(found)
     }
 
     /// Calls `f` on every entry.
@@ -199,21 +244,15 @@ impl<E: Keyed> Table<E> {
         for i in 0..self.cap {
             // SAFETY: in bounds; ours.
             let e = unsafe { &*self.slot(i) };
-            if e.key() > TOMBSTONE {
+            if e.key() > RESERVED {
                 f(e);
             }
         }
     }
 
-    /// Doubles the capacity (or sizes a first table); drops tombstones.
+    /// Doubles the capacity (or sizes a first table).
     fn grow(&mut self) -> bool {
-        let cap = if self.cap == 0 {
-            1 << 14
-        } else if self.len * 4 < self.cap {
-            self.cap // mostly tombstones: rehash at the same size
-        } else {
-            self.cap * 2
-        };
+        let cap = if self.cap == 0 { 1 << 14 } else { self.cap * 2 };
         let bytes = cap * core::mem::size_of::<E>();
         let mem = os::map_aligned(bytes, os::PAGE_SIZE).cast::<E>();
         if mem.is_null() {
@@ -278,12 +317,45 @@ mod tests {
         let mut seen = 0;
         t.for_each(|_| seen += 1);
         assert_eq!(seen, n / 2);
-        // Churn through tombstones without the table growing without bound.
+        // Churn without the table growing without bound.
         for k in 0..200_000usize {
             let a = 0x10_0000_0000 + k * 16;
             assert!(t.insert(entry(a)));
             t.remove(a);
         }
         assert!(t.cap <= 1 << 17, "cap {}", t.cap);
+    }
+
+    /// Random inserts and removals, many of them into one crowded run of
+    /// slots, checked against a shadow map after every step.
+    #[test]
+    fn removals_keep_every_other_entry_reachable() {
+        let mut t: Table<Entry> = Table::new();
+        let mut shadow = std::collections::BTreeMap::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for step in 0..60_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Up to 7,500 keys in 16K slots (no growth): long runs, and
+            // removals hit their middles.
+            let addr = 0x4000 + (x % 7_500) as usize * 16;
+            if let Some(size) = shadow.remove(&addr) {
+                let e = t.take(addr).expect("present key taken");
+                assert_eq!(e.size, size, "step {step}");
+                assert!(t.get(addr).is_none());
+            } else {
+                assert!(t.insert(entry(addr)));
+                shadow.insert(addr, addr / 16);
+            }
+            if step % 997 == 0 {
+                for (&a, &size) in &shadow {
+                    assert_eq!(t.get(a).map(|e| e.size), Some(size), "step {step}");
+                }
+                assert_eq!(t.len(), shadow.len());
+                assert_eq!(t.used, t.len);
+            }
+        }
+        assert!(t.take(0x3000).is_none());
     }
 }
