@@ -380,7 +380,7 @@ unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
             count_free(heap, huge::usable(&*seg));
             if (*seg).sampled {
                 (*seg).sampled = false;
-                profile::forget_huge(block.cast());
+                profile::forget_in_place(block.cast());
             }
             // A live huge block; freeing it frees its segment.
             huge::free(seg);
@@ -575,6 +575,11 @@ unsafe fn page_empty(heap: *mut Heap, page: *mut Page) {
     // SAFETY: forwarded from the caller.
     unsafe {
         let class = (*page).class;
+        if class == LARGE_CLASS && (*page).sampled {
+            // Its one block, sampled in place, is the one freed.
+            (*page).sampled = false;
+            profile::forget_in_place((*page).start);
+        }
         if class != LARGE_CLASS {
             let q = &(*heap).queues[class as usize];
             if q.first == page
@@ -992,9 +997,27 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
         let private = (*heap).counters.private.load(Ordering::Relaxed);
         // The profile: a sample once the refills made `rate` bytes available.
         if !private && profile::on() && (*heap).profile_due >= profile::rate() {
-            let weight = (*heap).profile_due;
+            // The sample stands for the bytes made available since the
+            // last one and for itself (leaving its own bytes out would
+            // under-count by one block per sample: a third when every
+            // third block is sampled).
+            let weight = (*heap).profile_due + size;
             (*heap).profile_due = 0;
-            let p = profile::alloc(size, align, zero, weight);
+            // A large block is sampled where it is (its page remembers),
+            // so it reuses the memory this heap just freed; smaller ones
+            // come from the profile's heap, which tells them apart at free.
+            let p = if size_align_to_bin(size, align).is_none()
+                && size <= LARGE_MAX
+                && align <= LARGE_ALIGN_MAX
+            {
+                let p = alloc_large(heap, size, align, zero);
+                if !p.is_null() && profile::sample_in_place(p, size, weight) {
+                    (*page_of(segment_of(p), p)).sampled = true;
+                }
+                p
+            } else {
+                profile::alloc(size, align, zero, weight)
+            };
             if !p.is_null() {
                 (*heap).counters.count_alloc(block_usable(p), size);
                 return p;

@@ -108,6 +108,10 @@ pub(crate) struct Page {
     /// Scratch mark of the invariant walk (which walk last saw the page
     /// queued); lives in padding, so it costs nothing otherwise.
     pub(crate) walk_mark: u32,
+    /// A large page (`LARGE_CLASS`) whose block the profile sampled in
+    /// place (`profile::sample_in_place`): freeing the block forgets the
+    /// sample (`heap::page_empty`). Owner only; in padding.
+    pub(crate) sampled: bool,
     /// The list heads when upkeep last saw this page empty (0: not seen),
     /// to tell an idle page from a busy one (see `heap::decay`).
     pub(crate) idle_mark: usize,
@@ -154,6 +158,7 @@ impl Page {
         next: ptr::null_mut(),
         prev: ptr::null_mut(),
         walk_mark: 0,
+        sampled: false,
         idle_mark: 0,
     };
 }
@@ -294,6 +299,7 @@ pub(crate) unsafe fn init(
         (*page).next = ptr::null_mut();
         (*page).prev = ptr::null_mut();
         (*page).idle_mark = 0;
+        (*page).sampled = false;
         (*page).fresh = false;
         (*page).xthread.store(0, Ordering::Relaxed);
         (*page).owner.store(owner, Ordering::Relaxed);

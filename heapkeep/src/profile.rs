@@ -362,8 +362,31 @@ pub(crate) unsafe fn free_if_ours(owner: *mut Heap, p: *mut u8) -> bool {
     true
 }
 
-/// A sampled huge block (its segment says so) is being freed.
-pub(crate) fn forget_huge(p: *mut u8) {
+/// Records the block `p` of `size` bytes, just allocated by the calling
+/// thread's heap, as a sample standing for `weight` bytes. False when the
+/// profile is not recording (the caller then does not mark the block).
+#[cold]
+#[inline(never)]
+pub(crate) fn sample_in_place(p: *mut u8, size: usize, weight: usize) -> bool {
+    let marker = 0u8;
+    let mut here = Frames::new();
+    crate::check::capture_fast(&mut here, DEPTH, &marker as *const u8 as usize);
+    let mut st = ST.lock();
+    if !st.ready() || st.sites.is_null() || st.frozen {
+        return false;
+    }
+    let stack = st.depot.intern(here.as_slice());
+    let now = os::now_us() - st.start_us;
+    // A block at this address whose free the profile missed (none known)
+    // would otherwise stay live in the profile under a second entry.
+    st.forget(p as usize, now);
+    st.record(p as usize, size, weight, stack, now);
+    true
+}
+
+/// A block sampled in place (a huge block, whose segment says so, or a
+/// large one, whose page does) is being freed.
+pub(crate) fn forget_in_place(p: *mut u8) {
     let mut st = ST.lock();
     let now = os::now_us() - st.start_us;
     if !st.frozen {

@@ -171,6 +171,46 @@ fn sampled_profile_names_the_top_sites_of_a_c_program() {
     );
 }
 
+/// Large blocks (128 KiB to 2 MiB) are sampled where the thread's heap put
+/// them, and a freed one is forgotten: only the leaked ones are live at
+/// exit.
+#[test]
+fn large_blocks_are_sampled_in_place_and_forgotten_when_freed() {
+    let dir = scratch("large");
+    let out = profile(
+        &[
+            "--out",
+            "p.json",
+            "--",
+            top_program().to_str().unwrap(),
+            "large",
+        ],
+        &dir,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = load(&dir.join("p.json"));
+    let (tb, frame) = top_by(&v, "tb");
+    assert!(frame.contains("large_site"), "{frame}");
+    // 404 blocks of 300 KiB.
+    let tb = tb as f64;
+    assert!(
+        (tb / (404.0 * 307_200.0) - 1.0).abs() < 0.25,
+        "large_site tb {tb}"
+    );
+    // 4 blocks leaked: 1.2 MB, not the 123 MB a missed forget would leave.
+    let (eb, frame) = top_by(&v, "eb");
+    assert!(frame.contains("large_site"), "{frame}");
+    let eb = eb as f64;
+    assert!(
+        (eb / (4.0 * 307_200.0) - 1.0).abs() < 0.6,
+        "large_site eb {eb}"
+    );
+}
+
 #[test]
 fn every_allocation_gives_exact_counts() {
     let dir = scratch("every");

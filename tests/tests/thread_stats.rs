@@ -78,8 +78,10 @@ fn frees_of_other_threads_blocks_count_for_the_freer() {
     let (tx, rx) = mpsc::channel::<Vec<Box<[u8; 64]>>>();
     let freer = std::thread::spawn(move || {
         black_box(Box::new(0u8)); // a heap of its own
-        let a = thread_stats();
         let blocks = rx.recv().unwrap();
+        // Read after `recv`, which allocates when it has to wait (the
+        // channel's waiter context), which the sender's timing decides.
+        let a = thread_stats();
         drop(blocks);
         let b = thread_stats();
         // 2000 boxes and the Vec's buffer, none of them allocated here.

@@ -5,13 +5,17 @@
  * - small_site: 200 x 100 blocks of 100 bytes, freed at once;
  * - leaky_site: 50 blocks of 4000 bytes never freed (the leak at exit).
  * Two threads run the rounds (half each), so samples come from both.
- * With the argument "fork", a child process also allocates and exits. */
+ * With the argument "fork", a child process also allocates and exits.
+ * With the argument "large", only large_site runs: 400 blocks of 300 KiB
+ * allocated and freed one at a time (about 123 MB), then 4 more leaked. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+static void *leaked[50];
 
 __attribute__((noinline)) void *big_site(size_t n) {
     void *p = malloc(n);
@@ -31,6 +35,19 @@ __attribute__((noinline)) void *leaky_site(size_t n) {
     return p;
 }
 
+__attribute__((noinline)) void *large_site(size_t n) {
+    void *p = malloc(n);
+    memset(p, 4, 4096);
+    return p;
+}
+
+static int large_only(void) {
+    for (int i = 0; i < 400; i++) free(large_site(300 << 10));
+    for (int i = 0; i < 4; i++) leaked[i] = large_site(300 << 10);
+    puts("done");
+    return 0;
+}
+
 static void *rounds(void *arg) {
     (void)arg;
     static __thread void *keep[1000];
@@ -42,9 +59,8 @@ static void *rounds(void *arg) {
     return NULL;
 }
 
-static void *leaked[50];
-
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "large") == 0) return large_only();
     pthread_t t;
     pthread_create(&t, NULL, rounds, NULL);
     pthread_join(t, NULL);
