@@ -97,7 +97,7 @@ const SLOW_PACK_MAX: usize = 1 << 20;
 /// (below 16 MiB) for a request of `size` bytes.
 #[inline(always)]
 fn out_unit(bytes: usize, size: usize) -> u64 {
-    ((bytes as u64) << OUT_BYTES_SHIFT) | ((size as u64) << OUT_REQ_SHIFT) | 1
+    alloc_unit(bytes) + ((size as u64) << OUT_REQ_SHIFT)
 }
 
 /// The free fast path's word for a block of `bytes` usable bytes.

@@ -1006,10 +1006,7 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
             // A large block is sampled where it is (its page remembers),
             // so it reuses the memory this heap just freed; smaller ones
             // come from the profile's heap, which tells them apart at free.
-            let p = if size_align_to_bin(size, align).is_none()
-                && size <= LARGE_MAX
-                && align <= LARGE_ALIGN_MAX
-            {
+            let p = if size_align_to_bin(size, align).is_none() && is_large(size, align) {
                 let p = alloc_large(heap, size, align, zero);
                 if !p.is_null() && profile::sample_in_place(p, size, weight) {
                     (*page_of(segment_of(p), p)).sampled = true;
@@ -1067,7 +1064,7 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
             }
             (block.cast(), (*page).block_size)
         } else {
-            let p = if size <= LARGE_MAX && align <= LARGE_ALIGN_MAX {
+            let p = if is_large(size, align) {
                 alloc_large(heap, size, align, zero)
             } else {
                 huge::alloc(size, align, zero)
@@ -1083,6 +1080,13 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
         (*heap).counters.count_alloc(usable, size);
         p
     }
+}
+
+/// Whether a request no size class serves gets a large page (else a huge
+/// block of its own).
+#[inline]
+fn is_large(size: usize, align: usize) -> bool {
+    size <= LARGE_MAX && align <= LARGE_ALIGN_MAX
 }
 
 /// The next sampled-guard countdown: `period` allocations, give or take a

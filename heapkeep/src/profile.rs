@@ -259,8 +259,13 @@ impl State {
         unsafe { core::slice::from_raw_parts(self.sites, self.n_sites) }
     }
 
-    /// Records a sampled block.
-    fn record(&mut self, addr: usize, size: usize, weight: usize, stack: u32, now: u64) {
+    /// Records a sampled block allocated at the stack `frames`; a sample
+    /// still recorded at `addr` (a free the profile missed: none known) is
+    /// forgotten first, so no address is in the table twice.
+    fn record(&mut self, addr: usize, size: usize, weight: usize, frames: &[usize]) {
+        let now = os::now_us() - self.start_us;
+        self.forget(addr, now);
+        let stack = self.depot.intern(frames);
         let size = size.max(1);
         let bytes = weight.max(size) as u64;
         let blocks = (bytes / size as u64).clamp(1, u32::MAX as u64);
@@ -333,9 +338,7 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool, weight: usize) -> *mu
                     (*seg).sampled = true;
                 }
             }
-            let stack = st.depot.intern(here.as_slice());
-            let now = os::now_us() - st.start_us;
-            st.record(p as usize, size, weight, stack, now);
+            st.record(p as usize, size, weight, here.as_slice());
         }
         p
     };
@@ -378,12 +381,7 @@ pub(crate) fn sample_in_place(p: *mut u8, size: usize, weight: usize) -> bool {
     if !st.ready() || st.sites.is_null() || st.frozen {
         return false;
     }
-    let stack = st.depot.intern(here.as_slice());
-    let now = os::now_us() - st.start_us;
-    // A block at this address whose free the profile missed (none known)
-    // would otherwise stay live in the profile under a second entry.
-    st.forget(p as usize, now);
-    st.record(p as usize, size, weight, stack, now);
+    st.record(p as usize, size, weight, here.as_slice());
     true
 }
 

@@ -353,6 +353,19 @@ struct Symbols {
 }
 
 impl Symbols {
+    /// Nothing named yet.
+    fn new() -> Symbols {
+        Symbols {
+            text: [0; 32 * 1024],
+            len: 0,
+            func: [(0, 0); MAX_NAMED],
+            loc: [(0, 0); MAX_NAMED],
+            named: 0,
+            first: [0; MAX_DEPTH],
+            count: [0; MAX_DEPTH],
+        }
+    }
+
     fn get(&self, r: (u32, u32)) -> &[u8] {
         &self.text[r.0 as usize..r.1 as usize]
     }
@@ -554,15 +567,7 @@ pub(crate) fn describe(
             None
         }
     });
-    let mut syms = Symbols {
-        text: [0; 32 * 1024],
-        len: 0,
-        func: [(0, 0); MAX_NAMED],
-        loc: [(0, 0); MAX_NAMED],
-        named: 0,
-        first: [0; MAX_DEPTH],
-        count: [0; MAX_DEPTH],
-    };
+    let mut syms = Symbols::new();
     if symbolize {
         // One addr2line run per module, for all of its frames.
         let mut done = [false; MAX_DEPTH];
@@ -677,15 +682,7 @@ mod tests {
 
     #[test]
     fn inlined_functions_get_an_entry_each() {
-        let mut syms = Symbols {
-            text: [0; 32 * 1024],
-            len: 0,
-            func: [(0, 0); MAX_NAMED],
-            loc: [(0, 0); MAX_NAMED],
-            named: 0,
-            first: [0; MAX_DEPTH],
-            count: [0; MAX_DEPTH],
-        };
+        let mut syms = Symbols::new();
         let out: &[u8] = b"0x0000000000001234\nalloc::vec::from_elem\nvec.rs:10\n\
             app::site\napp.rs:3\n0x0000000000005678\napp::main\napp.rs:9\n0x9\nhalf\n";
         syms.text[..out.len()].copy_from_slice(out);
