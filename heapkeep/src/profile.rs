@@ -94,7 +94,12 @@ pub(crate) fn init() {
     EVERY.store(rate == 1, Ordering::Relaxed);
     // SAFETY: getpid has no preconditions.
     PID.store(unsafe { libc::getpid() } as u32, Ordering::Relaxed);
-    ST.lock().start_us = os::now_us();
+    {
+        let mut st = ST.lock();
+        st.tsc = os::ticks_are_tsc();
+        st.start_us = os::now_us();
+        st.start_ticks = os::ticks(st.tsc);
+    }
     ON.store(true, Ordering::Release);
 }
 
@@ -140,8 +145,9 @@ struct Site {
     /// Total bytes and blocks allocated here.
     tb: u64,
     tbk: u64,
-    /// Sum of the lifetimes of the blocks freed (or alive at exit), µs.
-    tl: u64,
+    /// Sum of the lifetimes of the blocks freed (or alive at exit), in
+    /// ticks (see `State::now`; wide: ticks run at GHz rates).
+    tl: u128,
     /// Bytes and blocks live now.
     cb: u64,
     cbk: u64,
@@ -169,9 +175,18 @@ struct State {
     /// Live bytes and blocks over all sites, and their highest figure.
     live: u64,
     peak: u64,
-    /// When `peak` was reached (µs since start).
+    /// When `peak` was reached (ticks since start).
     t_peak: u64,
+    /// The clocks when profiling started: times are kept in ticks
+    /// (`os::ticks`, the time-stamp counter where it is steady: a sample
+    /// and its free each read the clock) and turned into µs at exit with
+    /// the rate seen since.
     start_us: u64,
+    start_ticks: u64,
+    tsc: bool,
+    /// The clocks at exit, since the start (`stop_clock`).
+    end_ticks: u64,
+    end_us: u64,
     /// Set at exit, before the profile is written without the lock (the
     /// writer runs `addr2line`, and `fork` takes this lock): from then on
     /// nothing here changes (blocks are still served and freed).
@@ -185,7 +200,9 @@ unsafe impl Send for State {}
 
 static ST: SpinLock<State> = SpinLock::new(State {
     heap: ptr::null_mut(),
-    samples: Table::new(),
+    // A few hundred samples are live at a time in most programs: a small
+    // first table stays in cache (it grows when needed).
+    samples: Table::with_first_capacity(1 << 9),
     depot: Depot::new(),
     sites: ptr::null_mut(),
     n_sites: 0,
@@ -194,6 +211,10 @@ static ST: SpinLock<State> = SpinLock::new(State {
     peak: 0,
     t_peak: 0,
     start_us: 0,
+    start_ticks: 0,
+    tsc: false,
+    end_ticks: 0,
+    end_us: 0,
     frozen: false,
 });
 
@@ -259,17 +280,29 @@ impl State {
         unsafe { core::slice::from_raw_parts(self.sites, self.n_sites) }
     }
 
-    /// Records a sampled block allocated at the stack `frames`; a sample
+    /// Records a sampled block allocated at the stack `frames`. A sample
     /// still recorded at `addr` (a free the profile missed: none known) is
-    /// forgotten first, so no address is in the table twice.
+    /// replaced and counted as freed, so no address is in the table twice.
     fn record(&mut self, addr: usize, size: usize, weight: usize, frames: &[usize]) {
-        let now = os::now_us() - self.start_us;
-        self.forget(addr, now);
+        let now = self.now();
         let stack = self.depot.intern(frames);
         let size = size.max(1);
         let bytes = weight.max(size) as u64;
         let blocks = (bytes / size as u64).clamp(1, u32::MAX as u64);
         let pos = self.site_of(stack);
+        let sample = Sample {
+            addr,
+            site: pos as u32,
+            blocks: blocks as u32,
+            bytes,
+            born: now,
+        };
+        match self.samples.replace(sample) {
+            Ok(None) => {}
+            Ok(Some(stale)) => self.retire(stale, now),
+            // Out of memory for the table: the block goes unrecorded.
+            Err(()) => return,
+        }
         // SAFETY: `pos < n_sites <= MAX_SITES` (`site_of`); ours under the lock.
         let site = unsafe { &mut *self.sites.add(pos) };
         site.tb += bytes;
@@ -291,26 +324,46 @@ impl State {
                 s.gbk = s.cbk;
             }
         }
-        self.samples.insert(Sample {
-            addr,
-            site: pos as u32,
-            blocks: blocks as u32,
-            bytes,
-            born: now,
-        });
     }
 
     /// Forgets the sampled block at `addr` (if it is one).
-    fn forget(&mut self, addr: usize, now: u64) {
-        let Some(s) = self.samples.take(addr) else {
-            return;
-        };
+    fn forget(&mut self, addr: usize) {
+        if let Some(s) = self.samples.take(addr) {
+            let now = self.now();
+            self.retire(s, now);
+        }
+    }
+
+    /// Takes the sample `s`, just removed from the table, off its site's
+    /// live figures and adds its lifetime.
+    fn retire(&mut self, s: Sample, now: u64) {
         // SAFETY: `s.site < n_sites`.
         let site = unsafe { &mut *self.sites.add(s.site as usize) };
         site.cb -= s.bytes;
         site.cbk -= s.blocks as u64;
-        site.tl += now.saturating_sub(s.born) * s.blocks as u64;
+        site.tl += (now.saturating_sub(s.born) as u128) * s.blocks as u128;
         self.live -= s.bytes;
+    }
+
+    /// Ticks since profiling started.
+    fn now(&self) -> u64 {
+        os::ticks(self.tsc).wrapping_sub(self.start_ticks)
+    }
+
+    /// Stops the clock (at exit): later [`State::us`] conversions use
+    /// the rate seen from the start to now. Returns now, in ticks.
+    fn stop_clock(&mut self) -> u64 {
+        self.end_ticks = self.now();
+        self.end_us = os::now_us().saturating_sub(self.start_us);
+        self.end_ticks
+    }
+
+    /// A tick interval in µs (after [`State::stop_clock`]).
+    fn us(&self, ticks: u128) -> u64 {
+        if !self.tsc {
+            return ticks as u64;
+        }
+        (ticks * self.end_us as u128 / (self.end_ticks as u128).max(1)) as u64
     }
 }
 
@@ -359,9 +412,8 @@ pub(crate) unsafe fn free_if_ours(owner: *mut Heap, p: *mut u8) -> bool {
         return false;
     }
     let mut st = ST.lock();
-    let now = os::now_us() - st.start_us;
     if !st.frozen {
-        st.forget(p as usize, now);
+        st.forget(p as usize);
     }
     // SAFETY: a live block of the profile heap, which we run under the lock.
     unsafe { heap::free_in(st.heap, p) };
@@ -389,9 +441,8 @@ pub(crate) fn sample_in_place(p: *mut u8, size: usize, weight: usize) -> bool {
 /// large one, whose page does) is being freed.
 pub(crate) fn forget_in_place(p: *mut u8) {
     let mut st = ST.lock();
-    let now = os::now_us() - st.start_us;
     if !st.frozen {
-        st.forget(p as usize, now);
+        st.forget(p as usize);
     }
 }
 
@@ -472,13 +523,14 @@ extern "C" fn at_exit() {
             return;
         }
         st.frozen = true;
-        let now = os::now_us() - st.start_us;
+        let now = st.stop_clock();
         // Blocks alive at exit count their lifetime up to now.
         let sites = st.sites;
         st.samples.for_each(|b| {
             // SAFETY: `b.site < n_sites`; ours under the lock.
             unsafe {
-                (*sites.add(b.site as usize)).tl += now.saturating_sub(b.born) * b.blocks as u64
+                (*sites.add(b.site as usize)).tl +=
+                    (now.saturating_sub(b.born) as u128) * b.blocks as u128
             };
         });
         let frozen: *mut State = &mut *st;
@@ -535,8 +587,8 @@ fn write_dhat(st: &mut State, fd: i32, pid: u32, now: u64) {
         .s("\"bklt\":true,\"bkacc\":false,\"tu\":\"µs\",\"Mtu\":\"s\",\"tuth\":10,\"cmd\":\"");
     write_cmdline(&mut w);
     w.s("\",\"pid\":").d(pid as usize);
-    w.s(",\"tg\":").d(st.t_peak as usize);
-    w.s(",\"te\":").d(now as usize);
+    w.s(",\"tg\":").d(st.us(st.t_peak as u128) as usize);
+    w.s(",\"te\":").d(st.us(now as u128) as usize);
     w.s(",\"ftbl\":[\"[root]\"");
     for k in 0..st.n_sites {
         // SAFETY: `k < n_sites`.
@@ -574,7 +626,7 @@ fn write_dhat(st: &mut State, fd: i32, pid: u32, now: u64) {
             .d(s.tb as usize)
             .s(",\"tbk\":")
             .d(s.tbk as usize);
-        w.s(",\"tl\":").d(s.tl as usize);
+        w.s(",\"tl\":").d(st.us(s.tl) as usize);
         w.s(",\"mb\":")
             .d(s.mb as usize)
             .s(",\"mbk\":")

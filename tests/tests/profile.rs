@@ -211,6 +211,35 @@ fn large_blocks_are_sampled_in_place_and_forgotten_when_freed() {
     );
 }
 
+/// Lifetimes (DHAT's `tl`, total µs over a site's blocks) and the run's
+/// length (`te`) are in real microseconds: blocks that live 300 ms read
+/// about that, blocks freed at once far less.
+#[test]
+fn lifetimes_are_in_microseconds() {
+    let dir = scratch("lifetimes");
+    profile(
+        &[
+            "--every",
+            "--out",
+            "p.json",
+            "--",
+            top_program().to_str().unwrap(),
+            "lifetimes",
+        ],
+        &dir,
+    );
+    let v = load(&dir.join("p.json"));
+    assert_eq!(sum_at(&v, "long_site", "tbk"), 20);
+    assert_eq!(sum_at(&v, "short_site", "tbk"), 20);
+    let long = sum_at(&v, "long_site", "tl") as f64 / 20.0;
+    let short = sum_at(&v, "short_site", "tl") as f64 / 20.0;
+    // Sleeps run long, never short; a loaded machine may stretch them.
+    assert!((300e3..3e6).contains(&long), "long_site lifetime {long} µs");
+    assert!(short < long / 10.0, "short_site lifetime {short} µs");
+    let te = v["te"].as_u64().unwrap() as f64;
+    assert!((300e3..30e6).contains(&te), "te {te} µs");
+}
+
 #[test]
 fn every_allocation_gives_exact_counts() {
     let dir = scratch("every");

@@ -106,6 +106,9 @@ struct ThreadState {
     /// Captures [`capture_fast`] made with the platform unwinder before
     /// looking the stack bound up.
     slow_captures: Cell<u8>,
+    /// The rules of the thread's last fast walk.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    memo: unwind::Memo,
 }
 
 thread_local! {
@@ -116,6 +119,8 @@ thread_local! {
             ready: Cell::new(false),
             stack_top: Cell::new(0),
             slow_captures: Cell::new(0),
+            #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+            memo: unwind::Memo::new(),
         }
     };
 }
@@ -227,7 +232,7 @@ fn capture_here(frames: &mut Frames, marker: usize) {
             #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
             let done = {
                 let top = t.stack_top.get();
-                top != 0 && top != usize::MAX && unwind::walk(frames, depth, marker, top)
+                top != 0 && top != usize::MAX && unwind::walk(frames, depth, marker, top, &t.memo)
             };
             #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
             let done = false;
@@ -266,7 +271,7 @@ pub(crate) fn capture_fast(frames: &mut Frames, depth: usize, marker: usize) {
                 .set(os::maps::near(here, false).map_or(usize::MAX, |(_, hi)| hi));
         }
         let top = t.stack_top.get();
-        top != usize::MAX && unwind::walk(frames, depth, marker, top)
+        top != usize::MAX && unwind::walk(frames, depth, marker, top, &t.memo)
     });
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     let done = false;

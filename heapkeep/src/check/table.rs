@@ -107,6 +107,8 @@ pub(crate) struct Table<E: Keyed = Entry> {
     cap: usize,
     used: usize,
     len: usize,
+    /// Capacity of the first mapping (a power of two).
+    first: usize,
 }
 
 // SAFETY: the table is only reached through the check lock.
@@ -120,12 +122,23 @@ fn hash(addr: usize) -> usize {
 }
 
 impl<E: Keyed> Table<E> {
+    /// An empty table whose first mapping holds 16 Ki entries (check
+    /// mode: it knows every block).
     pub(crate) const fn new() -> Table<E> {
+        Table::with_first_capacity(1 << 14)
+    }
+
+    /// An empty table whose first mapping holds `first` entries (a power
+    /// of two): a table that usually stays small (the profile's samples)
+    /// then stays in a few cache lines and pages.
+    pub(crate) const fn with_first_capacity(first: usize) -> Table<E> {
+        assert!(first.is_power_of_two() && first >= 2);
         Table {
             slots: ptr::null_mut(),
             cap: 0,
             used: 0,
             len: 0,
+            first,
         }
     }
 
@@ -183,6 +196,32 @@ impl<E: Keyed> Table<E> {
                 return true;
             }
             debug_assert!(e.key() != entry.key(), "key inserted twice");
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Adds `entry`, or overwrites the entry with its key and returns the
+    /// one overwritten: one probe where a `take` and an `insert` make two.
+    /// `Err(())` when out of memory (nothing changed).
+    pub(crate) fn replace(&mut self, entry: E) -> Result<Option<E>, ()> {
+        debug_assert!(entry.key() > RESERVED);
+        if (self.used + 1) * 2 > self.cap && !self.grow() {
+            return Err(());
+        }
+        let mask = self.cap - 1;
+        let mut i = hash(entry.key()) & mask;
+        loop {
+            // SAFETY: in bounds; ours.
+            let e = unsafe { &mut *self.slot(i) };
+            if e.key() == entry.key() {
+                return Ok(Some(core::mem::replace(e, entry)));
+            }
+            if e.key() == EMPTY {
+                self.used += 1;
+                *e = entry;
+                self.len += 1;
+                return Ok(None);
+            }
             i = (i + 1) & mask;
         }
     }
@@ -252,7 +291,7 @@ impl<E: Keyed> Table<E> {
 
     /// Doubles the capacity (or sizes a first table).
     fn grow(&mut self) -> bool {
-        let cap = if self.cap == 0 { 1 << 14 } else { self.cap * 2 };
+        let cap = if self.cap == 0 { self.first } else { self.cap * 2 };
         let bytes = cap * core::mem::size_of::<E>();
         let mem = os::map_aligned(bytes, os::PAGE_SIZE).cast::<E>();
         if mem.is_null() {
@@ -265,6 +304,7 @@ impl<E: Keyed> Table<E> {
                 cap,
                 used: 0,
                 len: 0,
+                first: self.first,
             },
         );
         // Fresh mappings read as zero: every slot is EMPTY (key 0), which

@@ -11,6 +11,7 @@
 //! Every load stays between the walk's starting stack pointer and the top
 //! of the mapping holding it, and frame addresses must grow.
 
+use core::cell::Cell;
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -73,42 +74,58 @@ impl Rule {
     }
 }
 
-/// Slots of the rule cache (a power of two): `(pc, rule)` pairs. A writer
-/// takes a slot by swapping its key to `BUSY`, writes the rule, then
-/// publishes the key; a reader accepts a rule only if the key reads the
-/// same before and after it (rules are fixed per address, so a reader can
-/// never pair a key with another address's rule).
+/// Slots of the rule cache (a power of two). A slot is a `(pc, rule)`
+/// pair in one 16-byte line piece, so a lookup touches one cache line (a
+/// walk looks up every frame, and between two samples the program has
+/// usually pushed the cache out). A writer takes a slot by swapping its key
+/// to `BUSY`, writes the rule, then publishes the key; a reader accepts a
+/// rule only if the key reads the same before and after it (rules are
+/// fixed per address, so a reader can never pair a key with another
+/// address's rule).
 const SLOTS: usize = 1 << 14;
 const BUSY: u64 = u64::MAX;
-static KEYS: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
-static RULES: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
 
-fn slot(pc: usize) -> usize {
-    (pc.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 50) & (SLOTS - 1)
+/// One cache slot: the key (a pc, 0 = empty, `BUSY` while written) and its
+/// packed [`Rule`].
+#[repr(C, align(16))]
+struct Slot {
+    key: AtomicU64,
+    rule: AtomicU64,
+}
+
+static CACHE: [Slot; SLOTS] = [const {
+    Slot {
+        key: AtomicU64::new(0),
+        rule: AtomicU64::new(0),
+    }
+}; SLOTS];
+
+fn slot(pc: usize) -> &'static Slot {
+    &CACHE[(pc.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 50) & (SLOTS - 1)]
 }
 
 fn cached(pc: usize) -> Option<Rule> {
-    let i = slot(pc);
-    let k1 = KEYS[i].load(Ordering::Acquire);
+    let s = slot(pc);
+    let k1 = s.key.load(Ordering::Acquire);
     if k1 != pc as u64 {
         return None;
     }
-    let r = RULES[i].load(Ordering::Acquire);
-    (KEYS[i].load(Ordering::Acquire) == k1).then_some(Rule(r))
+    let r = s.rule.load(Ordering::Acquire);
+    (s.key.load(Ordering::Acquire) == k1).then_some(Rule(r))
 }
 
 fn remember(pc: usize, rule: Rule) {
-    let i = slot(pc);
-    let old = KEYS[i].load(Ordering::Relaxed);
+    let s = slot(pc);
+    let old = s.key.load(Ordering::Relaxed);
     if old == BUSY
-        || KEYS[i]
+        || s.key
             .compare_exchange(old, BUSY, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
     {
         return;
     }
-    RULES[i].store(rule.0, Ordering::Release);
-    KEYS[i].store(pc as u64, Ordering::Release);
+    s.rule.store(rule.0, Ordering::Release);
+    s.key.store(pc as u64, Ordering::Release);
 }
 
 /// Reads the unwind rule for `pc` from its module's `.eh_frame`.
@@ -194,12 +211,60 @@ fn rule_for(pc: usize) -> Rule {
     r
 }
 
+/// Frames of a walk whose rules a [`Memo`] keeps.
+const MEMO: usize = 32;
+
+/// The rules of a thread's last walk, frame by frame. A program allocating
+/// in a loop walks the same frames again and again; the next walk finds
+/// each frame's rule here, in a few adjacent cache lines read at addresses
+/// known in advance, instead of in one line of the shared cache per frame,
+/// whose address depends on the frame before (so its misses come one after
+/// the other).
+pub(crate) struct Memo {
+    /// Looked-up address of frame `k` (0: none).
+    keys: [Cell<usize>; MEMO],
+    /// Its packed [`Rule`].
+    rules: [Cell<u64>; MEMO],
+}
+
+impl Memo {
+    pub(crate) const fn new() -> Memo {
+        Memo {
+            keys: [const { Cell::new(0) }; MEMO],
+            rules: [const { Cell::new(0) }; MEMO],
+        }
+    }
+
+    /// The rule for `key`, the address looked up for frame `k` of a walk.
+    #[inline]
+    fn rule(&self, k: usize, key: usize) -> Rule {
+        if k >= MEMO {
+            return rule_for(key);
+        }
+        if self.keys[k].get() == key {
+            return Rule(self.rules[k].get());
+        }
+        let r = rule_for(key);
+        self.keys[k].set(key);
+        self.rules[k].set(r.0);
+        r
+    }
+}
+
 /// Walks the calling thread's stack, recording into `frames` the program
 /// counter of up to `depth` frames whose stack pointer is above `marker`
-/// (return addresses, as the platform unwinder gives them). `stack_top` bounds every load. False if
-/// a frame could not be unwound this way (then `frames` is unspecified).
+/// (return addresses, as the platform unwinder gives them). `stack_top` bounds every load;
+/// `memo` is the calling thread's (it remembers this walk's rules for the
+/// next). False if a frame could not be unwound this way (then `frames` is
+/// unspecified).
 #[inline(never)]
-pub(super) fn walk(frames: &mut Frames, depth: usize, marker: usize, stack_top: usize) -> bool {
+pub(super) fn walk(
+    frames: &mut Frames,
+    depth: usize,
+    marker: usize,
+    stack_top: usize,
+    memo: &Memo,
+) -> bool {
     let (mut pc, mut sp, mut fp): (usize, usize, usize);
     // SAFETY: reads this function's own program counter, stack pointer and
     // frame register; the unwind rule for `pc` describes this very point.
@@ -217,11 +282,11 @@ pub(super) fn walk(frames: &mut Frames, depth: usize, marker: usize, stack_top: 
     let floor = sp;
     frames.len = 0;
     let depth = depth.min(MAX_DEPTH);
-    let mut first = true;
+    let mut k = 0;
     loop {
         // Return addresses point after the call: look up the call itself.
-        let rule = rule_for(if first { pc } else { pc - 1 });
-        first = false;
+        let rule = memo.rule(k, if k == 0 { pc } else { pc - 1 });
+        k += 1;
         if rule.has(UNSUPPORTED) {
             return false;
         }
@@ -269,9 +334,9 @@ mod tests {
 
     /// Captures the same stack with the platform unwinder and with `walk`.
     #[inline(never)]
-    fn both(n: usize, a: &mut Frames, b: &mut Frames) -> bool {
+    fn both(n: usize, a: &mut Frames, b: &mut Frames, memo: &Memo) -> bool {
         if n > 0 {
-            let ok = both(n - 1, a, b);
+            let ok = both(n - 1, a, b, memo);
             core::hint::black_box(n);
             return ok;
         }
@@ -279,21 +344,30 @@ mod tests {
         let marker = core::hint::black_box(&local) as *const u8 as usize;
         let (_, top) = maps::near(marker, false).expect("stack mapping");
         stack::capture(a, 40, marker);
-        walk(b, 40, marker, top)
+        walk(b, 40, marker, top, memo)
     }
 
     #[test]
     fn walk_matches_the_platform_unwinder() {
+        let memo = Memo::new();
         let mut a = Frames::new();
         let mut b = Frames::new();
-        assert!(both(6, &mut a, &mut b), "the fast walk gave up");
+        assert!(both(6, &mut a, &mut b, &memo), "the fast walk gave up");
         assert!(a.len > 8, "frames: {}", a.len);
         assert_eq!(a.len, b.len);
         assert_eq!(a.as_slice(), b.as_slice());
-        // Cached rules give the same walk again.
+        // Rules remembered by the last walk give the same walk again.
         let mut c = Frames::new();
         let mut d = Frames::new();
-        assert!(both(6, &mut c, &mut d));
+        assert!(both(6, &mut c, &mut d, &memo));
         assert_eq!(c.as_slice(), d.as_slice());
+        // A walk from elsewhere (frame k holds another function now) does
+        // not take the remembered rules for its own.
+        for n in [3, 9, 0] {
+            let mut e = Frames::new();
+            let mut f = Frames::new();
+            assert!(both(n, &mut e, &mut f, &memo));
+            assert_eq!(e.as_slice(), f.as_slice(), "depth {n}");
+        }
     }
 }

@@ -274,6 +274,35 @@ pub(crate) fn now_us() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC) / 1000
 }
 
+/// Whether [`ticks`] reads the CPU's time-stamp counter: an x86_64 CPU
+/// whose counter runs at one rate in every power state ("invariant TSC",
+/// CPUID 0x8000_0007 EDX bit 8; Linux's `nonstop_tsc`). Asked once.
+pub(crate) fn ticks_are_tsc() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::__cpuid;
+        // The extended leaf is read only when the highest one reaches it.
+        __cpuid(0x8000_0000).eax >= 0x8000_0007 && __cpuid(0x8000_0007).edx & (1 << 8) != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// A cheap monotonic count for timing intervals: the time-stamp counter
+/// when `tsc` (what [`ticks_are_tsc`] said), else microseconds of the
+/// monotonic clock. A reader converts tick intervals to time with the rate
+/// seen between two readings of both clocks.
+#[inline]
+pub(crate) fn ticks(tsc: bool) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if tsc {
+        // SAFETY: RDTSC exists on every x86_64 CPU and has no preconditions.
+        return unsafe { core::arch::x86_64::_rdtsc() };
+    }
+    let _ = tsc;
+    now_us()
+}
+
 /// Registers `dtor` to run with a thread's value when that thread exits.
 /// Returns the key to pass to [`set_thread_value`], or `None`.
 pub(crate) fn create_thread_exit_key(dtor: unsafe extern "C" fn(*mut libc::c_void)) -> Option<u32> {

@@ -7,7 +7,9 @@
  * Two threads run the rounds (half each), so samples come from both.
  * With the argument "fork", a child process also allocates and exits.
  * With the argument "large", only large_site runs: 400 blocks of 300 KiB
- * allocated and freed one at a time (about 123 MB), then 4 more leaked. */
+ * allocated and freed one at a time (about 123 MB), then 4 more leaked.
+ * With the argument "lifetimes", only long_site and short_site run: 20
+ * blocks of 1000 bytes that live 300 ms, 20 freed at once. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +43,28 @@ __attribute__((noinline)) void *large_site(size_t n) {
     return p;
 }
 
+__attribute__((noinline)) void *long_site(size_t n) {
+    void *p = malloc(n);
+    memset(p, 5, n);
+    return p;
+}
+
+__attribute__((noinline)) void *short_site(size_t n) {
+    void *p = malloc(n);
+    memset(p, 6, n);
+    return p;
+}
+
+static int lifetimes_only(void) {
+    void *keep[20];
+    for (int i = 0; i < 20; i++) keep[i] = long_site(1000);
+    for (int i = 0; i < 20; i++) free(short_site(1000));
+    usleep(300 * 1000);
+    for (int i = 0; i < 20; i++) free(keep[i]);
+    puts("done");
+    return 0;
+}
+
 static int large_only(void) {
     for (int i = 0; i < 400; i++) free(large_site(300 << 10));
     for (int i = 0; i < 4; i++) leaked[i] = large_site(300 << 10);
@@ -61,6 +85,7 @@ static void *rounds(void *arg) {
 
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "large") == 0) return large_only();
+    if (argc > 1 && strcmp(argv[1], "lifetimes") == 0) return lifetimes_only();
     pthread_t t;
     pthread_create(&t, NULL, rounds, NULL);
     pthread_join(t, NULL);
