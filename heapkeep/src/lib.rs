@@ -200,6 +200,20 @@ pub mod raw {
         // usable size bounds what is copied.
         unsafe { crate::heap::realloc(ptr, usize::MAX, align, new_size) }
     }
+
+    /// Whether a front that creates threads should call [`thread_started`]
+    /// in each new thread (check mode is on).
+    #[inline]
+    pub fn wants_thread_started() -> bool {
+        crate::check::enabled()
+    }
+
+    /// Called first thing in a thread the front creates: check mode sets
+    /// the thread up (its alternate signal stack, so a stack overflow
+    /// before the thread's first heap call is reported).
+    pub fn thread_started() {
+        crate::check::thread_started();
+    }
 }
 
 #[cfg(feature = "os")]

@@ -12,6 +12,9 @@
 //! No Rust panic can cross these functions: the heap never panics, and a
 //! panic reaching an `extern "C"` function aborts the process.
 //!
+//! It also wraps `pthread_create` (`threads.rs`), so check mode sets each
+//! new thread up before the thread's own code runs.
+//!
 //! Throwing `operator new` cannot throw `std::bad_alloc` from here; on
 //! out-of-memory it prints a message and aborts (the nothrow forms return
 //! null).
@@ -21,6 +24,7 @@ use core::ffi::{c_int, c_void};
 use heapkeep::raw;
 
 mod report;
+mod threads;
 pub use report::{
     heapkeep_class_stats, heapkeep_stats, heapkeep_thread_stats, heapkeep_version,
     heapkeep_write_snapshot,

@@ -169,6 +169,16 @@ pub(crate) fn start() {
     }
 }
 
+/// The calling thread has just started (the preload library's
+/// `pthread_create` calls this before the thread's own start routine): in
+/// check mode it gets its alternate signal stack now, so a stack overflow
+/// before its first heap call is still reported, not a bare SIGSEGV.
+pub(crate) fn thread_started() {
+    if enabled() {
+        this_thread();
+    }
+}
+
 /// Installs the fault handler (once): at start-up in check mode, at the
 /// first sampled block in fast mode.
 pub(crate) fn install_fault_handler() {

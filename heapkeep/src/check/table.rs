@@ -291,7 +291,11 @@ impl<E: Keyed> Table<E> {
 
     /// Doubles the capacity (or sizes a first table).
     fn grow(&mut self) -> bool {
-        let cap = if self.cap == 0 { self.first } else { self.cap * 2 };
+        let cap = if self.cap == 0 {
+            self.first
+        } else {
+            self.cap * 2
+        };
         let bytes = cap * core::mem::size_of::<E>();
         let mem = os::map_aligned(bytes, os::PAGE_SIZE).cast::<E>();
         if mem.is_null() {

@@ -10,7 +10,8 @@
  *   invalid_free_site, invalid_realloc_site, usable_size_site,
  *   uaf_write_site, uaf_read_site, uaf_realloc_site,
  *   overflow_write_site, overflow_read_site, underflow_write_site,
- *   churn_site (correct traffic between two frees), stack_overflow_recurse.
+ *   churn_site (correct traffic between two frees), stack_overflow_recurse
+ *   (on the main thread, and on a thread that never calls the heap).
  * A case that check mode catches prints nothing of its own; if the program
  * is still running after a misuse that should have stopped it, it says so
  * on stderr (on a line that does not start with "heapkeep:"). */
@@ -20,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -95,6 +97,13 @@ NOINLINE static int stack_overflow_recurse(int depth) {
     frame[sizeof frame - 1] = (char)depth;
     if (depth == never) return frame[0];
     return stack_overflow_recurse(depth + 1) + frame[sizeof frame - 1];
+}
+
+/* A thread that overflows its stack before it ever calls the heap. */
+static void *overflow_thread(void *arg) {
+    (void)arg;
+    sink = (unsigned char)stack_overflow_recurse(0);
+    return NULL;
 }
 
 static size_t page_size(void) { return (size_t)sysconf(_SC_PAGESIZE); }
@@ -175,6 +184,12 @@ static int run_case(const char *name) {
         uintptr_t first_page = (uintptr_t)p & ~(uintptr_t)(page_size() - 1);
         uintptr_t target = first_page - page_size() / 2;
         underflow_write_site(p, (uintptr_t)p - target, 1);
+    } else if (!strcmp(name, "stack-overflow-thread")) {
+        pthread_attr_t attr;
+        pthread_t t;
+        pthread_attr_init(&attr);
+        pthread_attr_setstacksize(&attr, (size_t)1 << 20);
+        if (pthread_create(&t, &attr, overflow_thread, NULL) == 0) pthread_join(t, NULL);
     } else if (!strcmp(name, "stack-overflow")) {
         /* Bounded stack (in case the limit is "unlimited"): 8 MiB. */
         struct rlimit rl;
