@@ -144,7 +144,7 @@ impl<E: Keyed> Table<E> {
 
     /// The table's own mapping `(start, bytes)` (`(0, 0)` before the first).
     pub(crate) fn mapping(&self) -> (usize, usize) {
-        (self.slots as usize, self.cap * core::mem::size_of::<E>())
+        (self.slots as usize, Self::mapped_bytes(self.cap))
     }
 
     /// Entries present (live and freed).
@@ -180,23 +180,12 @@ impl<E: Keyed> Table<E> {
 
     /// Adds `entry` (its key must not be present). False when out of memory.
     pub(crate) fn insert(&mut self, entry: E) -> bool {
-        debug_assert!(entry.key() > RESERVED);
-        if (self.used + 1) * 2 > self.cap && !self.grow() {
-            return false;
-        }
-        let mask = self.cap - 1;
-        let mut i = hash(entry.key()) & mask;
-        loop {
-            // SAFETY: in bounds; ours.
-            let e = unsafe { &mut *self.slot(i) };
-            if e.key() == EMPTY {
-                self.used += 1;
-                *e = entry;
-                self.len += 1;
-                return true;
+        match self.replace(entry) {
+            Ok(old) => {
+                debug_assert!(old.is_none(), "key inserted twice");
+                true
             }
-            debug_assert!(e.key() != entry.key(), "key inserted twice");
-            i = (i + 1) & mask;
+            Err(()) => false,
         }
     }
 
@@ -289,6 +278,11 @@ impl<E: Keyed> Table<E> {
         }
     }
 
+    /// Bytes of the mapping holding `cap` entries (whole pages).
+    fn mapped_bytes(cap: usize) -> usize {
+        (cap * core::mem::size_of::<E>()).next_multiple_of(os::PAGE_SIZE)
+    }
+
     /// Doubles the capacity (or sizes a first table).
     fn grow(&mut self) -> bool {
         let cap = if self.cap == 0 {
@@ -296,7 +290,7 @@ impl<E: Keyed> Table<E> {
         } else {
             self.cap * 2
         };
-        let bytes = cap * core::mem::size_of::<E>();
+        let bytes = Self::mapped_bytes(cap);
         let mem = os::map_aligned(bytes, os::PAGE_SIZE).cast::<E>();
         if mem.is_null() {
             return false;
@@ -319,7 +313,7 @@ impl<E: Keyed> Table<E> {
         });
         if old.cap > 0 {
             // SAFETY: the old slots are our mapping of exactly this size.
-            unsafe { os::unmap(old.slots.cast(), old.cap * core::mem::size_of::<E>()) };
+            unsafe { os::unmap(old.slots.cast(), Self::mapped_bytes(old.cap)) };
         }
         true
     }
@@ -401,5 +395,29 @@ mod tests {
             }
         }
         assert!(t.take(0x3000).is_none());
+    }
+
+    #[test]
+    fn replace_overwrites_or_adds_and_a_small_table_grows() {
+        let mut t: Table<Entry> = Table::with_first_capacity(4);
+        // Past the first capacity many times over.
+        for k in 1..=1000usize {
+            assert!(matches!(t.replace(entry(k * 32)), Ok(None)));
+        }
+        assert_eq!(t.len(), 1000);
+        assert!(t.cap >= 2048 && t.cap.is_power_of_two());
+        for k in (1..=1000usize).step_by(3) {
+            let newer = Entry {
+                size: 7,
+                ..entry(k * 32)
+            };
+            let old = t.replace(newer).unwrap().expect("present key");
+            assert_eq!(old.size, k * 2);
+        }
+        assert_eq!(t.len(), 1000);
+        for k in 1..=1000usize {
+            let want = if (k - 1) % 3 == 0 { 7 } else { k * 2 };
+            assert_eq!(t.get(k * 32).map(|e| e.size), Some(want), "key {k}");
+        }
     }
 }

@@ -75,7 +75,7 @@ impl Rule {
 }
 
 /// Slots of the rule cache (a power of two). A slot is a `(pc, rule)`
-/// pair in one 16-byte line piece, so a lookup touches one cache line (a
+/// pair in 16 bytes of one cache line, so a lookup touches one line (a
 /// walk looks up every frame, and between two samples the program has
 /// usually pushed the cache out). A writer takes a slot by swapping its key
 /// to `BUSY`, writes the rule, then publishes the key; a reader accepts a
