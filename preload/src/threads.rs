@@ -18,6 +18,12 @@ type Create = unsafe extern "C" fn(
     *mut c_void,
 ) -> c_int;
 
+/// Threads with a smaller stack are not wrapped: check mode's calls need
+/// tens of KiB of stack (a tiny-stack thread, such as some of node's, would
+/// overflow in the wrapper's own bookkeeping); they are set up at their
+/// first heap call, as without the wrapper.
+const MIN_WRAPPED_STACK: usize = 256 << 10;
+
 /// The C library's `pthread_create` (0: not looked up yet).
 static REAL: AtomicUsize = AtomicUsize::new(0);
 
@@ -51,6 +57,23 @@ extern "C" fn run(job: *mut c_void) -> *mut c_void {
     start(arg)
 }
 
+/// The stack size a thread created with `attr` gets (`usize::MAX` for the
+/// default, which follows the stack limit: megabytes).
+///
+/// # Safety
+/// `attr` is null or an initialized attribute object.
+unsafe fn stack_size(attr: *const libc::pthread_attr_t) -> usize {
+    if attr.is_null() {
+        return usize::MAX;
+    }
+    let mut size = 0;
+    // SAFETY: an initialized attribute object (caller); `size` is writable.
+    if unsafe { libc::pthread_attr_getstacksize(attr, &mut size) } != 0 {
+        return 0;
+    }
+    size
+}
+
 /// POSIX `pthread_create`.
 ///
 /// # Safety
@@ -66,7 +89,8 @@ pub unsafe extern "C" fn pthread_create(
     let Some(create) = real() else {
         return libc::EAGAIN;
     };
-    if raw::wants_thread_started() {
+    // SAFETY: `attr` is null or initialized (caller).
+    if raw::wants_thread_started() && unsafe { stack_size(attr) } >= MIN_WRAPPED_STACK {
         let job = raw::alloc(core::mem::size_of::<Job>(), 16, false).cast::<Job>();
         if !job.is_null() {
             // SAFETY: `job` is a fresh block of a `Job`'s size and alignment.
