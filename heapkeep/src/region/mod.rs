@@ -71,6 +71,7 @@ const W: usize = size_of::<usize>();
 /// Block sizes and block addresses (which are payload addresses) are
 /// multiples of this: four words, the bookkeeping of a free block.
 pub const GRANULE: usize = 4 * W;
+#[cfg(test)]
 const GRANULE_SHIFT: u32 = GRANULE.trailing_zeros();
 /// Bytes a live block costs beyond what was asked for (before rounding up to
 /// [`GRANULE`]): its tag word.
@@ -170,8 +171,10 @@ pub struct RegionHeap {
     heads: *mut *mut Gap,
     /// The regions, newest first (null: none yet).
     regions: *mut RegionHdr,
-    /// Sum of the sizes of all free blocks.
-    free: usize,
+    /// Sum of the sizes of all used blocks (so the free bytes are
+    /// `capacity - used`). Kept per call, not per list change: one update
+    /// per operation.
+    used: usize,
     /// Sum of the sizes of all blocks, free and used, in every region.
     capacity: usize,
 }
@@ -191,37 +194,36 @@ impl core::fmt::Debug for RegionHeap {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("RegionHeap")
             .field("capacity", &self.capacity)
-            .field("free", &self.free)
+            .field("used", &self.used)
             .finish()
     }
 }
 
-/// `log2(size)` (at least `SMALL_SHIFT - 1`) and `log2` of the width of the
-/// class around `size`: the granule below `SMALL_LIMIT`,
-/// `2^(log2(size) - SL_BITS)` above. Branch-free: or-ing in `SMALL_LIMIT /
-/// 2` makes every small size look like the top power of two below
-/// `SMALL_LIMIT`, whose shift is one less than the granule's.
+/// `log2(size)`, at least `log2(SMALL_LIMIT)`. Never zero inside, so
+/// `ilog2` is a bare `bsr`/`lzcnt`.
 #[inline(always)]
-fn class_shift(size: usize) -> (u32, u32) {
-    // Never zero, so `ilog2` is a bare `bsr`/`clz`.
-    let log = (size | (SMALL_LIMIT / 2)).ilog2();
-    (log, log.max(SMALL_SHIFT) - SL_BITS)
+fn class_log(size: usize) -> u32 {
+    (size | SMALL_LIMIT).ilog2()
 }
 
 /// The class whose list holds a free block of `size` bytes: first level 0
 /// and one class per granule below `SMALL_LIMIT`; above it, first level
 /// `log2(size) - log2(SMALL_LIMIT) + 1` and the next `SL_BITS` bits of size;
 /// past the last level, the top class.
+///
+/// One formula for both: below `2 * SMALL_LIMIT` classes are one granule
+/// wide (level 0 and level 1 alike), so with `log` clamped to
+/// `log2(SMALL_LIMIT)` the size's top `SL_BITS + 1` bits (`16..32` above
+/// `SMALL_LIMIT`, the granule count below it) plus `SL_COUNT` per level
+/// above the first is the class.
 #[inline(always)]
 fn class_of(size: usize) -> usize {
-    let (log, shift) = class_shift(size);
-    let fl = (log - (SMALL_SHIFT - 1)) as usize;
-    // Above `SMALL_LIMIT`, `size >> shift` is in `SL_COUNT..2 * SL_COUNT`
-    // (the mask drops the leading 1); below, in `0..SL_COUNT`.
-    ((fl << SL_BITS) | ((size >> shift) & (SL_COUNT - 1))).min(TOP_CLASS)
+    let log = class_log(size);
+    ((size >> (log - SL_BITS)) + (((log - SMALL_SHIFT) as usize) << SL_BITS)).min(TOP_CLASS)
 }
 
 /// The smallest block size of class `c` (`c < CLASS_COUNT`).
+#[cfg(test)]
 const fn class_lower(c: usize) -> usize {
     let (fl, sl) = (c >> SL_BITS, c & (SL_COUNT - 1));
     if fl == 0 {
@@ -232,19 +234,22 @@ const fn class_lower(c: usize) -> usize {
 }
 
 /// Requests up to this size have a class all of whose blocks fit them.
+#[cfg(test)]
 const TOP_LOWER: usize = class_lower(TOP_CLASS);
 
 /// The lowest class all of whose blocks are at least `size` bytes (`size`
-/// rounded up to a class boundary), or `CLASS_COUNT` if there is none.
+/// rounded up to a class boundary), or `CLASS_COUNT` if there is none
+/// (`size > TOP_LOWER`). `size` is at least 1.
+///
+/// The class above that of `size - 1`: if `size` is a class's lower bound,
+/// `size - 1` is in the class below; otherwise both are in the class that
+/// also holds smaller blocks. Either way the answer is one up, and the top
+/// class plus one is `CLASS_COUNT`. So the class below the answer is the
+/// request's own class (when `size` is not a lower bound) or a class all
+/// of whose blocks are too small.
 #[inline(always)]
 fn class_at_least(size: usize) -> usize {
-    if size > TOP_LOWER {
-        return CLASS_COUNT;
-    }
-    // Below `SMALL_LIMIT` classes are exact and `size` a multiple of the
-    // granule, so adding `granule - 1` changes nothing there.
-    let (_, shift) = class_shift(size);
-    class_of(size + ((1 << shift) - 1))
+    class_of(size - 1) + 1
 }
 
 /// The block size serving a request of `size` bytes: the size plus the tag,
@@ -303,7 +308,7 @@ impl RegionHeap {
             sl_bitmap: [0; FL_COUNT],
             heads: ptr::null_mut(),
             regions: ptr::null_mut(),
-            free: 0,
+            used: 0,
             capacity: 0,
         }
     }
@@ -464,7 +469,6 @@ impl RegionHeap {
             if c == (*g).class {
                 (*g).size = offset;
                 *word_below(block) = offset;
-                self.free -= size - offset;
             } else {
                 self.unlink(g);
                 self.link(base, offset, c);
@@ -473,6 +477,7 @@ impl RegionHeap {
                 self.link(block.add(need), rest, class_of(rest));
             }
             set_tag(block, need, rest != 0);
+            self.used += need;
             Some(NonNull::new_unchecked(block))
         }
     }
@@ -496,6 +501,7 @@ impl RegionHeap {
             prefetch(end);
             let tag = *word_below(end);
             debug_assert_eq!(tag & !ABOVE_FREE, size | USED, "dealloc: wrong layout");
+            self.used -= size;
             self.free_range(base, end, tag & ABOVE_FREE != 0);
         }
     }
@@ -530,6 +536,7 @@ impl RegionHeap {
                 if need < size {
                     set_tag(base, need, true);
                     self.free_tail(base.add(need), end, above_free);
+                    self.used -= size - need;
                 }
                 return Some(ptr);
             }
@@ -544,6 +551,7 @@ impl RegionHeap {
                         self.shift_gap(above, base.add(need), rest);
                     }
                     set_tag(base, need, rest != 0);
+                    self.used += need - size;
                     return Some(ptr);
                 }
             }
@@ -560,6 +568,7 @@ impl RegionHeap {
             // Read again: the new block may have come out of the free block
             // above, which clears the bit.
             let above_free = *word_below(end) & ABOVE_FREE != 0;
+            self.used -= size;
             self.free_range(base, end, above_free);
             Some(new)
         }
@@ -619,6 +628,7 @@ impl RegionHeap {
                 self.link(to.add(need), rest, class_of(rest));
             }
             set_tag(to, need, rest != 0);
+            self.used += need - size;
             Some(NonNull::new_unchecked(to))
         }
     }
@@ -644,7 +654,9 @@ impl RegionHeap {
         let at_least = class_at_least(need);
         let found = self.first_class_from(at_least);
         if found.is_none_or(|f| f >> SL_BITS > at_least >> SL_BITS) {
-            let c = class_of(need);
+            // `need`'s own class (see `class_at_least`; `at_least >= 1`
+            // because `need >= GRANULE`).
+            let c = at_least - 1;
             if self.sl_bitmap[c >> SL_BITS] & (1 << (c & (SL_COUNT - 1))) != 0 {
                 // SAFETY: the bitmap says list `c` is not empty (so the
                 // table exists), and its head is a free block of ours.
@@ -702,7 +714,10 @@ impl RegionHeap {
             return None;
         }
         let fl = above.trailing_zeros() as usize;
-        Some((fl << SL_BITS) | self.sl_bitmap[fl].trailing_zeros() as usize)
+        // SAFETY: `fl_bitmap` has bits only below `FL_COUNT` (its
+        // invariant), so `fl` indexes `sl_bitmap`.
+        let sl = unsafe { self.sl_bitmap.get_unchecked(fl) }.trailing_zeros();
+        Some((fl << SL_BITS) | sl as usize)
     }
 
     /// Makes the front `need` bytes of free block `g` (still linked, at
@@ -726,6 +741,7 @@ impl RegionHeap {
             }
             *word_below(base) &= !ABOVE_FREE;
             set_tag(base, need, rest != 0);
+            self.used += need;
             NonNull::new_unchecked(base)
         }
     }
@@ -758,7 +774,6 @@ impl RegionHeap {
                     // Same list: the block below grows where it is.
                     (*low).size = total;
                     *word_below(top) = total;
-                    self.free += total - below;
                 } else {
                     self.unlink(low);
                     self.link(low.cast(), total, c);
@@ -809,7 +824,6 @@ impl RegionHeap {
                 let Gap {
                     next,
                     next_of_prev,
-                    size: old,
                     ..
                 } = g.read();
                 let to = to.cast::<Gap>();
@@ -824,7 +838,6 @@ impl RegionHeap {
                     (*next).next_of_prev = ptr::addr_of_mut!((*to).next);
                 }
                 *word_below(to.cast::<u8>().add(size)) = size;
-                self.free = self.free + size - old;
             } else {
                 self.unlink(g);
                 self.link(to, size, c);
@@ -861,7 +874,6 @@ impl RegionHeap {
             }
             *slot = g;
         }
-        self.free += size;
     }
 
     /// Unlinks free block `g` from its list (its memory is then the
@@ -878,7 +890,7 @@ impl RegionHeap {
                 next,
                 next_of_prev,
                 class,
-                size,
+                ..
             } = g.read();
             *next_of_prev = next;
             if !next.is_null() {
@@ -886,12 +898,14 @@ impl RegionHeap {
             } else if next_of_prev == self.heads.add(class) {
                 // It was alone on its list.
                 let (fl, sl) = (class >> SL_BITS, class & (SL_COUNT - 1));
-                self.sl_bitmap[fl] &= !(1 << sl);
-                if self.sl_bitmap[fl] == 0 {
+                // `class < CLASS_COUNT` (the lists' invariant), so `fl <
+                // FL_COUNT`.
+                let bits = self.sl_bitmap.get_unchecked_mut(fl);
+                *bits &= !(1 << sl);
+                if *bits == 0 {
                     self.fl_bitmap &= !(1 << fl);
                 }
             }
-            self.free -= size;
         }
     }
 }

@@ -95,12 +95,12 @@ impl RegionHeap {
     /// Bytes in free blocks (each block's tag word included: a single
     /// allocation can use at most `largest_free() - BLOCK_OVERHEAD`). O(1).
     pub fn free_bytes(&self) -> usize {
-        self.free
+        self.capacity - self.used
     }
 
     /// Bytes in used blocks (tags and rounding included).
     pub fn used_bytes(&self) -> usize {
-        self.capacity - self.free
+        self.used
     }
 
     /// The size of the largest free block (0 if none). Walks the list of
@@ -128,10 +128,11 @@ impl RegionHeap {
     /// How scattered the free memory is, in percent: `1 - largest_free /
     /// free_bytes`. 0 when all free memory is one block (or none is free).
     pub fn fragmentation(&self) -> f64 {
-        if self.free == 0 {
+        let free = self.free_bytes();
+        if free == 0 {
             return 0.0;
         }
-        (1.0 - self.largest_free() as f64 / self.free as f64) * 100.0
+        (1.0 - self.largest_free() as f64 / free as f64) * 100.0
     }
 
     /// Walks every region block by block (from the top down) and every free
@@ -191,7 +192,7 @@ impl RegionHeap {
         if capacity != self.capacity {
             return fail("capacity differs from the sum of block sizes", capacity);
         }
-        if free != self.free {
+        if free != self.free_bytes() {
             return fail("free byte count differs from the free blocks", free);
         }
         if self.heads.is_null() {
@@ -367,7 +368,7 @@ impl RegionHeap {
             r#"<text x="4" y="{}">capacity {} B, free {} B, largest free {} B, fragmentation {:.1}%</text>"#,
             rows * (BAR + 8) + 20,
             self.capacity,
-            self.free,
+            self.free_bytes(),
             self.largest_free(),
             self.fragmentation()
         )?;
