@@ -429,16 +429,19 @@ impl RegionHeap {
     pub fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         let need = block_size_for(layout.size())?;
         if layout.align() <= GRANULE {
-            let g = self.take_free(need)?;
-            // SAFETY: `g` is a free block of ours of at least `need` bytes.
-            Some(unsafe { self.carve(g, need) })
-        } else {
-            self.alloc_aligned(need, layout.align())
+            if let Some(g) = self.take_free_fast(need) {
+                // SAFETY: `g` is a free block of ours of at least `need` bytes.
+                return Some(unsafe { self.carve(g, need) });
+            }
         }
+        // Out of line (and a tail call), so the fast path above saves no
+        // registers.
+        self.alloc_aligned(need, layout.align().max(GRANULE))
     }
 
-    /// Allocates `need` block bytes at an address aligned to `align` (above
-    /// `GRANULE`). Block addresses are multiples of `GRANULE`, so the offset
+    /// Allocates `need` block bytes at an address aligned to `align` (at
+    /// least `GRANULE`; for `GRANULE` itself this is `alloc`'s last resort,
+    /// the bounded scan of the own class). Block addresses are multiples of `GRANULE`, so the offset
     /// to the next `align` boundary is at most `align - GRANULE`: a block that
     /// big plus `need` always serves. The offset, a multiple of the granule,
     /// stays a free block in front.
@@ -633,17 +636,8 @@ impl RegionHeap {
         }
     }
 
-    /// Takes a free block of at least `need` bytes (still linked: `carve`
-    /// unlinks it), or `None`.
-    #[inline(always)]
-    fn take_free(&mut self, need: usize) -> Option<*mut Gap> {
-        match self.take_free_fast(need) {
-            Some(g) => Some(g),
-            None => self.scan_own_class(need, GRANULE),
-        }
-    }
-
-    /// The O(1) part of `take_free`: the head of the first non-empty class
+    /// The O(1) search for a free block of at least `need` bytes (still
+    /// linked: `carve` unlinks it): the head of the first non-empty class
     /// whose every block fits; but when that class is a power of two or
     /// more above the request, the head of the request's own class if it is
     /// big enough (a closer fit, which keeps big blocks whole). Testing the
