@@ -71,7 +71,6 @@ const W: usize = size_of::<usize>();
 /// Block sizes and block addresses (which are payload addresses) are
 /// multiples of this: four words, the bookkeeping of a free block.
 pub const GRANULE: usize = 4 * W;
-#[cfg(test)]
 const GRANULE_SHIFT: u32 = GRANULE.trailing_zeros();
 /// Bytes a live block costs beyond what was asked for (before rounding up to
 /// [`GRANULE`]): its tag word.
@@ -218,6 +217,12 @@ fn class_log(size: usize) -> u32 {
 /// above the first is the class.
 #[inline(always)]
 fn class_of(size: usize) -> usize {
+    // The one-granule classes by a shift alone: the common sizes, and a
+    // well-predicted branch costs less than the general formula (fewer
+    // instructions than talc's, and as fast on the region benchmark).
+    if size < 2 * SMALL_LIMIT {
+        return size >> GRANULE_SHIFT;
+    }
     let log = class_log(size);
     ((size >> (log - SL_BITS)) + (((log - SMALL_SHIFT) as usize) << SL_BITS)).min(TOP_CLASS)
 }
