@@ -325,9 +325,34 @@ fn step<H: Heap>(h: &mut H, slots: &mut [Slot], op: Op) -> bool {
     }
 }
 
+/// Bytes written before every timed run to push the previous run's lines out of this core's
+/// L2 (2 MiB here). Without it the allocator that runs right after one with a similar layout
+/// (talc after heapkeep: the same stream gives nearly the same addresses) starts warm and the
+/// one after a different layout (heapkeep after buddy) starts cold: a bias of up to 8% seen at
+/// 4 KiB. The region itself stays in the (much larger) L3 for everyone.
+const EVICT: usize = 8 << 20;
+
+/// Touches `EVICT` bytes of scratch memory (see there).
+fn evict() {
+    use std::sync::OnceLock;
+    static SCRATCH: OnceLock<usize> = OnceLock::new();
+    let base = *SCRATCH
+        .get_or_init(|| Box::leak(vec![1u8; EVICT].into_boxed_slice()).as_mut_ptr() as usize);
+    let p = base as *mut u8;
+    for i in (0..EVICT).step_by(64) {
+        // SAFETY: `p..p + EVICT` is a leaked buffer only this function touches (the bench is
+        // single-threaded).
+        unsafe {
+            p.add(i)
+                .write_volatile(p.add(i).read_volatile().wrapping_add(1))
+        };
+    }
+}
+
 /// Seconds for the whole stream; panics if anything failed (the budget leaves room).
 #[inline(never)]
 fn throughput<H: Heap>(region: *mut u8, ops: &[Op], slots: usize) -> f64 {
+    evict();
     // SAFETY: the region is ours; the previous heap over it is gone.
     let mut h = unsafe { H::over(region, REGION) };
     let mut table: Vec<Slot> = vec![None; slots];
@@ -372,6 +397,7 @@ fn latency<H: Heap>(
     slots: usize,
     times: &mut Vec<u64>,
 ) -> (u64, u64, u64) {
+    evict();
     // SAFETY: as `throughput`.
     let mut h = unsafe { H::over(region, REGION) };
     let mut table: Vec<Slot> = vec![None; slots];
@@ -449,6 +475,7 @@ fn run_to_failure<H: Heap>(
 
 /// Our workload: a fresh heap over the 16 MiB region, run to the first failure.
 fn efficiency<H: Heap>(region: *mut u8, seed: u64) -> Stop {
+    evict();
     // SAFETY: as `throughput`.
     let mut h = unsafe { H::over(region, REGION) };
     let mut live = Vec::new();
@@ -707,6 +734,7 @@ fn bar_chart(
 fn main() {
     let mut quick = false;
     let mut profile = false;
+    let mut ab = false;
     let mut out = String::from("results/region");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -716,9 +744,14 @@ fn main() {
             // in REGION_BENCH_HEAP, default heapkeep; one size index in REGION_BENCH_SIZE),
             // ten times each, printed; nothing written.
             "--profile" => profile = true,
+            // For judging a change: only the throughput streams, heapkeep and talc taking
+            // turns run by run (as in the report, so neither finds the region's lines its
+            // own run left in cache), REGION_BENCH_ROUNDS rounds (default 15); prints the
+            // median heapkeep/talc ratio per size.
+            "--ab" => ab = true,
             "--out" => out = args.next().expect("--out DIR"),
             _ => {
-                eprintln!("usage: heapkeep-bench-region [--quick] [--out DIR]");
+                eprintln!("usage: heapkeep-bench-region [--quick] [--out DIR] | --ab | --profile");
                 std::process::exit(2);
             }
         }
@@ -742,6 +775,31 @@ fn main() {
         .map(|&m| (slots_for(m), stream(m, slots_for(m), n_ops, m as u64)))
         .collect();
 
+    if ab {
+        let rounds: usize = std::env::var("REGION_BENCH_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(15);
+        let ratios: Vec<f64> = streams
+            .iter()
+            .map(|(slots, ops)| {
+                let mut r: Vec<f64> = (0..rounds)
+                    .map(|round| {
+                        let mut t = [0.0; 2];
+                        for j in 0..2 {
+                            let k = (j + round) % 2;
+                            t[k] = for_heap!(k, throughput(region, ops, *slots));
+                        }
+                        t[1] / t[0]
+                    })
+                    .collect();
+                median(&mut r)
+            })
+            .collect();
+        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+        println!("heapkeep/talc throughput {}", shown.join(" "));
+        return;
+    }
     if profile {
         let which: usize = std::env::var("REGION_BENCH_HEAP")
             .ok()
