@@ -821,9 +821,7 @@ impl RegionHeap {
         unsafe {
             if c == (*g).class {
                 let Gap {
-                    next,
-                    next_of_prev,
-                    ..
+                    next, next_of_prev, ..
                 } = g.read();
                 let to = to.cast::<Gap>();
                 to.write(Gap {
