@@ -210,16 +210,15 @@ fn class_log(size: usize) -> u32 {
 /// `log2(size) - log2(SMALL_LIMIT) + 1` and the next `SL_BITS` bits of size;
 /// past the last level, the top class.
 ///
-/// One formula for both: below `2 * SMALL_LIMIT` classes are one granule
-/// wide (level 0 and level 1 alike), so with `log` clamped to
-/// `log2(SMALL_LIMIT)` the size's top `SL_BITS + 1` bits (`16..32` above
-/// `SMALL_LIMIT`, the granule count below it) plus `SL_COUNT` per level
-/// above the first is the class.
+/// From `SMALL_LIMIT` up, the size's top `SL_BITS + 1` bits (`16..32`)
+/// plus `SL_COUNT` per level above the first is the class. Below `2 *
+/// SMALL_LIMIT` classes are one granule wide (level 0 and level 1 alike),
+/// so there the class is the granule count, a shift.
 #[inline(always)]
 fn class_of(size: usize) -> usize {
     // The one-granule classes by a shift alone: the common sizes, and a
-    // well-predicted branch costs less than the general formula (fewer
-    // instructions than talc's, and as fast on the region benchmark).
+    // well-predicted branch costs less than the general formula (measured
+    // on the region benchmark).
     if size < 2 * SMALL_LIMIT {
         return size >> GRANULE_SHIFT;
     }
@@ -446,10 +445,10 @@ impl RegionHeap {
 
     /// Allocates `need` block bytes at an address aligned to `align` (at
     /// least `GRANULE`; for `GRANULE` itself this is `alloc`'s last resort,
-    /// the bounded scan of the own class). Block addresses are multiples of `GRANULE`, so the offset
-    /// to the next `align` boundary is at most `align - GRANULE`: a block that
-    /// big plus `need` always serves. The offset, a multiple of the granule,
-    /// stays a free block in front.
+    /// the bounded scan of the own class). Block addresses are multiples of
+    /// `GRANULE`, so the offset to the next `align` boundary is at most
+    /// `align - GRANULE`: a block that big plus `need` always serves. The
+    /// offset, a multiple of the granule, stays a free block in front.
     #[cold]
     fn alloc_aligned(&mut self, need: usize, align: usize) -> Option<NonNull<u8>> {
         let g = match need
