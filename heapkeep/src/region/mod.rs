@@ -198,13 +198,6 @@ impl core::fmt::Debug for RegionHeap {
     }
 }
 
-/// `log2(size)`, at least `log2(SMALL_LIMIT)`. Never zero inside, so
-/// `ilog2` is a bare `bsr`/`lzcnt`.
-#[inline(always)]
-fn class_log(size: usize) -> u32 {
-    (size | SMALL_LIMIT).ilog2()
-}
-
 /// The class whose list holds a free block of `size` bytes: first level 0
 /// and one class per granule below `SMALL_LIMIT`; above it, first level
 /// `log2(size) - log2(SMALL_LIMIT) + 1` and the next `SL_BITS` bits of size;
@@ -222,7 +215,8 @@ fn class_of(size: usize) -> usize {
     if size < 2 * SMALL_LIMIT {
         return size >> GRANULE_SHIFT;
     }
-    let log = class_log(size);
+    // `size | SMALL_LIMIT` is never zero, so `ilog2` is a bare `bsr`.
+    let log = (size | SMALL_LIMIT).ilog2();
     ((size >> (log - SL_BITS)) + (((log - SMALL_SHIFT) as usize) << SL_BITS)).min(TOP_CLASS)
 }
 
