@@ -697,7 +697,7 @@ fn packed_counts_stay_exact_and_whole() {
     ) {
         return;
     }
-    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
     use std::sync::Arc;
 
     // Sizes from every path: fast (up to 1 KiB), medium, large.
@@ -734,11 +734,11 @@ fn packed_counts_stay_exact_and_whole() {
     // totals only grow, and what is live stays within what this thread
     // can hold (a reading that saw a drain half done would break both).
     let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
     let reader = {
-        let stop = stop.clone();
+        let (stop, reads) = (stop.clone(), reads.clone());
         std::thread::spawn(move || {
             let mut last = crate::stats();
-            let mut reads = 0u64;
             while !stop.load(Relaxed) {
                 let s = crate::stats();
                 assert!(s.allocs >= last.allocs, "{s:?} after {last:?}");
@@ -747,9 +747,8 @@ fn packed_counts_stay_exact_and_whole() {
                 assert!(s.bytes_requested >= last.bytes_requested);
                 assert!(s.live_blocks <= 2 * N as u64 + 1000, "{s:?}");
                 last = s;
-                reads += 1;
+                reads.fetch_add(1, Relaxed);
             }
-            reads
         })
     };
     // Free in a scrambled order (a long run of frees), then churn.
@@ -773,8 +772,14 @@ fn packed_counts_stay_exact_and_whole() {
             HeapKeep.dealloc(p, l);
         }
     }
+    // On a loaded machine the reader may not have run yet: let it read
+    // at least once before it is told to stop.
+    while reads.load(Relaxed) == 0 && !reader.is_finished() {
+        std::thread::yield_now();
+    }
     stop.store(true, Relaxed);
-    assert!(reader.join().unwrap() > 0);
+    reader.join().unwrap();
+    assert!(reads.load(Relaxed) > 0);
     drop(order);
     drop(ps);
     let s2 = crate::stats();

@@ -656,8 +656,14 @@ fn walking_while_threads_churn_is_safe() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::mpsc;
     let _g = serial();
+    use std::sync::atomic::AtomicU64;
     static STOP: AtomicBool = AtomicBool::new(false);
+    // Generations finished by all workers so far: the walks go on until a
+    // few have ended (on a loaded machine 150 walks can be over before the
+    // first worker thread has retired its heap).
+    static DONE: AtomicU64 = AtomicU64::new(0);
     STOP.store(false, Ordering::Relaxed);
+    DONE.store(0, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
     let rx = std::sync::Arc::new(Mutex::new(rx));
     let mut workers = Vec::new();
@@ -709,13 +715,20 @@ fn walking_while_threads_churn_is_safe() {
                 .join()
                 .unwrap();
                 generation += 1;
+                DONE.fetch_add(1, Ordering::Relaxed);
             }
             generation
         }));
     }
     drop(tx);
     let mut heaps_seen = 0;
-    for _ in 0..150 {
+    let mut walks = 0;
+    // (A worker that panicked ends early: then the assert below reports it
+    // instead of this loop waiting forever.)
+    while walks < 150
+        || (DONE.load(Ordering::Relaxed) < 3 && !workers.iter().all(|w| w.is_finished()))
+    {
+        walks += 1;
         // The callback runs under heapkeep's locks and must not allocate
         // (a failing assert! would): note the first broken rule, assert
         // after the walk.
