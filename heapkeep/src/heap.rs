@@ -1374,6 +1374,13 @@ pub(crate) unsafe fn realloc(
             usable = huge::usable(&*seg);
             if new_size > LARGE_MAX {
                 in_place = huge::resize(seg, new_size);
+                let moved = segment_of(in_place);
+                if !in_place.is_null() && in_place != p && (*moved).sampled {
+                    // A sample is kept by address: the moved block stops
+                    // being one (counted as freed here).
+                    (*moved).sampled = false;
+                    profile::forget_in_place(p);
+                }
             } else if new_size <= usable && new_size >= usable / 2 {
                 in_place = p;
             }

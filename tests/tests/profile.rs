@@ -211,6 +211,37 @@ fn large_blocks_are_sampled_in_place_and_forgotten_when_freed() {
     );
 }
 
+/// A sampled huge block that `realloc` moves stops being a sample (the
+/// profile keeps samples by address): none is left live at exit, where a
+/// missed forget would report the freed blocks as leaked.
+#[test]
+fn sampled_huge_blocks_moved_by_realloc_are_not_leaked() {
+    let dir = scratch("remap");
+    let out = profile(
+        &[
+            "--rate",
+            "4K",
+            "--out",
+            "p.json",
+            "--",
+            top_program().to_str().unwrap(),
+            "remap",
+        ],
+        &dir,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let moved: u32 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("moved "))
+        .unwrap_or_else(|| panic!("{err}"))
+        .parse()
+        .unwrap();
+    assert!(moved > 0, "no block moved: {err}");
+    let v = load(&dir.join("p.json"));
+    assert!(sum_at(&v, "remap_site", "tbk") >= 7, "{err}");
+    assert_eq!(sum_at(&v, "remap_site", "eb"), 0, "{err}");
+}
+
 /// Lifetimes (DHAT's `tl`, total µs over a site's blocks) and the run's
 /// length (`te`) are in real microseconds: blocks that live 300 ms read
 /// about that, blocks freed at once far less.

@@ -9,7 +9,10 @@
  * With the argument "large", only large_site runs: 400 blocks of 300 KiB
  * allocated and freed one at a time (about 123 MB), then 4 more leaked.
  * With the argument "lifetimes", only long_site and short_site run: 20
- * blocks of 1000 bytes that live 300 ms, 20 freed at once. */
+ * blocks of 1000 bytes that live 300 ms, 20 freed at once.
+ * With the argument "remap", only remap_site runs: 8 huge blocks of 4 MiB,
+ * each grown to 64 MiB by realloc (which moves most of them: the next
+ * block is in the way), then all freed; stderr says how many moved. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,6 +75,29 @@ static int large_only(void) {
     return 0;
 }
 
+__attribute__((noinline)) void *remap_site(size_t n) {
+    void *p = malloc(n);
+    memset(p, 7, 4096);
+    return p;
+}
+
+static int remap_only(void) {
+    void *blocks[8];
+    int moved = 0;
+    for (int i = 0; i < 8; i++) blocks[i] = remap_site(4 << 20);
+    for (int i = 0; i < 8; i++) {
+        void *q = realloc(blocks[i], 64 << 20);
+        if (!q) return 1;
+        moved += q != blocks[i];
+        memset(q, 8, 4096);
+        blocks[i] = q;
+    }
+    for (int i = 0; i < 8; i++) free(blocks[i]);
+    fprintf(stderr, "moved %d\n", moved);
+    puts("done");
+    return 0;
+}
+
 static void *rounds(void *arg) {
     (void)arg;
     static __thread void *keep[1000];
@@ -86,6 +112,7 @@ static void *rounds(void *arg) {
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "large") == 0) return large_only();
     if (argc > 1 && strcmp(argv[1], "lifetimes") == 0) return lifetimes_only();
+    if (argc > 1 && strcmp(argv[1], "remap") == 0) return remap_only();
     pthread_t t;
     pthread_create(&t, NULL, rounds, NULL);
     pthread_join(t, NULL);
