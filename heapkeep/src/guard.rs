@@ -171,8 +171,8 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     slot.size = usable;
     slot.live = true;
     slot.alloc_tid = crate::check::thread_id();
-    slot.alloc_len = here.len.min(DEPTH);
-    slot.alloc[..slot.alloc_len].copy_from_slice(&here.ips[..slot.alloc_len]);
+    slot.alloc_len = here.len().min(DEPTH);
+    slot.alloc[..slot.alloc_len].copy_from_slice(&here.as_slice()[..slot.alloc_len]);
     block as *mut u8
 }
 
@@ -199,8 +199,8 @@ pub(crate) unsafe fn free(page: *mut Page, p: *mut u8) {
     }
     slot.live = false;
     slot.free_tid = crate::check::thread_id();
-    slot.free_len = here.len.min(DEPTH);
-    slot.free[..slot.free_len].copy_from_slice(&here.ips[..slot.free_len]);
+    slot.free_len = here.len().min(DEPTH);
+    slot.free[..slot.free_len].copy_from_slice(&here.as_slice()[..slot.free_len]);
     // SAFETY: the block page is inside our mapping; nobody may use it now.
     unsafe {
         (*page).used = 0;

@@ -200,8 +200,7 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c
         // Start at the faulting instruction: drop the handler's frames.
         let (pc, _) = fault_regs(ctx);
         if let Some(k) = here.as_slice().iter().position(|&ip| ip == pc) {
-            here.ips.copy_within(k..here.len, 0);
-            here.len -= k;
+            here.drop_innermost(k);
         }
         here
     };

@@ -232,7 +232,7 @@ fn this_thread() -> u32 {
 /// of a local of the checker's entry point: frames below it are left out.
 #[inline(never)]
 fn capture_here(frames: &mut Frames, marker: usize) {
-    frames.len = 0;
+    frames.clear();
     THREAD.with(|t| {
         if !t.busy.get() {
             t.busy.set(true);
@@ -264,7 +264,7 @@ const SLOW_CAPTURES: u8 = 4;
 /// bound is looked up once per thread (`/proc/self/maps`), after its first
 /// [`SLOW_CAPTURES`] captures.
 pub(crate) fn capture_fast(frames: &mut Frames, depth: usize, marker: usize) {
-    frames.len = 0;
+    frames.clear();
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     let done = THREAD.with(|t| {
         if t.stack_top.get() == 0 {
@@ -328,8 +328,7 @@ impl Error {
 }
 
 fn copy_stack(dst: &mut Frames, src: &[usize]) {
-    dst.len = src.len().min(dst.ips.len());
-    dst.ips[..dst.len].copy_from_slice(&src[..dst.len]);
+    dst.set(src);
 }
 
 /// Prints `err` (one screen) and aborts, unless the keep-going option is
@@ -347,7 +346,7 @@ fn report(err: &Error, here: &Frames) {
         .s("\n  ")
         .b(err.detail.as_bytes())
         .s("\n");
-    if here.len > 0 {
+    if !here.is_empty() {
         stack::section(&mut w, "here", tid, here.as_slice(), symbolize);
     }
     if let Some(e) = &err.block {

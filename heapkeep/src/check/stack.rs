@@ -9,6 +9,7 @@
 //! dynamic symbol table (`dladdr`) and `module+offset`.
 
 use core::ffi::{c_int, c_void};
+use core::mem::MaybeUninit;
 use core::ptr;
 
 use crate::os;
@@ -17,23 +18,68 @@ use crate::writer::Writer;
 /// The deepest stack recorded.
 pub(crate) const MAX_DEPTH: usize = 64;
 
-/// A captured stack: return addresses, innermost first.
+/// A captured stack: return addresses, innermost first. Not zeroed when
+/// made: a capture costs no 512-byte clear (it ran on every sample and
+/// every check-mode call).
 #[derive(Clone, Copy)]
 pub(crate) struct Frames {
-    pub(crate) ips: [usize; MAX_DEPTH],
-    pub(crate) len: usize,
+    /// Invariant: `ips[..len]` are initialised.
+    ips: [MaybeUninit<usize>; MAX_DEPTH],
+    /// Invariant: `len <= MAX_DEPTH`.
+    len: usize,
 }
 
 impl Frames {
     pub(crate) const fn new() -> Frames {
         Frames {
-            ips: [0; MAX_DEPTH],
+            // SAFETY: an array of `MaybeUninit` needs no initialisation.
+            ips: unsafe { MaybeUninit::<[MaybeUninit<usize>; MAX_DEPTH]>::uninit().assume_init() },
             len: 0,
         }
     }
 
     pub(crate) fn as_slice(&self) -> &[usize] {
-        &self.ips[..self.len]
+        // SAFETY: `ips[..len]` are initialised (invariant) and
+        // `MaybeUninit<usize>` has the layout of `usize`.
+        unsafe { core::slice::from_raw_parts(self.ips.as_ptr().cast(), self.len) }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Appends `ip`; false (and nothing kept) when full.
+    #[inline]
+    pub(crate) fn push(&mut self, ip: usize) -> bool {
+        let Some(slot) = self.ips.get_mut(self.len) else {
+            return false;
+        };
+        slot.write(ip);
+        self.len += 1;
+        true
+    }
+
+    /// Replaces the frames with (the first `MAX_DEPTH` of) `src`.
+    pub(crate) fn set(&mut self, src: &[usize]) {
+        self.len = 0;
+        for &ip in &src[..src.len().min(MAX_DEPTH)] {
+            self.push(ip);
+        }
+    }
+
+    /// Drops the `k` innermost frames.
+    pub(crate) fn drop_innermost(&mut self, k: usize) {
+        let k = k.min(self.len);
+        self.ips.copy_within(k..self.len, 0);
+        self.len -= k;
     }
 }
 
@@ -69,9 +115,8 @@ extern "C" fn on_frame(ctx: *mut c_void, arg: *mut c_void) -> c_int {
     if unsafe { _Unwind_GetCFA(ctx) } <= cap.below {
         return 0;
     }
-    cap.frames.ips[cap.frames.len] = ip;
-    cap.frames.len += 1;
-    if cap.frames.len >= cap.depth {
+    cap.frames.push(ip);
+    if cap.frames.len() >= cap.depth {
         return 4; // _URC_NORMAL_STOP: stop the walk
     }
     0 // _URC_NO_REASON: go on
@@ -82,7 +127,7 @@ extern "C" fn on_frame(ctx: *mut c_void, arg: *mut c_void) -> c_int {
 /// checker's entry point: the frames it called, this one included).
 #[inline(never)]
 pub(crate) fn capture(frames: &mut Frames, depth: usize, marker: usize) {
-    frames.len = 0;
+    frames.clear();
     let mut cap = Capture {
         frames,
         below: marker,

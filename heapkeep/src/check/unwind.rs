@@ -280,7 +280,7 @@ pub(super) fn walk(
         );
     }
     let floor = sp;
-    frames.len = 0;
+    frames.clear();
     let depth = depth.min(MAX_DEPTH);
     let mut k = 0;
     loop {
@@ -299,9 +299,8 @@ pub(super) fn walk(
         // marker (the marker's own frame and those it called are the
         // checker's), as the platform unwinder's frame address reads.
         if sp > marker {
-            frames.ips[frames.len] = pc;
-            frames.len += 1;
-            if frames.len >= depth {
+            frames.push(pc);
+            if frames.len() >= depth {
                 return true;
             }
         }
@@ -353,8 +352,8 @@ mod tests {
         let mut a = Frames::new();
         let mut b = Frames::new();
         assert!(both(6, &mut a, &mut b, &memo), "the fast walk gave up");
-        assert!(a.len > 8, "frames: {}", a.len);
-        assert_eq!(a.len, b.len);
+        assert!(a.len() > 8, "frames: {}", a.len());
+        assert_eq!(a.len(), b.len());
         assert_eq!(a.as_slice(), b.as_slice());
         // Rules remembered by the last walk give the same walk again.
         let mut c = Frames::new();
