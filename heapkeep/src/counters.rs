@@ -100,9 +100,10 @@ fn out_unit(bytes: usize, size: usize) -> u64 {
     alloc_unit(bytes) + ((size as u64) << OUT_REQ_SHIFT)
 }
 
-/// The free fast path's word for a block of `bytes` usable bytes.
+/// What a free adds for a block of `bytes` usable bytes (pages keep it
+/// precomputed for the free fast path: `page::set_block_size`).
 #[inline(always)]
-const fn in_unit(bytes: usize) -> u64 {
+pub(crate) const fn free_unit(bytes: usize) -> u64 {
     ((bytes as u64) << IN_BYTES_SHIFT) | 1
 }
 
@@ -116,12 +117,6 @@ pub(crate) const fn alloc_unit(bytes: usize) -> u64 {
     } else {
         0
     }
-}
-
-/// What the free fast path adds for a block of `bytes` usable bytes
-/// (pages keep it precomputed: `page::set_block_size`).
-pub(crate) const fn free_unit(bytes: usize) -> u64 {
-    in_unit(bytes)
 }
 
 /// [`Counters::out`] as (blocks, requested bytes, usable bytes).
@@ -324,7 +319,7 @@ impl Counters {
         let r = Ordering::Relaxed;
         let mut inn = self.inn.load(r);
         if bytes < SLOW_PACK_MAX {
-            inn = inn.wrapping_add(in_unit(bytes));
+            inn = inn.wrapping_add(free_unit(bytes));
             self.inn.store(inn, r);
         } else {
             bump(&self.frees, 1);

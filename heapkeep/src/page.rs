@@ -177,9 +177,8 @@ pub(crate) fn decode(stored: usize, slot: *mut Block, key: usize) -> *mut Block 
     (stored.wrapping_sub(slot as usize).rotate_right(23) ^ key) as *mut Block
 }
 
-/// Reads the next link of `block`, checking that it stays in the block's segment.
-///
-/// Sets a page's block size and the free fast path's word with it.
+/// Sets a page's block size and, with it, the words the fast paths add to
+/// their heap's counters (`alloc_unit`, `free_unit`).
 ///
 /// # Safety
 /// `page` is a page entry the caller may write (its owner, or no thread can
@@ -194,6 +193,8 @@ pub(crate) unsafe fn set_block_size(page: *mut Page, block_size: usize) {
     }
 }
 
+/// Reads the next link of `block`, checking that it stays in the block's segment.
+///
 /// # Safety
 /// `block` is a free block of a page whose links were encoded with `key`.
 #[inline(always)]

@@ -367,14 +367,22 @@ impl State {
     }
 }
 
+/// The calling thread's stack (up to [`DEPTH`] frames) above the function
+/// this is inlined into, whose local is the marker: a sample's site.
+#[inline(always)]
+fn capture() -> Frames {
+    let marker = 0u8;
+    let mut here = Frames::new();
+    crate::check::capture_fast(&mut here, DEPTH, &marker as *const u8 as usize);
+    here
+}
+
 /// A sampled allocation of `size` bytes standing for `weight` bytes of the
 /// program's allocations (0: just this one). Null when out of memory.
 #[cold]
 #[inline(never)]
 pub(crate) fn alloc(size: usize, align: usize, zero: bool, weight: usize) -> *mut u8 {
-    let marker = 0u8;
-    let mut here = Frames::new();
-    crate::check::capture_fast(&mut here, DEPTH, &marker as *const u8 as usize);
+    let here = capture();
     let p = {
         let mut st = ST.lock();
         if !st.ready() || st.sites.is_null() {
@@ -426,9 +434,7 @@ pub(crate) unsafe fn free_if_ours(owner: *mut Heap, p: *mut u8) -> bool {
 #[cold]
 #[inline(never)]
 pub(crate) fn sample_in_place(p: *mut u8, size: usize, weight: usize) -> bool {
-    let marker = 0u8;
-    let mut here = Frames::new();
-    crate::check::capture_fast(&mut here, DEPTH, &marker as *const u8 as usize);
+    let here = capture();
     let mut st = ST.lock();
     if !st.ready() || st.sites.is_null() || st.frozen {
         return false;

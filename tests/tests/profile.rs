@@ -52,6 +52,18 @@ fn profile(args: &[&str], cwd: &Path) -> Output {
     out
 }
 
+/// Profiles top.c (given the argument `mode`, if any) with `options` in a
+/// fresh directory `name`, into `p.json` there: the run's output and the
+/// profile.
+fn profile_top(name: &str, options: &[&str], mode: Option<&str>) -> (Output, Value) {
+    let dir = scratch(name);
+    let mut args = options.to_vec();
+    args.extend(["--out", "p.json", "--", top_program().to_str().unwrap()]);
+    args.extend(mode);
+    let out = profile(&args, &dir);
+    (out, load(&dir.join("p.json")))
+}
+
 /// Reads a profile and checks it against DHAT's file format (version 2):
 /// the header fields with their types, every program point's counts, and
 /// frame indices that point into the frame table.
@@ -132,19 +144,7 @@ fn top_by(v: &Value, key: &str) -> (u64, String) {
 
 #[test]
 fn sampled_profile_names_the_top_sites_of_a_c_program() {
-    let dir = scratch("sampled");
-    let out = profile(
-        &[
-            "--out",
-            "p.json",
-            "--rate",
-            "64K",
-            "--",
-            top_program().to_str().unwrap(),
-        ],
-        &dir,
-    );
-    let v = load(&dir.join("p.json"));
+    let (out, v) = profile_top("sampled", &["--rate", "64K"], None);
     let (tb, frame) = top_by(&v, "tb");
     assert!(
         frame.contains("big_site") && frame.contains("top.c:"),
@@ -176,23 +176,8 @@ fn sampled_profile_names_the_top_sites_of_a_c_program() {
 /// exit.
 #[test]
 fn large_blocks_are_sampled_in_place_and_forgotten_when_freed() {
-    let dir = scratch("large");
-    let out = profile(
-        &[
-            "--out",
-            "p.json",
-            "--",
-            top_program().to_str().unwrap(),
-            "large",
-        ],
-        &dir,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v = load(&dir.join("p.json"));
+    // (`profile` asserts that the run succeeded.)
+    let (_, v) = profile_top("large", &[], Some("large"));
     let (tb, frame) = top_by(&v, "tb");
     assert!(frame.contains("large_site"), "{frame}");
     // 404 blocks of 300 KiB.
@@ -216,19 +201,7 @@ fn large_blocks_are_sampled_in_place_and_forgotten_when_freed() {
 /// missed forget would report the freed blocks as leaked.
 #[test]
 fn sampled_huge_blocks_moved_by_realloc_are_not_leaked() {
-    let dir = scratch("remap");
-    let out = profile(
-        &[
-            "--rate",
-            "4K",
-            "--out",
-            "p.json",
-            "--",
-            top_program().to_str().unwrap(),
-            "remap",
-        ],
-        &dir,
-    );
+    let (out, v) = profile_top("remap", &["--rate", "4K"], Some("remap"));
     let err = String::from_utf8_lossy(&out.stderr);
     let moved: u32 = err
         .lines()
@@ -237,7 +210,6 @@ fn sampled_huge_blocks_moved_by_realloc_are_not_leaked() {
         .parse()
         .unwrap();
     assert!(moved > 0, "no block moved: {err}");
-    let v = load(&dir.join("p.json"));
     assert!(sum_at(&v, "remap_site", "tbk") >= 7, "{err}");
     assert_eq!(sum_at(&v, "remap_site", "eb"), 0, "{err}");
 }
@@ -247,19 +219,7 @@ fn sampled_huge_blocks_moved_by_realloc_are_not_leaked() {
 /// about that, blocks freed at once far less.
 #[test]
 fn lifetimes_are_in_microseconds() {
-    let dir = scratch("lifetimes");
-    profile(
-        &[
-            "--every",
-            "--out",
-            "p.json",
-            "--",
-            top_program().to_str().unwrap(),
-            "lifetimes",
-        ],
-        &dir,
-    );
-    let v = load(&dir.join("p.json"));
+    let (_, v) = profile_top("lifetimes", &["--every"], Some("lifetimes"));
     assert_eq!(sum_at(&v, "long_site", "tbk"), 20);
     assert_eq!(sum_at(&v, "short_site", "tbk"), 20);
     let long = sum_at(&v, "long_site", "tl") as f64 / 20.0;
@@ -273,18 +233,7 @@ fn lifetimes_are_in_microseconds() {
 
 #[test]
 fn every_allocation_gives_exact_counts() {
-    let dir = scratch("every");
-    profile(
-        &[
-            "--every",
-            "--out",
-            "p.json",
-            "--",
-            top_program().to_str().unwrap(),
-        ],
-        &dir,
-    );
-    let v = load(&dir.join("p.json"));
+    let (_, v) = profile_top("every", &["--every"], None);
     assert_eq!(sum_at(&v, "big_site", "tbk"), 200_000);
     assert_eq!(sum_at(&v, "big_site", "tb"), 200_000_000);
     assert_eq!(sum_at(&v, "big_site", "eb"), 0);

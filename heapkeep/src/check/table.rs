@@ -158,8 +158,8 @@ impl<E: Keyed> Table<E> {
         unsafe { self.slots.add(i) }
     }
 
-    /// The entry for `addr`, if any.
-    pub(crate) fn get(&mut self, addr: usize) -> Option<&mut E> {
+    /// The slot holding the entry for `addr`, if any.
+    fn position(&self, addr: usize) -> Option<usize> {
         if self.cap == 0 || addr <= RESERVED {
             return None;
         }
@@ -167,15 +167,22 @@ impl<E: Keyed> Table<E> {
         let mut i = hash(addr) & mask;
         loop {
             // SAFETY: `slot` is in bounds; the table is ours (check lock).
-            let e = unsafe { &mut *self.slot(i) };
-            if e.key() == addr {
-                return Some(e);
+            let k = unsafe { (*self.slot(i)).key() };
+            if k == addr {
+                return Some(i);
             }
-            if e.key() == EMPTY {
+            if k == EMPTY {
                 return None;
             }
             i = (i + 1) & mask;
         }
+    }
+
+    /// The entry for `addr`, if any.
+    pub(crate) fn get(&mut self, addr: usize) -> Option<&mut E> {
+        let i = self.position(addr)?;
+        // SAFETY: in bounds (`position`); the table is ours (check lock).
+        Some(unsafe { &mut *self.slot(i) })
     }
 
     /// Adds `entry` (its key must not be present). False when out of memory.
@@ -225,23 +232,10 @@ impl<E: Keyed> Table<E> {
     /// removal leaves no tombstone: a table with many inserts and removals
     /// (the profile's samples, check mode's quarantine) keeps short probes.
     pub(crate) fn take(&mut self, addr: usize) -> Option<E> {
-        if self.cap == 0 || addr <= RESERVED {
-            return None;
-        }
+        let i = self.position(addr)?;
         let mask = self.cap - 1;
-        let mut i = hash(addr) & mask;
-        let found = loop {
-            // SAFETY: in bounds; ours.
-            let k = unsafe { (*self.slot(i)).key() };
-            if k == addr {
-                // SAFETY: as above.
-                break unsafe { *self.slot(i) };
-            }
-            if k == EMPTY {
-                return None;
-            }
-            i = (i + 1) & mask;
-        };
+        // SAFETY: in bounds (`position`); ours.
+        let found = unsafe { *self.slot(i) };
         let mut hole = i;
         let mut j = i;
         loop {
