@@ -18,22 +18,50 @@
 //! - a free of a `b`-byte block adds `b << 30 | 1` to [`Counters::inn`]:
 //!   blocks in bits 0-29, bytes in bits 30-63.
 //!
-//! Every allocation slow path looks at both words ([`Counters::upkeep`])
-//! and *drains* one into the wide totals once one of its fields is half
-//! full. Between two slow paths the allocation fast path can only hand out
-//! what the free lists of the direct table's pages hold: at most one 64 KiB
-//! page per size class up to 1 KiB (33 classes), so at most 2.1 MiB and
-//! 23,000 blocks, and a slow path adds at most one block below 1 MiB
-//! (larger ones are counted wide): so no field of `out` (128 Ki blocks,
-//! 8 MiB requested, 16 MiB usable) ever overflows. Frees need no slow
-//! path, so `inn` has wide fields (1 Gi blocks, 16 GiB) and is drained
-//! from 4 GiB, also when an empty page is given back: it stays exact while
-//! a thread frees less than 8 GiB of its own blocks (16 GiB when none is
-//! smaller than 16 bytes) with neither an allocation slow path nor a page
-//! given back in between (a run of frees that empties no page other than
-//! one kept per size class). A longer run of frees would drop multiples of 16 GiB
-//! from the counts; no program seen has come near it, and a debug
-//! assertion in the drain catches some of it.
+//! The slow paths *drain* a word into the wide totals once one of its
+//! fields is half full ([`Counters::upkeep`]). Between two slow paths the
+//! allocation fast path can only hand out what the free lists of the
+//! direct table's pages hold: at most one 64 KiB page per size class up to
+//! 1 KiB (33 classes), so at most 2.1 MiB and 23,000 blocks. Frees need no
+//! slow path, so `inn` has wide fields (1 Gi blocks, 16 GiB) and is
+//! drained from 4 GiB, also when an empty page is given back: it stays
+//! exact while a thread frees less than 8 GiB of its own blocks (16 GiB
+//! when none is smaller than 16 bytes) with neither a full upkeep (below:
+//! at least one per 128 KiB allocated) nor a page given back in between
+//! (a run of frees that empties no page other than one kept per size
+//! class). A longer run of frees would drop multiples of 16 GiB from the
+//! counts; no program seen has come near it, and a debug assertion in the
+//! drain catches some of it.
+//!
+//! ## The slow paths' check
+//! The full upkeep (drain test, peak, flush) costs about 60 instructions;
+//! medium sizes (above 1 KiB) take the slow path on every call, so a slow
+//! path adds its word and does the full upkeep only when needed:
+//!
+//! - an allocation compares `out` with `out_mark`, which the last upkeep
+//!   set [`MARK_BYTES`] (128 KiB) of usable bytes above `out`. Bound: at
+//!   a full upkeep no field is half full; until the next one each slow
+//!   path found fewer than 128 KiB handed out since (so fewer than 16 Ki
+//!   blocks of at least 8 bytes), then the fast path added at most 23,000
+//!   blocks and 2.1 MiB, and one slow path one block below 1 MiB (larger
+//!   ones are counted wide, with a full upkeep). So `out` stays below
+//!   64 Ki + 16 Ki + 23,000 + 1 blocks (of 128 Ki), 4 + 0.125 + 2.1 + 1 MiB
+//!   requested (of 8: a request is never more than its block) and
+//!   8 + 0.125 + 2.1 + 1 MiB usable (of 16). Check mode's counters, whose
+//!   blocks may have 0 bytes, keep `out_mark` at 0 (every call does it).
+//! - it also computes its net figure as `net_base + out's bytes - inn's
+//!   bytes` and, when that tops `hi`, raises `hi` on the spot (`hi_rel`
+//!   is `hi - net_base`), with the full upkeep only when the new high is
+//!   [`FLUSH_BYTES`] above `flushed` (`up_rel`). So `hi` is exactly as
+//!   up to date as when every slow path did the full upkeep.
+//! - a free compares `inn` with `in_mark`: the point where the net figure
+//!   would fall [`FLUSH_BYTES`] below `flushed` (at most 128 KiB on, and at
+//!   most the 4 GiB drain point).
+//!
+//! A drain or a flush sets the marks again (a flush from `measure` too), so
+//! they never lag behind `net_base`, `hi` or `flushed`. What is left for
+//! the next full upkeep: a flush of a net figure that fell through fast
+//! frees (at most 128 KiB of allocations later; before, the next slow path).
 //!
 //! Readers take the wide totals and the packed words under a sequence
 //! number (`seq`, odd while the owner drains), so a drain is never seen half
@@ -49,8 +77,7 @@
 //! has moved [`FLUSH_BYTES`] away from `flushed`.
 //!
 //! `hi` is brought up to date by every allocation slow path, not by the
-//! fast path (a compare there would cost the
-//! inlining). So the peak misses at most what the fast path handed out
+//! fast path (a compare there would cost the inlining). So the peak misses at most what the fast path handed out
 //! since the thread's last slow path and took back before the next one:
 //! at most the free lists of the direct table's pages (the 2.1 MiB above;
 //! a few KiB in practice, since a page refill carves 4 KiB at a time).
@@ -89,16 +116,13 @@ const IN_DRAIN_AT: u64 = 4 << (30 + IN_BYTES_SHIFT);
 /// The top bit of each field of `out`: [`Counters::upkeep`] drains it when
 /// one is set (a field half full).
 const OUT_HALVES: u64 = 1 << 63 | 1 << (OUT_BYTES_SHIFT - 1) | 1 << (OUT_REQ_SHIFT - 1);
-/// The slow paths pack blocks below this size too (1 MiB: a field half full
-/// plus the fast path's 2.1 MiB plus this stays in bounds).
+/// The slow paths do the full upkeep at least once per this many bytes
+/// handed out (and taken back): see "The slow paths' check".
+const MARK_BYTES: i64 = 128 << 10;
+/// The slow paths pack blocks below this size too (1 MiB: a field half
+/// full plus [`MARK_BYTES`] plus the fast path's 2.1 MiB plus this stays in
+/// bounds; see "The slow paths' check").
 const SLOW_PACK_MAX: usize = 1 << 20;
-
-/// The allocation fast path's word for a block of `bytes` usable bytes
-/// (below 16 MiB) for a request of `size` bytes.
-#[inline(always)]
-fn out_unit(bytes: usize, size: usize) -> u64 {
-    alloc_unit(bytes) + ((size as u64) << OUT_REQ_SHIFT)
-}
 
 /// What a free adds for a block of `bytes` usable bytes (pages keep it
 /// precomputed for the free fast path: `page::set_block_size`).
@@ -146,6 +170,20 @@ pub(crate) struct Counters {
     out: AtomicU64,
     /// Packed blocks and bytes taken back by the fast path since the last drain.
     inn: AtomicU64,
+    /// The slow paths' marks (see "The slow paths' check" in the module
+    /// docs), owner only. [`Counters::count_alloc`] does the full upkeep
+    /// once `out` reaches `out_mark` (0 when the next slow path must).
+    out_mark: AtomicU64,
+    /// [`Counters::count_free`] does it once `inn` reaches `in_mark`.
+    in_mark: AtomicU64,
+    /// The wide totals' net figure (`bytes_out - bytes_in`), so that the net
+    /// figure is `net_base + (out's bytes) - (inn's bytes)`.
+    net_base: AtomicI64,
+    /// `hi - net_base`: a slow path whose packed net figure tops it has
+    /// reached a new high.
+    hi_rel: AtomicI64,
+    /// `flushed + FLUSH_BYTES - net_base`: a new high above it flushes.
+    up_rel: AtomicI64,
     /// Odd while the owner moves packed counts into the wide totals.
     seq: AtomicU64,
     /// Blocks handed out, up to the last drain.
@@ -253,6 +291,11 @@ impl Counters {
         Counters {
             out: AtomicU64::new(0),
             inn: AtomicU64::new(0),
+            out_mark: AtomicU64::new(0),
+            in_mark: AtomicU64::new(0),
+            net_base: AtomicI64::new(0),
+            hi_rel: AtomicI64::new(0),
+            up_rel: AtomicI64::new(FLUSH_BYTES),
             seq: AtomicU64::new(0),
             allocs: AtomicU64::new(0),
             requested: AtomicU64::new(0),
@@ -291,74 +334,116 @@ impl Counters {
         }
     }
 
-    /// Counts an allocation of the slow paths (any size), then
-    /// [`Counters::upkeep`]. Owner thread only.
+    /// Counts an allocation of the slow paths (any size); the full upkeep
+    /// ([`Counters::upkeep`]) only once `out` reaches `out_mark`. Owner
+    /// thread only.
+    #[inline(always)]
     pub(crate) fn count_alloc(&self, bytes: usize, size: usize) {
-        if !ENABLED {
-            return;
-        }
-        let r = Ordering::Relaxed;
-        let mut out = self.out.load(r);
         if bytes < SLOW_PACK_MAX {
-            out = out.wrapping_add(out_unit(bytes, size));
-            self.out.store(out, r);
-        } else {
+            self.count_alloc_unit(alloc_unit(bytes), size);
+        } else if ENABLED {
             bump(&self.allocs, 1);
             bump(&self.requested, size as u64);
             bump(&self.bytes_out, bytes as u64);
+            self.upkeep();
         }
-        self.upkeep_with(out, self.inn.load(r));
     }
 
-    /// Counts a free of the slow paths (any size), then
-    /// [`Counters::upkeep`]. Owner thread only.
+    /// [`Counters::count_alloc`] of a block below 1 MiB whose
+    /// [`alloc_unit`] is `unit` (a page keeps it). Owner thread only.
+    #[inline(always)]
+    pub(crate) fn count_alloc_unit(&self, unit: u64, size: usize) {
+        if ENABLED {
+            let r = Ordering::Relaxed;
+            let out = self
+                .out
+                .load(r)
+                .wrapping_add(unit + ((size as u64) << OUT_REQ_SHIFT));
+            self.out.store(out, r);
+            let rel = (out >> OUT_BYTES_SHIFT) as i64 - (self.inn.load(r) >> IN_BYTES_SHIFT) as i64;
+            if rel > self.hi_rel.load(r) {
+                // A new high: `net_base + rel` is the net figure.
+                self.hi_rel.store(rel, r);
+                self.hi.store(self.net_base.load(r) + rel, r);
+                if rel > self.up_rel.load(r) {
+                    self.upkeep();
+                    return;
+                }
+            }
+            if out >= self.out_mark.load(r) {
+                self.upkeep();
+            }
+        }
+    }
+
+    /// Counts a free of the slow paths (any size); the full upkeep only
+    /// once `inn` reaches `in_mark`. Owner thread only.
+    #[inline(always)]
     pub(crate) fn count_free(&self, bytes: usize) {
         if !ENABLED {
             return;
         }
-        let r = Ordering::Relaxed;
-        let mut inn = self.inn.load(r);
         if bytes < SLOW_PACK_MAX {
-            inn = inn.wrapping_add(free_unit(bytes));
+            let r = Ordering::Relaxed;
+            let inn = self.inn.load(r).wrapping_add(free_unit(bytes));
             self.inn.store(inn, r);
+            if inn < self.in_mark.load(r) {
+                return;
+            }
         } else {
             bump(&self.frees, 1);
             bump(&self.bytes_in, bytes as u64);
         }
-        self.upkeep_with(self.out.load(r), inn);
+        self.upkeep();
     }
 
     /// Slow-path care: drains packed words whose fields are half full,
-    /// raises `hi`, and flushes when the net figure moved [`FLUSH_BYTES`]
-    /// from the last flush. Owner thread only.
+    /// raises `hi`, flushes when the net figure moved [`FLUSH_BYTES`]
+    /// from the last flush, and sets the marks for the next time. Owner
+    /// thread only.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn upkeep(&self) {
-        if ENABLED {
-            let r = Ordering::Relaxed;
-            self.upkeep_with(self.out.load(r), self.inn.load(r));
+        if !ENABLED {
+            return;
         }
-    }
-
-    /// [`Counters::upkeep`] with the packed words as they are now (the
-    /// caller just read or wrote them: the atomics are not loaded twice).
-    #[inline(always)]
-    fn upkeep_with(&self, out: u64, inn: u64) {
         let r = Ordering::Relaxed;
-        let (out, inn) = if out & OUT_HALVES != 0 || inn >= IN_DRAIN_AT {
+        if self.out.load(r) & OUT_HALVES != 0 || self.inn.load(r) >= IN_DRAIN_AT {
             self.drain();
-            (0, 0)
-        } else {
-            (out, inn)
-        };
-        let net = self
-            .wide_net()
-            .wrapping_add((out >> OUT_BYTES_SHIFT) as i64)
-            .wrapping_sub((inn >> IN_BYTES_SHIFT) as i64);
+        }
+        let net = self.net();
         if net > self.hi.load(r) {
             self.hi.store(net, r);
         }
         if (net - self.flushed.load(r)).abs() > FLUSH_BYTES {
-            self.flush();
+            self.publish(net);
         }
+        self.set_marks(net);
+    }
+
+    /// Sets the slow paths' marks from the state after an upkeep or a
+    /// flush (`net` is the net figure): `hi >= net` and `net - flushed`
+    /// lies in `-FLUSH_BYTES..=FLUSH_BYTES`. Owner thread only.
+    fn set_marks(&self, net: i64) {
+        let r = Ordering::Relaxed;
+        let base = self.wide_net();
+        let flushed = self.flushed.load(r);
+        self.net_base.store(base, r);
+        self.hi_rel.store(self.hi.load(r) - base, r);
+        self.up_rel.store(flushed + FLUSH_BYTES - base, r);
+        if self.min_block == 0 {
+            // Blocks of 0 bytes: the byte fields do not bound the block
+            // fields, so every call does the full upkeep (check mode).
+            self.out_mark.store(0, r);
+            self.in_mark.store(0, r);
+            return;
+        }
+        let (out, inn) = (self.out.load(r), self.inn.load(r));
+        let fall = (net - flushed + FLUSH_BYTES + 1).min(MARK_BYTES) as u64;
+        let out_b = (out >> OUT_BYTES_SHIFT) + MARK_BYTES as u64;
+        let in_b = ((inn >> IN_BYTES_SHIFT) + fall).min(IN_DRAIN_AT >> IN_BYTES_SHIFT);
+        self.out_mark.store(out_b << OUT_BYTES_SHIFT, r);
+        self.in_mark.store(in_b << IN_BYTES_SHIFT, r);
     }
 
     /// Drains when the free word holds 4 GiB or more (see the module docs):
@@ -366,7 +451,7 @@ impl Counters {
     #[inline]
     pub(crate) fn check_frees(&self) {
         if ENABLED && self.inn.load(Ordering::Relaxed) >= IN_DRAIN_AT {
-            self.drain();
+            self.upkeep();
         }
     }
 
@@ -443,8 +528,16 @@ impl Counters {
     #[cold]
     #[inline(never)]
     pub(crate) fn flush(&self) {
+        if ENABLED {
+            let net = self.net();
+            self.publish(net);
+            self.set_marks(net);
+        }
+    }
+
+    /// [`Counters::flush`] without the marks; `net` is the net figure.
+    fn publish(&self, net: i64) {
         let r = Ordering::Relaxed;
-        let net = self.net();
         let flushed = self.flushed.load(r);
         let hi = self.hi.load(r).max(net);
         self.scope_hi.fetch_max(hi, r);

@@ -1054,7 +1054,7 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
         }
         // Medium sizes take this path on every call: the small branch knows
         // its block size, only large and huge blocks look theirs up.
-        let (p, usable) = if let Some(bin) = size_align_to_bin(size, align) {
+        if let Some(bin) = size_align_to_bin(size, align) {
             let page = find_page(heap, bin);
             if page.is_null() {
                 return ptr::null_mut();
@@ -1076,7 +1076,8 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
             if zero {
                 clear_block(page, block, size);
             }
-            (block.cast(), (*page).block_size)
+            (*heap).counters.count_alloc_unit((*page).alloc_unit, size);
+            block.cast()
         } else {
             let p = if is_large(size, align) {
                 alloc_large(heap, size, align, zero)
@@ -1089,10 +1090,9 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
             (*heap).sample_left -= 1;
             let usable = block_usable(p);
             (*heap).profile_due += usable;
-            (p, usable)
-        };
-        (*heap).counters.count_alloc(usable, size);
-        p
+            (*heap).counters.count_alloc(usable, size);
+            p
+        }
     }
 }
 
