@@ -13,8 +13,10 @@
 //! and nothing else:
 //!
 //! - an allocation of a `b`-byte block for a request of `s` bytes adds
-//!   `b << 40 | s << 17 | 1` to [`Counters::out`]: blocks in bits 0-16,
-//!   requested bytes in bits 17-39, usable bytes in bits 40-63;
+//!   `(b << 40 | 1 << 23) + s` to [`Counters::out`]: requested bytes in
+//!   bits 0-22, blocks in bits 23-39, usable bytes in bits 40-63 (the
+//!   request is the low field so that the page's precomputed word and `s`
+//!   are added as they are: a load-and-add and an add to memory);
 //! - a free of a `b`-byte block adds `b << 30 | 1` to [`Counters::inn`]:
 //!   blocks in bits 0-29, bytes in bits 30-63.
 //!
@@ -107,7 +109,7 @@ pub(crate) static PEAK: AtomicI64 = AtomicI64::new(0);
 pub(crate) static ORPHAN: Counters = Counters::new();
 
 /// Layout of [`Counters::out`] (see the module docs).
-const OUT_REQ_SHIFT: u32 = 17;
+const OUT_BLOCKS_SHIFT: u32 = 23;
 const OUT_BYTES_SHIFT: u32 = 40;
 /// Layout of [`Counters::inn`].
 const IN_BYTES_SHIFT: u32 = 30;
@@ -115,7 +117,7 @@ const IN_BYTES_SHIFT: u32 = 30;
 const IN_DRAIN_AT: u64 = 4 << (30 + IN_BYTES_SHIFT);
 /// The top bit of each field of `out`: [`Counters::upkeep`] drains it when
 /// one is set (a field half full).
-const OUT_HALVES: u64 = 1 << 63 | 1 << (OUT_BYTES_SHIFT - 1) | 1 << (OUT_REQ_SHIFT - 1);
+const OUT_HALVES: u64 = 1 << 63 | 1 << (OUT_BYTES_SHIFT - 1) | 1 << (OUT_BLOCKS_SHIFT - 1);
 /// The slow paths do the full upkeep at least once per this many bytes
 /// handed out (and taken back): see "The slow paths' check".
 const MARK_BYTES: i64 = 128 << 10;
@@ -132,12 +134,12 @@ pub(crate) const fn free_unit(bytes: usize) -> u64 {
 }
 
 /// What the allocation fast path adds for a block of `bytes` usable bytes,
-/// before the request's `size << OUT_REQ_SHIFT` (pages keep it precomputed:
+/// before the request's `size` is added (pages keep it precomputed:
 /// `page::set_block_size`). 0 for blocks the fast path never hands out
 /// (16 MiB and more: they would not fit the usable-bytes field).
 pub(crate) const fn alloc_unit(bytes: usize) -> u64 {
     if bytes < 1 << (64 - OUT_BYTES_SHIFT) {
-        ((bytes as u64) << OUT_BYTES_SHIFT) | 1
+        ((bytes as u64) << OUT_BYTES_SHIFT) | 1 << OUT_BLOCKS_SHIFT
     } else {
         0
     }
@@ -146,8 +148,12 @@ pub(crate) const fn alloc_unit(bytes: usize) -> u64 {
 /// [`Counters::out`] as (blocks, requested bytes, usable bytes).
 #[inline(always)]
 fn unpack_out(v: u64) -> (u64, u64, u64) {
-    let req = (v >> OUT_REQ_SHIFT) & ((1 << (OUT_BYTES_SHIFT - OUT_REQ_SHIFT)) - 1);
-    (v & ((1 << OUT_REQ_SHIFT) - 1), req, v >> OUT_BYTES_SHIFT)
+    let blocks = (v >> OUT_BLOCKS_SHIFT) & ((1 << (OUT_BYTES_SHIFT - OUT_BLOCKS_SHIFT)) - 1);
+    (
+        blocks,
+        v & ((1 << OUT_BLOCKS_SHIFT) - 1),
+        v >> OUT_BYTES_SHIFT,
+    )
 }
 
 /// [`Counters::inn`] as (blocks, bytes).
@@ -320,7 +326,7 @@ impl Counters {
     #[inline(always)]
     pub(crate) fn on_alloc_unit(&self, unit: u64, size: usize) {
         if ENABLED {
-            bump(&self.out, unit + ((size as u64) << OUT_REQ_SHIFT));
+            bump(&self.out, unit + size as u64);
         }
     }
 
@@ -355,10 +361,7 @@ impl Counters {
     pub(crate) fn count_alloc_unit(&self, unit: u64, size: usize) {
         if ENABLED {
             let r = Ordering::Relaxed;
-            let out = self
-                .out
-                .load(r)
-                .wrapping_add(unit + ((size as u64) << OUT_REQ_SHIFT));
+            let out = self.out.load(r).wrapping_add(unit + size as u64);
             self.out.store(out, r);
             let rel = (out >> OUT_BYTES_SHIFT) as i64 - (self.inn.load(r) >> IN_BYTES_SHIFT) as i64;
             if rel > self.hi_rel.load(r) {
