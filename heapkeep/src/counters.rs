@@ -383,21 +383,27 @@ impl Counters {
     /// once `inn` reaches `in_mark`. Owner thread only.
     #[inline(always)]
     pub(crate) fn count_free(&self, bytes: usize) {
-        if !ENABLED {
-            return;
-        }
         if bytes < SLOW_PACK_MAX {
-            let r = Ordering::Relaxed;
-            let inn = self.inn.load(r).wrapping_add(free_unit(bytes));
-            self.inn.store(inn, r);
-            if inn < self.in_mark.load(r) {
-                return;
-            }
-        } else {
+            self.count_free_unit(free_unit(bytes));
+        } else if ENABLED {
             bump(&self.frees, 1);
             bump(&self.bytes_in, bytes as u64);
+            self.upkeep();
         }
-        self.upkeep();
+    }
+
+    /// [`Counters::count_free`] of a block of a page (at most 2 MiB), whose
+    /// [`free_unit`] is `unit` (the page keeps it). Owner thread only.
+    #[inline(always)]
+    pub(crate) fn count_free_unit(&self, unit: u64) {
+        if ENABLED {
+            let r = Ordering::Relaxed;
+            let inn = self.inn.load(r).wrapping_add(unit);
+            self.inn.store(inn, r);
+            if inn >= self.in_mark.load(r) {
+                self.upkeep();
+            }
+        }
     }
 
     /// Slow-path care: drains packed words whose fields are half full,

@@ -396,7 +396,12 @@ unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
             huge::free(seg);
             return;
         }
-        count_free(heap, (*page).block_size);
+        if (*heap).remote.state.load(Ordering::Relaxed) == STATE_EMPTY {
+            ORPHAN.orphan_free((*page).block_size);
+        } else {
+            // A page's block: its precomputed word (see `count_free`).
+            (*heap).counters.count_free_unit((*page).free_unit);
+        }
     }
     let target = (owner & !OWNER_FULL) as *mut Heap;
     // SAFETY: a live block of `target`'s page (the profile's heap, if it
