@@ -60,8 +60,9 @@
 //!   would fall [`FLUSH_BYTES`] below `flushed` (at most 128 KiB on, and at
 //!   most the 4 GiB drain point).
 //!
-//! A drain or a flush sets the marks again (a flush from `measure` too), so
-//! they never lag behind `net_base`, `hi` or `flushed`. What is left for
+//! Every full upkeep (the only place a drain happens) and every flush (one
+//! from `measure` too) sets the marks again, so they never lag behind
+//! `net_base`, `hi` or `flushed`. What is left for
 //! the next full upkeep: a flush of a net figure that fell through fast
 //! frees (at most 128 KiB of allocations later; before, the next slow path).
 //!
@@ -79,8 +80,9 @@
 //! has moved [`FLUSH_BYTES`] away from `flushed`.
 //!
 //! `hi` is brought up to date by every allocation slow path, not by the
-//! fast path (a compare there would cost the inlining). So the peak misses at most what the fast path handed out
-//! since the thread's last slow path and took back before the next one:
+//! fast path (a compare there would cost the inlining). So the peak misses
+//! at most what the fast path handed out since the thread's last slow path
+//! and took back before the next one:
 //! at most the free lists of the direct table's pages (the 2.1 MiB above;
 //! a few KiB in practice, since a page refill carves 4 KiB at a time).
 //!
