@@ -142,23 +142,25 @@ fn top_by(v: &Value, key: &str) -> (u64, String) {
     best
 }
 
+/// Asserts that `site` is the top site by `key` and that its figure lies
+/// within `tol` (a fraction) of `expected` bytes; returns the site's frame.
+fn assert_top_near(v: &Value, key: &str, site: &str, expected: f64, tol: f64) -> String {
+    let (got, frame) = top_by(v, key);
+    assert!(frame.contains(site), "{frame}");
+    let got = got as f64;
+    assert!((got / expected - 1.0).abs() < tol, "{site} {key} {got}");
+    frame
+}
+
 #[test]
 fn sampled_profile_names_the_top_sites_of_a_c_program() {
     let (out, v) = profile_top("sampled", &["--rate", "64K"], None);
-    let (tb, frame) = top_by(&v, "tb");
-    assert!(
-        frame.contains("big_site") && frame.contains("top.c:"),
-        "{frame}"
-    );
     // 200 MB allocated at big_site; sampling estimates it.
-    let tb = tb as f64;
-    assert!((tb / 200e6 - 1.0).abs() < 0.25, "big_site tb {tb}");
+    let frame = assert_top_near(&v, "tb", "big_site", 200e6, 0.25);
+    assert!(frame.contains("top.c:"), "{frame}");
     let (_, frame) = top_by(&v, "gb");
     assert!(frame.contains("big_site"), "{frame}");
-    let (eb, frame) = top_by(&v, "eb");
-    assert!(frame.contains("leaky_site"), "{frame}");
-    let eb = eb as f64;
-    assert!((eb / 200e3 - 1.0).abs() < 0.5, "leaky_site eb {eb}");
+    assert_top_near(&v, "eb", "leaky_site", 200e3, 0.5);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("heapkeep: profile: ") && err.contains("p.json"),
@@ -178,22 +180,10 @@ fn sampled_profile_names_the_top_sites_of_a_c_program() {
 fn large_blocks_are_sampled_in_place_and_forgotten_when_freed() {
     // (`profile` asserts that the run succeeded.)
     let (_, v) = profile_top("large", &[], Some("large"));
-    let (tb, frame) = top_by(&v, "tb");
-    assert!(frame.contains("large_site"), "{frame}");
     // 404 blocks of 300 KiB.
-    let tb = tb as f64;
-    assert!(
-        (tb / (404.0 * 307_200.0) - 1.0).abs() < 0.25,
-        "large_site tb {tb}"
-    );
+    assert_top_near(&v, "tb", "large_site", 404.0 * 307_200.0, 0.25);
     // 4 blocks leaked: 1.2 MB, not the 123 MB a missed forget would leave.
-    let (eb, frame) = top_by(&v, "eb");
-    assert!(frame.contains("large_site"), "{frame}");
-    let eb = eb as f64;
-    assert!(
-        (eb / (4.0 * 307_200.0) - 1.0).abs() < 0.6,
-        "large_site eb {eb}"
-    );
+    assert_top_near(&v, "eb", "large_site", 4.0 * 307_200.0, 0.6);
 }
 
 /// A sampled huge block that `realloc` moves stops being a sample (the
