@@ -42,6 +42,7 @@ extern crate alloc;
 use core::alloc::{GlobalAlloc, Layout};
 
 pub mod arena;
+mod hint;
 pub mod pool;
 pub mod region;
 

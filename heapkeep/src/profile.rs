@@ -283,9 +283,9 @@ impl State {
     /// Records a sampled block allocated at the stack `frames`. A sample
     /// still recorded at `addr` (a free the profile missed: none known) is
     /// replaced and counted as freed, so no address is in the table twice.
-    fn record(&mut self, addr: usize, size: usize, weight: usize, frames: &[usize]) {
+    fn record(&mut self, addr: usize, size: usize, weight: usize, frames: &Frames) {
         let now = self.now();
-        let stack = self.depot.intern(frames);
+        let stack = self.depot.intern_frames(frames);
         let size = size.max(1);
         let bytes = weight.max(size) as u64;
         let blocks = (bytes / size as u64).clamp(1, u32::MAX as u64);
@@ -399,7 +399,7 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool, weight: usize) -> *mu
                     (*seg).sampled = true;
                 }
             }
-            st.record(p as usize, size, weight, here.as_slice());
+            st.record(p as usize, size, weight, &here);
         }
         p
     };
@@ -439,7 +439,7 @@ pub(crate) fn sample_in_place(p: *mut u8, size: usize, weight: usize) -> bool {
     if !st.ready() || st.sites.is_null() || st.frozen {
         return false;
     }
-    st.record(p as usize, size, weight, here.as_slice());
+    st.record(p as usize, size, weight, &here);
     true
 }
 

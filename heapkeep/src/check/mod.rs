@@ -421,6 +421,12 @@ impl Quarantine {
         true
     }
 
+    /// The address `k` places behind the oldest, if that many are held.
+    fn peek(&self, k: usize) -> Option<usize> {
+        // SAFETY: the index is below `cap` and names a filled slot.
+        (k < self.len).then(|| unsafe { *self.ring.add((self.head + k) % self.cap) })
+    }
+
     /// Takes the oldest address.
     fn pop(&mut self) -> Option<usize> {
         if self.len == 0 {
@@ -676,7 +682,7 @@ fn alloc_with(size: usize, align: usize, zero: bool, tid: u32, here: &Frames) ->
     };
     e.align = align;
     e.alloc_tid = tid;
-    e.alloc_stack = st.depot.intern(here.as_slice());
+    e.alloc_stack = st.depot.intern_frames(here);
     if !st.table.insert(e) {
         release(&mut st, &e);
         return ptr::null_mut();
@@ -792,7 +798,7 @@ fn free_locked(
     if found.is_none() {
         check_redzones(st, &e, found);
     }
-    let free_stack = st.depot.intern(here.as_slice());
+    let free_stack = st.depot.intern_frames(here);
     let Some(slot) = st.table.get(addr) else {
         return;
     };
@@ -811,6 +817,13 @@ fn free_locked(
         }
     }
     let limit = options::get(id::QUARANTINE_MB) << 20;
+    // The blocks leaving the quarantine a few frees from now: their table
+    // slots and first lines are cold (freed long ago); loading them while
+    // the program runs on hides most of the wait for them then.
+    if let Some(soon) = st.quarantine.peek(EVICT_AHEAD) {
+        st.table.prefetch(soon);
+        crate::hint::prefetch(soon as *const u8);
+    }
     if !st.quarantine.push(addr, e.extent) {
         evict_one(st, addr, evicted);
     }
@@ -821,6 +834,10 @@ fn free_locked(
         evict_one(st, old, evicted);
     }
 }
+
+/// How many blocks ahead of the next to leave the quarantine a free loads
+/// the one that leaves then.
+const EVICT_AHEAD: usize = 32;
 
 /// Takes block `addr` out of the quarantine: verifies it, gives its memory
 /// back, forgets it.

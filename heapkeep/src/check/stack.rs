@@ -27,6 +27,12 @@ pub(crate) struct Frames {
     ips: [MaybeUninit<usize>; MAX_DEPTH],
     /// Invariant: `len <= MAX_DEPTH`.
     len: usize,
+    /// A number naming exactly these frames (0: none): the fast unwinder
+    /// gives each walk it records a fresh one and hands the same key out
+    /// again when it replays that walk, so a depot can skip hashing a
+    /// stack it just stored. Invariant: every change of the frames other
+    /// than the walk's own resets it.
+    key: u64,
 }
 
 impl Frames {
@@ -35,6 +41,7 @@ impl Frames {
             // SAFETY: an array of `MaybeUninit` needs no initialisation.
             ips: unsafe { MaybeUninit::<[MaybeUninit<usize>; MAX_DEPTH]>::uninit().assume_init() },
             len: 0,
+            key: 0,
         }
     }
 
@@ -54,6 +61,17 @@ impl Frames {
 
     pub(crate) fn clear(&mut self) {
         self.len = 0;
+        self.key = 0;
+    }
+
+    /// The key naming these frames (0: none).
+    pub(crate) fn key(&self) -> u64 {
+        self.key
+    }
+
+    /// Names the frames as they are now with `key` (the fast unwinder's).
+    pub(super) fn set_key(&mut self, key: u64) {
+        self.key = key;
     }
 
     /// Appends `ip`; false (and nothing kept) when full.
@@ -64,12 +82,13 @@ impl Frames {
         };
         slot.write(ip);
         self.len += 1;
+        self.key = 0;
         true
     }
 
     /// Replaces the frames with (the first `MAX_DEPTH` of) `src`.
     pub(crate) fn set(&mut self, src: &[usize]) {
-        self.len = 0;
+        self.clear();
         for &ip in &src[..src.len().min(MAX_DEPTH)] {
             self.push(ip);
         }
@@ -78,6 +97,7 @@ impl Frames {
     /// Drops the `k` innermost frames.
     pub(crate) fn drop_innermost(&mut self, k: usize) {
         let k = k.min(self.len);
+        self.key = 0;
         self.ips.copy_within(k..self.len, 0);
         self.len -= k;
     }
@@ -152,7 +172,14 @@ pub(crate) struct Depot {
     words: *mut usize,
     top: usize,
     index: *mut u32,
+    /// Keyed stacks met lately: `(key, id)` at `key % RECENT` (see
+    /// [`Frames::key`]); a capture that replayed a walk finds its id here
+    /// without hashing and comparing its frames.
+    recent: [(u64, u32); RECENT],
 }
+
+/// Slots of [`Depot::recent`].
+const RECENT: usize = 64;
 
 // SAFETY: only reached through the check lock.
 unsafe impl Send for Depot {}
@@ -174,7 +201,24 @@ impl Depot {
             words: ptr::null_mut(),
             top: 1,
             index: ptr::null_mut(),
+            recent: [(0, 0); RECENT],
         }
+    }
+
+    /// The id of `frames` (stored now if new), as [`Depot::intern`], found
+    /// without hashing when its key was interned lately.
+    #[inline]
+    pub(crate) fn intern_frames(&mut self, frames: &Frames) -> u32 {
+        let key = frames.key();
+        let slot = (key % RECENT as u64) as usize;
+        if key != 0 && self.recent[slot].0 == key {
+            return self.recent[slot].1;
+        }
+        let id = self.intern(frames.as_slice());
+        if key != 0 && id != 0 {
+            self.recent[slot] = (key, id);
+        }
+        id
     }
 
     /// The id of `ips` (stored now if new); 0 when empty or out of room.
@@ -709,6 +753,36 @@ mod tests {
         assert_eq!(d.intern(a.as_slice()), ia);
         assert_eq!(d.get(ia), a.as_slice());
         assert_eq!(d.get(0), &[] as &[usize]);
+    }
+
+    #[test]
+    fn keyed_frames_intern_by_key_and_changes_drop_the_key() {
+        let mut d = Depot::new();
+        let mut a = Frames::new();
+        a.set(&[0x1000, 0x2000, 0x3000]);
+        a.set_key(7);
+        let mut b = Frames::new();
+        b.set(&[0x1000, 0x2000]);
+        b.set_key(8);
+        let ia = d.intern_frames(&a);
+        let ib = d.intern_frames(&b);
+        assert!(ia != 0 && ib != 0 && ia != ib);
+        // Found again by key, and the same as interning the frames.
+        assert_eq!(d.intern_frames(&a), ia);
+        assert_eq!(d.intern_frames(&b), ib);
+        assert_eq!(d.intern(a.as_slice()), ia);
+        // Any change of the frames forgets the key, so a stale key never
+        // names other frames.
+        a.push(0x4000);
+        assert_eq!(a.key(), 0);
+        let ia2 = d.intern_frames(&a);
+        assert!(ia2 != ia && d.get(ia2) == a.as_slice());
+        b.set_key(9);
+        b.drop_innermost(1);
+        assert_eq!(b.key(), 0);
+        b.set_key(10);
+        b.clear();
+        assert_eq!(b.key(), 0);
     }
 
     #[test]

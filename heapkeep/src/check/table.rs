@@ -23,6 +23,11 @@ pub(crate) const SMALL: u8 = 0;
 /// A block with a mapping of its own and guard pages on both sides.
 pub(crate) const LARGE: u8 = 1;
 
+/// A huge page: tables this big or bigger ask for them (a lookup lands
+/// anywhere in the table; with small pages nearly every one of a big
+/// table's lookups also misses the address translation cache).
+const HUGE_PAGE: usize = 2 << 20;
+
 /// Key of a slot never used.
 const EMPTY: usize = 0;
 /// A key no entry may have (reserved: the lowest real key is above it).
@@ -178,6 +183,15 @@ impl<E: Keyed> Table<E> {
         }
     }
 
+    /// Hints the cache to load the home slot of `addr` (which a lookup of
+    /// `addr` reads first), ahead of that lookup.
+    #[inline]
+    pub(crate) fn prefetch(&self, addr: usize) {
+        if self.cap != 0 {
+            crate::hint::prefetch(self.slot(hash(addr) & (self.cap - 1)).cast());
+        }
+    }
+
     /// The entry for `addr`, if any.
     pub(crate) fn get(&mut self, addr: usize) -> Option<&mut E> {
         let i = self.position(addr)?;
@@ -285,10 +299,15 @@ impl<E: Keyed> Table<E> {
             self.cap * 2
         };
         let bytes = Self::mapped_bytes(cap);
-        let mem = os::map_aligned(bytes, os::PAGE_SIZE).cast::<E>();
+        let huge = bytes >= HUGE_PAGE;
+        let mem = os::map_aligned(bytes, if huge { HUGE_PAGE } else { os::PAGE_SIZE });
         if mem.is_null() {
             return false;
         }
+        if huge {
+            os::want_huge_pages(mem, bytes);
+        }
+        let mem = mem.cast::<E>();
         let old = core::mem::replace(
             self,
             Table {

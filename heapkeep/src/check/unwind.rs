@@ -214,9 +214,92 @@ fn rule_for(pc: usize) -> Rule {
 /// Frames of a walk whose rules a [`Memo`] keeps.
 const MEMO: usize = 32;
 
-/// The rules of a thread's last walk, frame by frame. A program allocating
-/// in a loop walks the same frames again and again; the next walk finds
-/// each frame's rule here, in a few adjacent cache lines read at addresses
+/// Walks a [`Memo`] keeps whole, to replay them.
+const REPLAYS: usize = 4;
+/// Stack loads a replayable walk may make.
+const LOADS: usize = 64;
+/// Frames a replayable walk may record.
+const KEPT: usize = 32;
+
+/// Keys of recorded walks ([`Frames::key`]): one counter for all threads,
+/// so a key never names two different stacks.
+static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+
+/// One walk kept whole. A walk is a function of where it starts (its
+/// stack pointer, and its frame register if a rule read it before any
+/// frame restored it), of `marker` and `depth`, and of the stack words it
+/// loads (rules are fixed per address): if all of those read the same
+/// again, the walk would record the same frames, so [`Memo::replay`] gives
+/// them without walking. Its loads' addresses are known in advance, so they
+/// issue together, where a walk waits for each frame before the next.
+///
+/// Invariant: `sp == 0`, or `frames[..len]` is what a walk starting at
+/// `sp` (and `fp` when `fp_used`) with this `marker` and `depth` recorded
+/// after loading `val[i]` from `sp + off[i]` for every `i < loads`, each of
+/// those addresses between `sp` and the top of the thread's stack; `key`
+/// names those frames.
+struct Replay {
+    sp: Cell<usize>,
+    fp: Cell<usize>,
+    fp_used: Cell<bool>,
+    marker: Cell<usize>,
+    depth: Cell<usize>,
+    key: Cell<u64>,
+    loads: Cell<usize>,
+    off: [Cell<u32>; LOADS],
+    val: [Cell<usize>; LOADS],
+    len: Cell<usize>,
+    frames: [Cell<usize>; KEPT],
+}
+
+impl Replay {
+    const fn new() -> Replay {
+        Replay {
+            sp: Cell::new(0),
+            fp: Cell::new(0),
+            fp_used: Cell::new(false),
+            marker: Cell::new(0),
+            depth: Cell::new(0),
+            key: Cell::new(0),
+            loads: Cell::new(0),
+            off: [const { Cell::new(0) }; LOADS],
+            val: [const { Cell::new(0) }; LOADS],
+            len: Cell::new(0),
+            frames: [const { Cell::new(0) }; KEPT],
+        }
+    }
+
+    /// Whether a walk from `sp`/`fp` with `marker` and `depth` would record
+    /// this walk's frames.
+    #[inline]
+    fn matches(&self, sp: usize, fp: usize, marker: usize, depth: usize) -> bool {
+        if self.sp.get() != sp
+            || self.marker.get() != marker
+            || self.depth.get() != depth
+            || (self.fp_used.get() && self.fp.get() != fp)
+        {
+            return false;
+        }
+        let mut same = true;
+        for i in 0..self.loads.get().min(LOADS) {
+            let at = sp + self.off[i].get() as usize;
+            // SAFETY: with the same `sp`, `at` is the address this walk
+            // loaded from, which lay between `sp` and the top of this
+            // thread's stack (invariant): mapped, this thread's own stack.
+            let v = unsafe { *(at as *const usize) };
+            same &= v == self.val[i].get();
+        }
+        same
+    }
+}
+
+/// What a thread remembers of its last walks: the rules of the last one,
+/// frame by frame, and the last [`REPLAYS`] walks whole.
+///
+/// A program allocating in a loop walks the same frames again and again.
+/// Mostly a walk is one it made lately: [`Replay`] checks that and hands
+/// the frames out with the key they had. Otherwise the walk finds each
+/// frame's rule here, in a few adjacent cache lines read at addresses
 /// known in advance, instead of in one line of the shared cache per frame,
 /// whose address depends on the frame before (so its misses come one after
 /// the other).
@@ -225,6 +308,9 @@ pub(crate) struct Memo {
     keys: [Cell<usize>; MEMO],
     /// Its packed [`Rule`].
     rules: [Cell<u64>; MEMO],
+    walks: [Replay; REPLAYS],
+    /// The slot of `walks` the next recorded walk takes.
+    next: Cell<usize>,
 }
 
 impl Memo {
@@ -232,6 +318,8 @@ impl Memo {
         Memo {
             keys: [const { Cell::new(0) }; MEMO],
             rules: [const { Cell::new(0) }; MEMO],
+            walks: [const { Replay::new() }; REPLAYS],
+            next: Cell::new(0),
         }
     }
 
@@ -249,14 +337,94 @@ impl Memo {
         self.rules[k].set(r.0);
         r
     }
+
+    /// Gives a kept walk's frames (and key) if a walk from here would
+    /// record them.
+    fn replay(&self, sp: usize, fp: usize, marker: usize, depth: usize, out: &mut Frames) -> bool {
+        for w in &self.walks {
+            if w.matches(sp, fp, marker, depth) {
+                out.clear();
+                for f in &w.frames[..w.len.get().min(KEPT)] {
+                    out.push(f.get());
+                }
+                out.set_key(w.key.get());
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Records one walk into a [`Replay`] slot as it goes; the slot is valid
+/// only once [`Recorder::finish`] ran.
+struct Recorder<'a> {
+    w: &'a Replay,
+    sp: usize,
+    loads: usize,
+    ok: bool,
+}
+
+impl<'a> Recorder<'a> {
+    fn start(memo: &'a Memo, sp: usize, fp: usize, marker: usize, depth: usize) -> Recorder<'a> {
+        let i = memo.next.get() % REPLAYS;
+        memo.next.set(i + 1);
+        let w = &memo.walks[i];
+        w.sp.set(0);
+        w.fp.set(fp);
+        w.fp_used.set(false);
+        w.marker.set(marker);
+        w.depth.set(depth);
+        Recorder {
+            w,
+            sp,
+            loads: 0,
+            ok: depth <= KEPT,
+        }
+    }
+
+    /// The walk loaded `val` from `at`.
+    #[inline]
+    fn load(&mut self, at: usize, val: usize) {
+        let off = at - self.sp;
+        if self.loads < LOADS && off <= u32::MAX as usize {
+            self.w.off[self.loads].set(off as u32);
+            self.w.val[self.loads].set(val);
+            self.loads += 1;
+        } else {
+            self.ok = false;
+        }
+    }
+
+    /// The walk read the frame register it started with.
+    fn used_fp(&mut self) {
+        self.w.fp_used.set(true);
+    }
+
+    /// The walk succeeded with `frames`: keeps it (if it fitted) and names
+    /// the frames with a fresh key.
+    fn finish(self, frames: &mut Frames) {
+        if !self.ok || frames.len() > KEPT {
+            return;
+        }
+        for (k, &f) in frames.as_slice().iter().enumerate() {
+            self.w.frames[k].set(f);
+        }
+        let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+        self.w.len.set(frames.len());
+        self.w.loads.set(self.loads);
+        self.w.key.set(key);
+        self.w.sp.set(self.sp);
+        frames.set_key(key);
+    }
 }
 
 /// Walks the calling thread's stack, recording into `frames` the program
 /// counter of up to `depth` frames whose stack pointer is above `marker`
 /// (return addresses, as the platform unwinder gives them). `stack_top` bounds every load;
-/// `memo` is the calling thread's (it remembers this walk's rules for the
-/// next). False if a frame could not be unwound this way (then `frames` is
-/// unspecified).
+/// `memo` is the calling thread's (it remembers this walk for the next).
+/// False if a frame could not be unwound this way (then `frames` is
+/// unspecified). The frames get a key ([`Frames::key`]) when the walk was
+/// replayed or kept.
 #[inline(never)]
 pub(super) fn walk(
     frames: &mut Frames,
@@ -280,8 +448,17 @@ pub(super) fn walk(
         );
     }
     let floor = sp;
-    frames.clear();
     let depth = depth.min(MAX_DEPTH);
+    if memo.replay(sp, fp, marker, depth, frames) {
+        return true;
+    }
+    let mut rec = Recorder::start(memo, sp, fp, marker, depth);
+    // Where the frame register's value was loaded from (0: it is the one
+    // the walk started with), until a rule reads it: a walk depends on the
+    // saved frame registers it uses, not on those it passes by (code
+    // without frame pointers keeps any value there).
+    let mut fp_at = 0;
+    frames.clear();
     let mut k = 0;
     loop {
         // Return addresses point after the call: look up the call itself.
@@ -290,7 +467,18 @@ pub(super) fn walk(
         if rule.has(UNSUPPORTED) {
             return false;
         }
-        let base = if rule.has(CFA_RBP) { fp } else { sp };
+        let base = if rule.has(CFA_RBP) {
+            // (`usize::MAX`: that load is recorded already.)
+            if fp_at == 0 {
+                rec.used_fp();
+            } else if fp_at != usize::MAX {
+                rec.load(fp_at, fp);
+                fp_at = usize::MAX;
+            }
+            fp
+        } else {
+            sp
+        };
         let cfa = (base as i64 + rule.cfa_off()) as usize;
         if cfa <= sp || cfa < floor + 8 || cfa > stack_top || cfa % 8 != 0 {
             return false;
@@ -301,14 +489,15 @@ pub(super) fn walk(
         if sp > marker {
             frames.push(pc);
             if frames.len() >= depth {
-                return true;
+                break;
             }
         }
         if rule.has(LAST) {
-            return true;
+            break;
         }
         // SAFETY: `cfa - 8` lies in [floor, stack_top): this thread's stack.
         let ra = unsafe { *((cfa - 8) as *const usize) };
+        rec.load(cfa - 8, ra);
         if rule.has(RBP_SAVED) {
             let at = (cfa as i64 + rule.rbp_off()) as usize;
             if at < floor || at + 8 > stack_top {
@@ -316,13 +505,16 @@ pub(super) fn walk(
             }
             // SAFETY: checked to lie in the thread's stack just above.
             fp = unsafe { *(at as *const usize) };
+            fp_at = at;
         }
         sp = cfa;
         if ra == 0 {
-            return true;
+            break;
         }
         pc = ra;
     }
+    rec.finish(frames);
+    true
 }
 
 #[cfg(test)]
@@ -342,8 +534,8 @@ mod tests {
         let local = 0u8;
         let marker = core::hint::black_box(&local) as *const u8 as usize;
         let (_, top) = maps::near(marker, false).expect("stack mapping");
-        stack::capture(a, 40, marker);
-        walk(b, 40, marker, top, memo)
+        stack::capture(a, 30, marker);
+        walk(b, 30, marker, top, memo)
     }
 
     #[test]
@@ -368,5 +560,58 @@ mod tests {
             assert!(both(n, &mut e, &mut f, &memo));
             assert_eq!(e.as_slice(), f.as_slice(), "depth {n}");
         }
+    }
+
+    /// Two callers of the same shape: a walk from either starts at the
+    /// same stack pointer, but one frame up the return address differs.
+    #[inline(never)]
+    fn via_a(a: &mut Frames, b: &mut Frames, memo: &Memo) -> bool {
+        let ok = both(2, a, b, memo);
+        core::hint::black_box(1);
+        ok
+    }
+
+    #[inline(never)]
+    fn via_b(a: &mut Frames, b: &mut Frames, memo: &Memo) -> bool {
+        let ok = both(2, a, b, memo);
+        core::hint::black_box(2);
+        ok
+    }
+
+    #[test]
+    fn a_walk_is_replayed_only_from_the_same_stack() {
+        let memo = Memo::new();
+        let mut keys = [[0u64; 2]; 4];
+        for (round, k) in keys.iter_mut().enumerate() {
+            for (which, key) in k.iter_mut().enumerate() {
+                let mut a = Frames::new();
+                let mut b = Frames::new();
+                let ok = if which == 0 {
+                    via_a(&mut a, &mut b, &memo)
+                } else {
+                    via_b(&mut a, &mut b, &memo)
+                };
+                assert!(ok, "the fast walk gave up");
+                // Replayed or walked, the frames are the platform's.
+                assert_eq!(a.as_slice(), b.as_slice(), "round {round}, caller {which}");
+                assert_ne!(b.key(), 0, "a kept walk has a key");
+                *key = b.key();
+            }
+        }
+        // Each caller's walk was kept once and replayed from then on; the
+        // two never shared one (their stacks differ one frame up).
+        assert_ne!(keys[0][0], keys[0][1]);
+        for k in &keys[1..] {
+            assert_eq!(*k, keys[0]);
+        }
+        // A walk asked for fewer frames is not a replay of a deeper one.
+        let mut a = Frames::new();
+        let mut b = Frames::new();
+        let local = 0u8;
+        let marker = core::hint::black_box(&local) as *const u8 as usize;
+        let (_, top) = maps::near(marker, false).expect("stack mapping");
+        stack::capture(&mut a, 3, marker);
+        assert!(walk(&mut b, 3, marker, top, &memo));
+        assert_eq!(a.as_slice(), b.as_slice());
     }
 }

@@ -56,6 +56,7 @@
 //! fit); and only before failing looks a few steps down its own class's
 //! list.
 
+use crate::hint::prefetch;
 use core::alloc::Layout;
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
@@ -255,20 +256,6 @@ fn class_at_least(size: usize) -> usize {
 #[inline(always)]
 fn block_size_for(size: usize) -> Option<usize> {
     Some(size.checked_add(W + GRANULE - 1)? & !(GRANULE - 1))
-}
-
-/// Hints the cache to load the line at `p` (no effect on correctness; any
-/// address will do).
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch never faults, whatever the address.
-    #[allow(unused_unsafe)]
-    unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 /// Bytes from `p` up to the next multiple of `align` (a power of two).
