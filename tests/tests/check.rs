@@ -649,6 +649,12 @@ fn c_use_after_free() {
         // exit path.
         uaf("uaf-write-small", Any, "alloc_site_small"),
         uaf("uaf-read-large", Named("uaf_read_site"), "alloc_site_large"),
+        // In a mapping an earlier block left behind (kept for reuse).
+        uaf(
+            "uaf-read-large-reused",
+            Named("uaf_read_site"),
+            "alloc_site_large",
+        ),
         uaf(
             "uaf-write-large",
             Named("uaf_write_site"),
@@ -690,6 +696,16 @@ fn c_overflow_and_underflow() {
         // Found by the guard page: the access itself.
         case(
             "overflow-large-read",
+            "heap-overflow",
+            Named("overflow_read_site"),
+            Named("alloc_site_large"),
+            Absent,
+            AtLeast(1 << 20),
+        ),
+        // In a mapping an earlier block left behind: its guard page is
+        // still a guard.
+        case(
+            "overflow-large-reused-read",
             "heap-overflow",
             Named("overflow_read_site"),
             Named("alloc_site_large"),

@@ -68,6 +68,7 @@ struct State {
     table: Table,
     depot: Depot,
     quarantine: Quarantine,
+    kept: Kept,
 }
 
 // SAFETY: the state is only reached through `STATE`'s lock; the inner heap
@@ -89,6 +90,7 @@ static STATE: SpinLock<State> = SpinLock::new(State {
     table: Table::new(),
     depot: Depot::new(),
     quarantine: Quarantine::new(),
+    kept: Kept::new(),
 });
 
 /// Per-thread state of check mode.
@@ -440,6 +442,71 @@ impl Quarantine {
     }
 }
 
+/// Mappings kept for reuse.
+const KEPT_MAPS: usize = 8;
+/// Bytes of mappings kept for reuse at most.
+const KEPT_BYTES: usize = 64 << 20;
+
+/// Mappings of large blocks that left the quarantine, kept for the next
+/// large blocks: their pages stay resident (inaccessible), so a block
+/// placed in one costs one `mprotect`, where a fresh mapping costs `mmap`,
+/// two `mprotect`s, a page fault per page the program touches, and
+/// `munmap` when it leaves the quarantine.
+///
+/// Invariant: `maps[..n]` are whole mappings `(base, bytes)` of ours, all
+/// inaccessible, oldest first, `bytes` in all, at most `KEPT_BYTES`.
+struct Kept {
+    maps: [(usize, usize); KEPT_MAPS],
+    n: usize,
+    bytes: usize,
+}
+
+impl Kept {
+    const fn new() -> Kept {
+        Kept {
+            maps: [(0, 0); KEPT_MAPS],
+            n: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Takes the smallest kept mapping of at least `need` bytes (and not
+    /// more than twice that, so a small block does not pin a big mapping).
+    fn take(&mut self, need: usize) -> Option<(usize, usize)> {
+        let (i, _) = self.maps[..self.n]
+            .iter()
+            .enumerate()
+            .filter(|(_, &(_, len))| len >= need && len / 2 <= need)
+            .min_by_key(|(_, &(_, len))| len)?;
+        let m = self.maps[i];
+        self.maps.copy_within(i + 1..self.n, i);
+        self.n -= 1;
+        self.bytes -= m.1;
+        Some(m)
+    }
+
+    /// Keeps mapping `(base, len)` (inaccessible), unmapping the oldest
+    /// kept ones to make room, or this one if it is too big to keep.
+    fn put(&mut self, base: usize, len: usize) {
+        if len > KEPT_BYTES {
+            // SAFETY: the mapping is ours and nothing refers to it any more.
+            unsafe { os::unmap(base as *mut u8, len) };
+            return;
+        }
+        while self.n == KEPT_MAPS || self.bytes + len > KEPT_BYTES {
+            let (b, l) = self.maps[0];
+            self.maps.copy_within(1..self.n, 0);
+            self.n -= 1;
+            self.bytes -= l;
+            // SAFETY: a kept mapping is ours, and no block lives in it.
+            unsafe { os::unmap(b as *mut u8, l) };
+        }
+        self.maps[self.n] = (base, len);
+        self.n += 1;
+        self.bytes += len;
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Pattern checks
 
@@ -623,8 +690,12 @@ fn take_block(st: &mut State, size: usize, align: usize, zero: bool) -> Option<E
         e.extent = unsafe { heap::block_usable(base) };
         e.addr = e.base + front;
     } else {
-        let total = large_mapping(size, align)?;
-        let base = os::map_aligned(total, os::PAGE_SIZE);
+        let need = large_mapping(size, align)?;
+        let kept = st.kept.take(need);
+        let (base, total) = match kept {
+            Some((base, total)) => (base as *mut u8, total),
+            None => (os::map_aligned(need, os::PAGE_SIZE), need),
+        };
         if base.is_null() {
             return None;
         }
@@ -637,10 +708,21 @@ fn take_block(st: &mut State, size: usize, align: usize, zero: bool) -> Option<E
         // least a page on each side; more for big alignments).
         e.addr = (e.base + total - page - size) & !(align - 1);
         let (lo, hi) = (first_page(&e), end_page(&e));
-        // SAFETY: both ranges lie inside our fresh mapping.
-        unsafe {
-            os::protect(base, lo - e.base, false);
-            os::protect(hi as *mut u8, e.base + total - hi, false);
+        if kept.is_some() {
+            // SAFETY: the data pages lie inside the kept mapping, ours and
+            // all inaccessible; they hold an old block's bytes.
+            unsafe {
+                os::protect(lo as *mut u8, hi - lo, true);
+                if zero {
+                    ptr::write_bytes(e.addr as *mut u8, 0, size);
+                }
+            }
+        } else {
+            // SAFETY: both ranges lie inside our fresh mapping.
+            unsafe {
+                os::protect(base, lo - e.base, false);
+                os::protect(hi as *mut u8, e.base + total - hi, false);
+            }
         }
     }
     let (lo, hi) = pattern_edges(&e);
@@ -658,8 +740,9 @@ fn release(st: &mut State, e: &Entry) {
         // SAFETY: `base` is a live block of the inner heap, ours under the lock.
         unsafe { heap::free_in(st.heap, e.base as *mut u8) };
     } else {
-        // SAFETY: the whole mapping belongs to this block, which is gone.
-        unsafe { os::unmap(e.base as *mut u8, e.extent) };
+        // The whole mapping belonged to this block, which is gone; all of
+        // it is inaccessible since the block was freed.
+        st.kept.put(e.base, e.extent);
     }
 }
 

@@ -10,7 +10,9 @@
  *   invalid_free_site, invalid_realloc_site, usable_size_site,
  *   uaf_write_site, uaf_read_site, uaf_realloc_site,
  *   overflow_write_site, overflow_read_site, underflow_write_site,
- *   churn_site (correct traffic between two frees), stack_overflow_recurse
+ *   churn_site (correct traffic between two frees), reuse_mappings (large
+ *   blocks freed until some leave the quarantine, so that the next large
+ *   blocks reuse their mappings), stack_overflow_recurse
  *   (on the main thread, and on a thread that never calls the heap).
  * A case that check mode catches prints nothing of its own; if the program
  * is still running after a misuse that should have stopped it, it says so
@@ -43,6 +45,26 @@ NOINLINE static void invalid_free_site(void *p) { free(p); }
 NOINLINE static void *invalid_realloc_site(void *p, size_t n) { return realloc(p, n); }
 NOINLINE static size_t usable_size_site(void *p) { return malloc_usable_size(p); }
 NOINLINE static void *uaf_realloc_site(void *p, size_t n) { return realloc(p, n); }
+
+/* Frees 96 large blocks (more than the quarantine's 64 MiB), each filled
+ * with 0xee first: the oldest leave the quarantine and their mappings are
+ * kept for the next large blocks. A block calloc then takes from a kept
+ * mapping must still read as zero. */
+NOINLINE static void reuse_mappings(void) {
+    for (int i = 0; i < 96; i++) {
+        void *p = malloc(LARGE);
+        memset(p, 0xee, LARGE);
+        free(p);
+    }
+    unsigned char *z = calloc(1, LARGE);
+    for (size_t i = 0; i < LARGE; i++) {
+        if (z[i] != 0) {
+            fprintf(stderr, "calloc in a reused mapping: byte %zu is %d\n", i, z[i]);
+            exit(3);
+        }
+    }
+    free(z);
+}
 
 /* The complement of byte i of p: writing it back changes the byte whatever
  * it held. Only for bytes that can be read (not on a protected page). */
@@ -151,6 +173,11 @@ static int run_case(const char *name) {
         void *p = alloc_site_large(LARGE);
         free_site(p);
         uaf_read_site(p, 3 * page_size() + 5);
+    } else if (!strcmp(name, "uaf-read-large-reused")) {
+        reuse_mappings();
+        void *p = alloc_site_large(LARGE);
+        free_site(p);
+        uaf_read_site(p, 3 * page_size() + 5);
     } else if (!strcmp(name, "uaf-write-large")) {
         void *p = alloc_site_large(LARGE);
         free_site(p);
@@ -176,6 +203,11 @@ static int run_case(const char *name) {
         void *p = alloc_site_large(LARGE);
         /* From p[1 MiB] on, up to two pages past the end: whatever slack
          * the block's last page has, the next page is its guard. */
+        overflow_read_site(p, LARGE, LARGE + 2 * page_size());
+    } else if (!strcmp(name, "overflow-large-reused-read")) {
+        reuse_mappings();
+        void *p = alloc_site_large(LARGE);
+        memset(p, 1, LARGE);
         overflow_read_site(p, LARGE, LARGE + 2 * page_size());
     } else if (!strcmp(name, "underflow-large")) {
         void *p = alloc_site_large(LARGE);
