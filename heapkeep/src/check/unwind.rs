@@ -270,9 +270,11 @@ impl Replay {
     }
 
     /// Whether a walk from `sp`/`fp` with `marker` and `depth` would record
-    /// this walk's frames.
+    /// this walk's frames. Every load stays below `stack_top`, as the walk's
+    /// own do (a signal handler's walk may have rewritten the slot since
+    /// `sp` was compared, if it interrupted this one).
     #[inline]
-    fn matches(&self, sp: usize, fp: usize, marker: usize, depth: usize) -> bool {
+    fn matches(&self, sp: usize, fp: usize, marker: usize, depth: usize, stack_top: usize) -> bool {
         if self.sp.get() != sp
             || self.marker.get() != marker
             || self.depth.get() != depth
@@ -283,9 +285,11 @@ impl Replay {
         let mut same = true;
         for i in 0..self.loads.get().min(LOADS) {
             let at = sp + self.off[i].get() as usize;
-            // SAFETY: with the same `sp`, `at` is the address this walk
-            // loaded from, which lay between `sp` and the top of this
-            // thread's stack (invariant): mapped, this thread's own stack.
+            if at + 8 > stack_top {
+                return false;
+            }
+            // SAFETY: `at` lies in [sp, stack_top): the calling thread's
+            // own stack, mapped (the bound every load of a walk keeps).
             let v = unsafe { *(at as *const usize) };
             same &= v == self.val[i].get();
         }
@@ -340,9 +344,17 @@ impl Memo {
 
     /// Gives a kept walk's frames (and key) if a walk from here would
     /// record them.
-    fn replay(&self, sp: usize, fp: usize, marker: usize, depth: usize, out: &mut Frames) -> bool {
+    fn replay(
+        &self,
+        start: (usize, usize),
+        marker: usize,
+        depth: usize,
+        top: usize,
+        out: &mut Frames,
+    ) -> bool {
+        let (sp, fp) = start;
         for w in &self.walks {
-            if w.matches(sp, fp, marker, depth) {
+            if w.matches(sp, fp, marker, depth, top) {
                 out.clear();
                 for f in &w.frames[..w.len.get().min(KEPT)] {
                     out.push(f.get());
@@ -449,7 +461,7 @@ pub(super) fn walk(
     }
     let floor = sp;
     let depth = depth.min(MAX_DEPTH);
-    if memo.replay(sp, fp, marker, depth, frames) {
+    if memo.replay((sp, fp), marker, depth, stack_top, frames) {
         return true;
     }
     let mut rec = Recorder::start(memo, sp, fp, marker, depth);
