@@ -108,9 +108,53 @@ struct ThreadState {
     /// Captures [`capture_fast`] made with the platform unwinder before
     /// looking the stack bound up.
     slow_captures: Cell<u8>,
-    /// The rules of the thread's last fast walk.
+    /// The thread's [`unwind::Memo`]: 0 until its first fast walk maps it,
+    /// [`MEMO_GONE`] once the thread-exit destructor unmapped it. (Out of
+    /// the thread-local block, which a library loaded late with `dlopen`
+    /// must fit into glibc's small static TLS reserve.)
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    memo: unwind::Memo,
+    memo: Cell<usize>,
+}
+
+/// [`ThreadState::memo`] of a thread whose memo is gone (it is exiting).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+const MEMO_GONE: usize = 1;
+
+/// The key whose destructor unmaps a thread's memo (`u32::MAX`: none; then
+/// no thread maps one, and walks take the platform unwinder).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+static MEMO_KEY: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// The calling thread's memo, mapped on first use; `None` when it cannot be
+/// had (no key, out of memory, or the thread is exiting).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn thread_memo(t: &ThreadState) -> Option<&unwind::Memo> {
+    let mut p = t.memo.get();
+    if p == 0 {
+        let key = MEMO_KEY.load(Ordering::Relaxed);
+        if key == u32::MAX {
+            return None;
+        }
+        p = unwind::Memo::map() as usize;
+        if p == 0 {
+            return None;
+        }
+        t.memo.set(p);
+        os::set_thread_value(key, p as *mut u8);
+    }
+    // SAFETY: `p` is this thread's memo, mapped above or by an earlier
+    // call, and unmapped only by its exit destructor, which marks it gone
+    // first; the reference lives no longer than this capture.
+    (p != MEMO_GONE).then(|| unsafe { &*(p as *const unwind::Memo) })
+}
+
+/// Thread-exit destructor of a thread's memo.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+unsafe extern "C" fn drop_memo(p: *mut core::ffi::c_void) {
+    THREAD.with(|t| t.memo.set(MEMO_GONE));
+    // SAFETY: `p` is the memo this exiting thread mapped; it is marked gone
+    // above, so no later walk of the thread reads it.
+    unsafe { unwind::Memo::unmap(p.cast()) };
 }
 
 thread_local! {
@@ -122,7 +166,7 @@ thread_local! {
             stack_top: Cell::new(0),
             slow_captures: Cell::new(0),
             #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-            memo: unwind::Memo::new(),
+            memo: Cell::new(0),
         }
     };
 }
@@ -148,6 +192,10 @@ pub(crate) fn enabled() -> bool {
 /// heapkeep's start-up, before any block is handed out.
 pub(crate) fn init() {
     options::read_all();
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    if let Some(key) = os::create_thread_exit_key(drop_memo) {
+        MEMO_KEY.store(key, Ordering::Relaxed);
+    }
     // The sampled guard is for fast mode; check mode guards every block.
     if options::get(id::CHECK) != 1 {
         crate::guard::set_period(options::get(id::GUARD_SAMPLE));
@@ -244,7 +292,9 @@ fn capture_here(frames: &mut Frames, marker: usize) {
             #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
             let done = {
                 let top = t.stack_top.get();
-                top != 0 && top != usize::MAX && unwind::walk(frames, depth, marker, top, &t.memo)
+                top != 0
+                    && top != usize::MAX
+                    && thread_memo(t).is_some_and(|m| unwind::walk(frames, depth, marker, top, m))
             };
             #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
             let done = false;
@@ -283,7 +333,8 @@ pub(crate) fn capture_fast(frames: &mut Frames, depth: usize, marker: usize) {
                 .set(os::maps::near(here, false).map_or(usize::MAX, |(_, hi)| hi));
         }
         let top = t.stack_top.get();
-        top != usize::MAX && unwind::walk(frames, depth, marker, top, &t.memo)
+        top != usize::MAX
+            && thread_memo(t).is_some_and(|m| unwind::walk(frames, depth, marker, top, m))
     });
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     let done = false;

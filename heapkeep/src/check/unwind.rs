@@ -20,7 +20,10 @@ use gimli::{
     RegisterRule, UnwindContext, UnwindContextStorage, UnwindSection, UnwindTableRow,
 };
 
+use core::mem::size_of;
+
 use super::stack::{Frames, MAX_DEPTH};
+use crate::os;
 
 /// glibc's `struct dl_find_object` (2.35+).
 #[repr(C)]
@@ -325,6 +328,28 @@ impl Memo {
             walks: [const { Replay::new() }; REPLAYS],
             next: Cell::new(0),
         }
+    }
+
+    /// Bytes of a memo's own mapping (whole pages).
+    const MAPPED: usize = size_of::<Memo>().next_multiple_of(os::PAGE_SIZE);
+
+    /// A fresh memo in a mapping of its own (null when out of memory).
+    pub(crate) fn map() -> *mut Memo {
+        let p = os::map_aligned(Self::MAPPED, os::PAGE_SIZE).cast::<Memo>();
+        if !p.is_null() {
+            // SAFETY: a fresh mapping big enough for a `Memo`, page-aligned.
+            unsafe { p.write(Memo::new()) };
+        }
+        p
+    }
+
+    /// Unmaps a memo made by [`Memo::map`].
+    ///
+    /// # Safety
+    /// `p` came from [`Memo::map`], and nothing uses it any more.
+    pub(crate) unsafe fn unmap(p: *mut Memo) {
+        // SAFETY: forwarded from the caller; the mapping is this size.
+        unsafe { os::unmap(p.cast(), Self::MAPPED) };
     }
 
     /// The rule for `key`, the address looked up for frame `k` of a walk.
