@@ -12,10 +12,11 @@ and libasan (Debian: gcc, libasan8).
     python3 bench/check/asan.py [ROUNDS]
 """
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
+
+from alternate import medians
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LIB = os.path.join(ROOT, "target/release/libheapkeep_preload.so")
@@ -52,13 +53,7 @@ def main():
           "| check/heapkeep | ASan/heapkeep | ASan/glibc | check/ASan |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for threads, pairs in CASES:
-        ns = {m: [] for m in modes}
-        for r in range(rounds):
-            order = list(modes) if r % 2 == 0 else list(reversed(modes))
-            for m in order:
-                exe, env = modes[m]
-                ns[m].append(run(exe, threads, pairs, env))
-        t = {m: statistics.median(v) for m, v in ns.items()}
+        t = medians(modes, rounds, lambda m: run(modes[m][0], threads, pairs, modes[m][1]))
         print(f"| {threads} | {t['glibc']:.1f} | {t['heapkeep']:.1f} | {t['check']:.1f} "
               f"| {t['asan']:.1f} | {t['check'] / t['heapkeep']:.1f} "
               f"| {t['asan'] / t['heapkeep']:.1f} | {t['asan'] / t['glibc']:.1f} "

@@ -10,10 +10,11 @@ valgrind, sqlite3, perl, python3, gcc on PATH.
     python3 bench/check/compare.py [ROUNDS]
 """
 import os
-import statistics
 import subprocess
 import sys
 import time
+
+from alternate import medians
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LIB = os.path.join(ROOT, "target/release/libheapkeep_preload.so")
@@ -61,13 +62,7 @@ def main():
           "| check/heapkeep | valgrind/heapkeep | valgrind/check |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, argv, stdin in PROGRAMS:
-        times = {m: [] for m in MODES}
-        for r in range(rounds):
-            order = list(MODES) if r % 2 == 0 else list(reversed(MODES))
-            for m in order:
-                prefix, env = MODES[m]
-                times[m].append(timed(prefix, env, argv, stdin))
-        t = {m: statistics.median(v) for m, v in times.items()}
+        t = medians(MODES, rounds, lambda m: timed(*MODES[m], argv, stdin))
         print(f"| {name} | {t['plain']:.3f} | {t['fast']:.3f} | {t['check']:.3f} "
               f"| {t['valgrind']:.3f} | {t['check'] / t['fast']:.1f} "
               f"| {t['valgrind'] / t['fast']:.1f} | {t['valgrind'] / t['check']:.1f} |",

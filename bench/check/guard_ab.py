@@ -9,9 +9,10 @@ Needs `cargo build --release -p heapkeep-bench` first.
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
+
+from alternate import medians
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = os.path.join(ROOT, "target/release/hk-worker-heapkeep")
@@ -32,11 +33,8 @@ def main():
     print("|---|---:|---:|---:|")
     ratios = []
     for w in workloads:
-        t = {0: [], period: []}
-        for r in range(rounds):
-            for p in ([0, period] if r % 2 == 0 else [period, 0]):
-                t[p].append(run(w, p))
-        off, on = statistics.median(t[0]), statistics.median(t[period])
+        t = medians([0, period], rounds, lambda p: run(w, p))
+        off, on = t[0], t[period]
         ratios.append(on / off)
         print(f"| {w} | {off:.3f} | {on:.3f} | {on / off:.3f} |", flush=True)
     geo = math.exp(sum(map(math.log, ratios)) / len(ratios))

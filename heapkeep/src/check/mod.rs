@@ -529,11 +529,16 @@ impl Kept {
             .enumerate()
             .filter(|(_, &(_, len))| len >= need && len / 2 <= need)
             .min_by_key(|(_, &(_, len))| len)?;
+        Some(self.remove(i))
+    }
+
+    /// Takes kept mapping `i` out of the list.
+    fn remove(&mut self, i: usize) -> (usize, usize) {
         let m = self.maps[i];
         self.maps.copy_within(i + 1..self.n, i);
         self.n -= 1;
         self.bytes -= m.1;
-        Some(m)
+        m
     }
 
     /// Keeps mapping `(base, len)` (inaccessible), unmapping the oldest
@@ -545,10 +550,7 @@ impl Kept {
             return;
         }
         while self.n == KEPT_MAPS || self.bytes + len > KEPT_BYTES {
-            let (b, l) = self.maps[0];
-            self.maps.copy_within(1..self.n, 0);
-            self.n -= 1;
-            self.bytes -= l;
+            let (b, l) = self.remove(0);
             // SAFETY: a kept mapping is ours, and no block lives in it.
             unsafe { os::unmap(b as *mut u8, l) };
         }
