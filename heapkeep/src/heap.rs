@@ -130,6 +130,12 @@ pub(crate) struct Heap {
     /// Bytes the slow path made available to the fast path since the last
     /// profile sample (`profile.rs`).
     pub(crate) profile_due: usize,
+    /// The `profile_due` at which the slow path takes a sample: the
+    /// profile's rate, or `usize::MAX` for a heap that samples nothing (the
+    /// profile is off, or the heap is private: [`make_private`]). One
+    /// compare on every slow-path call, where testing the three took four
+    /// loads.
+    pub(crate) profile_at: usize,
     /// Where this heap's thread has its stack (`stacks.rs`).
     pub(crate) stack: crate::stacks::ThreadStack,
 }
@@ -161,6 +167,7 @@ impl Heap {
             counters: Counters::new(),
             sample_left: 0,
             profile_due: 0,
+            profile_at: usize::MAX,
             stack: crate::stacks::ThreadStack::new(),
         }
     }
@@ -1015,7 +1022,7 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
         // themselves: they sample nothing.
         let private = (*heap).counters.private.load(Ordering::Relaxed);
         // The profile: a sample once the refills made `rate` bytes available.
-        if !private && profile::on() && (*heap).profile_due >= profile::rate() {
+        if (*heap).profile_due >= (*heap).profile_at {
             // The sample stands for the bytes made available since the
             // last one and for itself (leaving its own bytes out would
             // under-count by one block per sample: a third when every
@@ -1098,6 +1105,20 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
             (*heap).counters.count_alloc(usable, size);
             p
         }
+    }
+}
+
+/// Marks `heap` as one that serves check mode or the profile: its
+/// counts are not the program's, and it samples nothing.
+///
+/// # Safety
+/// `heap` is a live heap made by `thread::new_heap` that no thread has
+/// allocated from yet, or one the caller runs under its lock.
+pub(crate) unsafe fn make_private(heap: *mut Heap) {
+    // SAFETY: the caller runs `heap`.
+    unsafe {
+        (*heap).counters.private.store(true, Ordering::Relaxed);
+        (*heap).profile_at = usize::MAX;
     }
 }
 

@@ -240,7 +240,7 @@ impl State {
             }
             // SAFETY: ours under the lock. Its counts are not the program's:
             // the calling thread's heap (or ORPHAN) counts sampled blocks.
-            unsafe { (*self.heap).counters.private.store(true, Ordering::Relaxed) };
+            unsafe { heap::make_private(self.heap) };
             HEAP.store(self.heap, Ordering::Release);
         }
         true
@@ -369,12 +369,11 @@ impl State {
 
 /// The calling thread's stack (up to [`DEPTH`] frames) above the function
 /// this is inlined into, whose local is the marker: a sample's site.
+/// It fills the caller's `out` (a returned value was copied: 528 bytes).
 #[inline(always)]
-fn capture() -> Frames {
+fn capture(out: &mut Frames) {
     let marker = 0u8;
-    let mut here = Frames::new();
-    crate::check::capture_fast(&mut here, DEPTH, &marker as *const u8 as usize);
-    here
+    crate::check::capture_fast(out, DEPTH, &marker as *const u8 as usize);
 }
 
 /// A sampled allocation of `size` bytes standing for `weight` bytes of the
@@ -382,7 +381,8 @@ fn capture() -> Frames {
 #[cold]
 #[inline(never)]
 pub(crate) fn alloc(size: usize, align: usize, zero: bool, weight: usize) -> *mut u8 {
-    let here = capture();
+    let mut here = Frames::new();
+    capture(&mut here);
     let p = {
         let mut st = ST.lock();
         if !st.ready() || st.sites.is_null() {
@@ -434,7 +434,8 @@ pub(crate) unsafe fn free_if_ours(owner: *mut Heap, p: *mut u8) -> bool {
 #[cold]
 #[inline(never)]
 pub(crate) fn sample_in_place(p: *mut u8, size: usize, weight: usize) -> bool {
-    let here = capture();
+    let mut here = Frames::new();
+    capture(&mut here);
     let mut st = ST.lock();
     if !st.ready() || st.sites.is_null() || st.frozen {
         return false;

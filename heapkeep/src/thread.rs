@@ -316,6 +316,12 @@ pub(crate) fn new_heap() -> *mut Heap {
         mem.write(Heap::new(empty_page(), STATE_ACTIVE));
         (*mem).key = SECRET.load(Ordering::Relaxed) ^ (mem as usize).rotate_left(29);
         (*mem).remote.key = (*mem).key;
+        // The profile's options are read before any heap is made.
+        (*mem).profile_at = if crate::profile::on() {
+            crate::profile::rate()
+        } else {
+            usize::MAX
+        };
         let mut head = ALL_HEAPS.load(Ordering::Relaxed);
         loop {
             (*mem).all_next = head;

@@ -730,7 +730,7 @@ fn take_block(st: &mut State, size: usize, align: usize, zero: bool) -> Option<E
                 return None;
             }
             // SAFETY: the inner heap is ours under the lock.
-            unsafe { (*st.heap).counters.private.store(true, Ordering::Relaxed) };
+            unsafe { heap::make_private(st.heap) };
         }
         let front = redzone.next_multiple_of(align);
         // SAFETY: the inner heap is ours while we hold the check lock.

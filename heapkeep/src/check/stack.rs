@@ -8,6 +8,7 @@
 //! do) for function, file and line of each frame, and falls back to the
 //! dynamic symbol table (`dladdr`) and `module+offset`.
 
+use core::cell::Cell;
 use core::ffi::{c_int, c_void};
 use core::mem::MaybeUninit;
 use core::ptr;
@@ -88,10 +89,23 @@ impl Frames {
 
     /// Replaces the frames with (the first `MAX_DEPTH` of) `src`.
     pub(crate) fn set(&mut self, src: &[usize]) {
-        self.clear();
-        for &ip in &src[..src.len().min(MAX_DEPTH)] {
-            self.push(ip);
+        let n = src.len().min(MAX_DEPTH);
+        for (slot, &ip) in self.ips[..n].iter_mut().zip(src) {
+            slot.write(ip);
         }
+        self.len = n;
+        self.key = 0;
+    }
+
+    /// Replaces the frames with (the first `MAX_DEPTH` of) `src`, which
+    /// `key` names (a replayed walk's).
+    pub(super) fn set_keyed(&mut self, src: &[Cell<usize>], key: u64) {
+        let n = src.len().min(MAX_DEPTH);
+        for (slot, ip) in self.ips[..n].iter_mut().zip(src) {
+            slot.write(ip.get());
+        }
+        self.len = n;
+        self.key = key;
     }
 
     /// Drops the `k` innermost frames.

@@ -273,30 +273,33 @@ impl Replay {
     }
 
     /// Whether a walk from `sp`/`fp` with `marker` and `depth` would record
-    /// this walk's frames. Every load stays below `stack_top`, as the walk's
-    /// own do (a signal handler's walk may have rewritten the slot since
-    /// `sp` was compared, if it interrupted this one).
+    /// this walk's frames. Every load stays in `[sp, stack_top)`, as the
+    /// walk's own do: each offset is clamped to that range rather than
+    /// trusted, since a signal handler's walk may rewrite this slot while it
+    /// is being compared (if it interrupted this one). Such a rewrite
+    /// changes `sp` for good (the handler's walk starts below this one, or
+    /// on another stack, and a failed one leaves 0), which
+    /// [`Memo::replay`] checks again after it copied the frames.
     #[inline]
     fn matches(&self, sp: usize, fp: usize, marker: usize, depth: usize, stack_top: usize) -> bool {
         if self.sp.get() != sp
             || self.marker.get() != marker
             || self.depth.get() != depth
             || (self.fp_used.get() && self.fp.get() != fp)
+            || sp + 8 > stack_top
         {
             return false;
         }
-        let mut same = true;
-        for i in 0..self.loads.get().min(LOADS) {
-            let at = sp + self.off[i].get() as usize;
-            if at + 8 > stack_top {
-                return false;
-            }
-            // SAFETY: `at` lies in [sp, stack_top): the calling thread's
+        let last = stack_top - 8 - sp;
+        let mut diff = 0;
+        for (off, val) in self.off.iter().zip(&self.val).take(self.loads.get()) {
+            let at = sp + (off.get() as usize).min(last);
+            // SAFETY: `at` lies in [sp, stack_top - 8]: the calling thread's
             // own stack, mapped (the bound every load of a walk keeps).
             let v = unsafe { *(at as *const usize) };
-            same &= v == self.val[i].get();
+            diff |= v ^ val.get();
         }
-        same
+        diff == 0
     }
 }
 
@@ -318,6 +321,10 @@ pub(crate) struct Memo {
     walks: [Replay; REPLAYS],
     /// The slot of `walks` the next recorded walk takes.
     next: Cell<usize>,
+    /// The slot replayed or recorded last, tried first (a loop's samples
+    /// come from one site; trying an older slot first costs a whole
+    /// compare when it differs only in an outer frame).
+    last: Cell<usize>,
 }
 
 impl Memo {
@@ -327,6 +334,7 @@ impl Memo {
             rules: [const { Cell::new(0) }; MEMO],
             walks: [const { Replay::new() }; REPLAYS],
             next: Cell::new(0),
+            last: Cell::new(0),
         }
     }
 
@@ -378,14 +386,16 @@ impl Memo {
         out: &mut Frames,
     ) -> bool {
         let (sp, fp) = start;
-        for w in &self.walks {
+        let first = self.last.get();
+        for k in 0..REPLAYS {
+            let i = (first + k) % REPLAYS;
+            let w = &self.walks[i];
             if w.matches(sp, fp, marker, depth, top) {
-                out.clear();
-                for f in &w.frames[..w.len.get().min(KEPT)] {
-                    out.push(f.get());
-                }
-                out.set_key(w.key.get());
-                return true;
+                self.last.set(i);
+                out.set_keyed(&w.frames[..w.len.get().min(KEPT)], w.key.get());
+                // A signal handler's walk that rewrote the slot meanwhile
+                // left another `sp` in it (see `Replay::matches`).
+                return w.sp.get() == sp;
             }
         }
         false
@@ -405,6 +415,7 @@ impl<'a> Recorder<'a> {
     fn start(memo: &'a Memo, sp: usize, fp: usize, marker: usize, depth: usize) -> Recorder<'a> {
         let i = memo.next.get() % REPLAYS;
         memo.next.set(i + 1);
+        memo.last.set(i);
         let w = &memo.walks[i];
         w.sp.set(0);
         w.fp.set(fp);
