@@ -413,7 +413,10 @@ unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
     let target = (owner & !OWNER_FULL) as *mut Heap;
     // SAFETY: a live block of `target`'s page (the profile's heap, if it
     // is; not when the profile frees into its own heap, a full page).
-    if target != heap && profile::on() && unsafe { profile::free_if_ours(target, block.cast()) } {
+    if target != heap
+        && profile::on()
+        && unsafe { profile::free_if_ours(target, page, block.cast()) }
+    {
         return;
     }
     // SAFETY: our own (full) page, or another heap's page whose block we give

@@ -44,7 +44,9 @@ use crate::check::table::{Keyed, Table};
 use crate::counters::ORPHAN;
 use crate::heap::{self, Heap};
 use crate::os;
+use crate::page::Page;
 use crate::segment::{segment_of, Kind};
+use crate::size_class::{class_to_size, size_align_to_bin, CLASS_COUNT};
 use crate::sync::SpinLock;
 use crate::writer::{self, Writer};
 
@@ -167,6 +169,8 @@ struct Site {
 struct State {
     /// The heap sampled blocks come from (only used under this lock).
     heap: *mut Heap,
+    /// Freed sampled blocks kept for the next samples of their class.
+    stash: Stash,
     samples: Table<Sample>,
     depot: Depot,
     sites: *mut Site,
@@ -195,11 +199,72 @@ struct State {
 
 const INDEX_CAP: usize = MAX_SITES * 2;
 
+/// Blocks a stash keeps per size class.
+const STASH_DEPTH: usize = 4;
+/// Bytes a stash keeps in all.
+const STASH_BYTES: usize = 512 * 1024;
+
+/// Sampled blocks of the profile heap that the program freed, kept (still
+/// allocated in that heap) for the next samples of their class. Samples of
+/// one class come far apart, so the heap's slow path would find that
+/// class's page cold on every one, and its free would often empty the page
+/// again; a stash hit takes a pointer from an array this lock holds, and
+/// neither keeping nor taking a block touches the block itself.
+///
+/// Invariant: `kept[c][..n[c]]` are blocks of the profile heap on coloured
+/// pages of class `c` (16-byte aligned, at least `class_to_size(c)` usable
+/// bytes) that no one else holds; `bytes` is the sum of `class_to_size`
+/// over them, at most [`STASH_BYTES`].
+struct Stash {
+    kept: [[*mut u8; STASH_DEPTH]; CLASS_COUNT],
+    n: [u8; CLASS_COUNT],
+    bytes: usize,
+}
+
+impl Stash {
+    const fn new() -> Stash {
+        Stash {
+            kept: [[ptr::null_mut(); STASH_DEPTH]; CLASS_COUNT],
+            n: [0; CLASS_COUNT],
+            bytes: 0,
+        }
+    }
+
+    /// A kept block for `size` bytes aligned to `align`, if there is one.
+    fn take(&mut self, size: usize, align: usize) -> Option<*mut u8> {
+        let c = size_align_to_bin(size, align).filter(|&b| b < CLASS_COUNT)?;
+        let n = self.n[c] as usize;
+        if n == 0 {
+            return None;
+        }
+        self.n[c] -= 1;
+        self.bytes -= class_to_size(c);
+        Some(self.kept[c][n - 1])
+    }
+
+    /// Keeps the block `p`, which the program just freed, of a page of
+    /// bin `bin`, if its class has room. False: the caller frees it.
+    fn put(&mut self, p: *mut u8, bin: usize) -> bool {
+        if bin >= CLASS_COUNT || self.n[bin] as usize >= STASH_DEPTH {
+            return false;
+        }
+        let size = class_to_size(bin);
+        if self.bytes + size > STASH_BYTES {
+            return false;
+        }
+        self.kept[bin][self.n[bin] as usize] = p;
+        self.n[bin] += 1;
+        self.bytes += size;
+        true
+    }
+}
+
 // SAFETY: the state is only reached through the `ST` lock.
 unsafe impl Send for State {}
 
 static ST: SpinLock<State> = SpinLock::new(State {
     heap: ptr::null_mut(),
+    stash: Stash::new(),
     // A few hundred samples are live at a time in most programs: a small
     // first table stays in cache (it grows when needed).
     samples: Table::with_first_capacity(1 << 9),
@@ -388,15 +453,27 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool, weight: usize) -> *mu
         if !st.ready() || st.sites.is_null() {
             return ptr::null_mut();
         }
-        // SAFETY: the profile heap is ours while we hold its lock.
-        let p = unsafe { heap::alloc_in(st.heap, size, align, zero) };
+        let p = match st.stash.take(size, align) {
+            Some(p) => {
+                if zero {
+                    // SAFETY: a kept block of at least `size` bytes, ours.
+                    unsafe { ptr::write_bytes(p, 0, size) };
+                }
+                p
+            }
+            // SAFETY: the profile heap is ours while we hold its lock.
+            None => unsafe { heap::alloc_in(st.heap, size, align, zero) },
+        };
         if !p.is_null() && !st.frozen {
-            let seg = segment_of(p);
-            // SAFETY: `p` is a live block, so its segment header is mapped;
-            // a huge segment is the block's alone.
-            unsafe {
-                if (*seg).kind == Kind::Huge {
-                    (*seg).sampled = true;
+            // Only a size no bin serves can be huge (rate 1 sends all here).
+            if size_align_to_bin(size, align).is_none() {
+                let seg = segment_of(p);
+                // SAFETY: `p` is a live block, so its segment header is
+                // mapped; a huge segment is the block's alone.
+                unsafe {
+                    if (*seg).kind == Kind::Huge {
+                        (*seg).sampled = true;
+                    }
                 }
             }
             st.record(p as usize, size, weight, &here);
@@ -414,14 +491,19 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool, weight: usize) -> *mu
 /// True if `owner` is the profile heap and the block was freed here.
 ///
 /// # Safety
-/// `p` is a live block whose page's owner is `owner`.
-pub(crate) unsafe fn free_if_ours(owner: *mut Heap, p: *mut u8) -> bool {
+/// `p` is a live block of `page`, whose owner is `owner`.
+pub(crate) unsafe fn free_if_ours(owner: *mut Heap, page: *mut Page, p: *mut u8) -> bool {
     if owner != HEAP.load(Ordering::Acquire) || owner.is_null() {
         return false;
     }
     let mut st = ST.lock();
     if !st.frozen {
         st.forget(p as usize);
+        // SAFETY: `p`'s page (caller), mapped while the block lives.
+        let bin = unsafe { (*page).class } as usize;
+        if st.stash.put(p, bin) {
+            return true;
+        }
     }
     // SAFETY: a live block of the profile heap, which we run under the lock.
     unsafe { heap::free_in(st.heap, p) };

@@ -304,6 +304,28 @@ fn a_rust_program_profiles_itself_with_the_environment_option() {
     );
 }
 
+/// Sampled blocks that are freed and sampled again (the profile keeps a
+/// few per size for reuse) must read zero when zeroed memory was asked
+/// for, and never be handed out twice.
+#[test]
+fn reused_sampled_blocks_are_zeroed_and_never_shared() {
+    let dir = scratch("churn");
+    let out = Command::new(env!("CARGO_BIN_EXE_profile_target"))
+        .arg("churn")
+        .env_remove("HEAPKEEP_CHECK")
+        .env("HEAPKEEP_PROFILE", "1")
+        .env("HEAPKEEP_PROFILE_RATE", "16K")
+        .env("HEAPKEEP_PROFILE_OUT", dir.join("c.json"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("churn ok"),
+        "{err}"
+    );
+}
+
 /// valgrind's DHAT viewer (`dh_view.html`; the `valgrind` package has it).
 fn dh_view() -> PathBuf {
     let candidates = [
