@@ -117,7 +117,7 @@ pub(super) fn at_exit() {
             return;
         };
         for (s, f) in top.iter().zip(stacks.iter_mut()) {
-            super::copy_stack(f, st.depot.get(s.stack));
+            f.set(st.depot.get(s.stack));
         }
         (bytes, blocks)
     };

@@ -373,15 +373,11 @@ impl Error {
 
     /// Attaches the block `e` (its stacks copied out of the depot).
     fn with_block(mut self, st: &State, e: &Entry) -> Error {
-        copy_stack(&mut self.alloc, st.depot.get(e.alloc_stack));
-        copy_stack(&mut self.free, st.depot.get(e.free_stack));
+        self.alloc.set(st.depot.get(e.alloc_stack));
+        self.free.set(st.depot.get(e.free_stack));
         self.block = Some(*e);
         self
     }
-}
-
-fn copy_stack(dst: &mut Frames, src: &[usize]) {
-    dst.set(src);
 }
 
 /// Prints `err` (one screen) and aborts, unless the keep-going option is
