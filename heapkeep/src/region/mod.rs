@@ -46,10 +46,11 @@
 //! its last word; in a block of one granule the two size words are the same.
 //!
 //! ## Classes
-//! Sizes below `SMALL_LIMIT` (16 granules) have one class per granule
-//! (first level 0). Above, first level `fl` covers `[2^(fl+k-1), 2^(fl+k))`
-//! (`k = log2(SMALL_LIMIT)`), cut into 16 second-level classes of equal
-//! width; sizes past the last level share the top class. A request takes
+//! Sizes below `LINEAR_LIMIT` (32 granules: 1 KiB on 64-bit) have one
+//! class per granule. Above, each power of two is cut into `SL_COUNT` (16)
+//! classes of equal width; sizes past the last level share the top class.
+//! A class `c` is first level `c >> SL_BITS`, second level the low bits
+//! (the linear classes fill the first two levels). A request takes
 //! the head of the first non-empty class whose every block fits (found with
 //! the bitmaps); when that class is a power of two or more above the request
 //! (or there is none), it first tries the head of its own class (a closer
@@ -81,16 +82,20 @@ pub const MIN_BLOCK: usize = GRANULE;
 /// Bytes the first region gives up to the table of list heads (one word per
 /// class), beside its region header.
 pub const HEAD_TABLE_BYTES: usize = CLASS_COUNT * W;
-/// Second-level classes per power of two.
+/// Second-level classes per power of two (above `LINEAR_LIMIT`).
 const SL_BITS: u32 = 4;
 const SL_COUNT: usize = 1 << SL_BITS;
-/// Below this, one class per granule (first level 0).
-const SMALL_LIMIT: usize = SL_COUNT * GRANULE;
-const SMALL_SHIFT: u32 = SMALL_LIMIT.trailing_zeros();
-/// First-level classes: level 0 plus one per power of two from
-/// `SMALL_LIMIT`; sizes past the last level (4 GiB on 64-bit, 2 GiB on
-/// 32-bit) share the top class.
-const FL_COUNT: usize = 24;
+/// Classes one granule wide, below `LINEAR_LIMIT` (a whole number of
+/// first levels).
+const LINEAR_CLASSES: usize = 32;
+/// Below this (1 KiB on 64-bit, 512 bytes on 32-bit), one class per
+/// granule.
+const LINEAR_LIMIT: usize = LINEAR_CLASSES * GRANULE;
+const LINEAR_SHIFT: u32 = LINEAR_LIMIT.trailing_zeros();
+/// First-level classes: the linear ones, then one per power of two from
+/// `LINEAR_LIMIT` (22 of them, up to 4 GiB on 64-bit and 2 GiB on 32-bit);
+/// larger sizes share the top class.
+const FL_COUNT: usize = LINEAR_CLASSES / SL_COUNT + 22;
 /// Number of free lists; a class is `fl << SL_BITS | sl`.
 const CLASS_COUNT: usize = FL_COUNT * SL_COUNT;
 const TOP_CLASS: usize = CLASS_COUNT - 1;
@@ -106,6 +111,10 @@ const ABOVE_FREE: usize = 2;
 const FLAGS: usize = USED | ABOVE_FREE;
 
 const _: () = assert!(FL_COUNT <= 32, "fl_bitmap is a u32");
+const _: () = assert!(
+    LINEAR_CLASSES.is_multiple_of(SL_COUNT) && LINEAR_CLASSES >= SL_COUNT,
+    "the linear classes fill whole first levels"
+);
 const _: () = assert!(SL_COUNT <= 32, "sl_bitmap entries are u32");
 const _: () = assert!(
     size_of::<Gap>() == GRANULE,
@@ -199,36 +208,37 @@ impl core::fmt::Debug for RegionHeap {
     }
 }
 
-/// The class whose list holds a free block of `size` bytes: first level 0
-/// and one class per granule below `SMALL_LIMIT`; above it, first level
-/// `log2(size) - log2(SMALL_LIMIT) + 1` and the next `SL_BITS` bits of size;
-/// past the last level, the top class.
+/// The class whose list holds a free block of `size` bytes: one class per
+/// granule below `LINEAR_LIMIT`; above it, `SL_COUNT` classes of equal
+/// width per power of two; past the last level, the top class.
 ///
-/// From `SMALL_LIMIT` up, the size's top `SL_BITS + 1` bits (`16..32`)
-/// plus `SL_COUNT` per level above the first is the class. Below `2 *
-/// SMALL_LIMIT` classes are one granule wide (level 0 and level 1 alike),
-/// so there the class is the granule count, a shift.
+/// From `LINEAR_LIMIT` up, the size's top `SL_BITS + 1` bits (`SL_COUNT..2
+/// * SL_COUNT`) plus `SL_COUNT` per power of two above `LINEAR_LIMIT`, plus
+/// the linear classes less `SL_COUNT`, is the class.
 #[inline(always)]
 fn class_of(size: usize) -> usize {
     // The one-granule classes by a shift alone: the common sizes, and a
     // well-predicted branch costs less than the general formula (measured
     // on the region benchmark).
-    if size < 2 * SMALL_LIMIT {
+    if size < LINEAR_LIMIT {
         return size >> GRANULE_SHIFT;
     }
-    // `size | SMALL_LIMIT` is never zero, so `ilog2` is a bare `bsr`.
-    let log = (size | SMALL_LIMIT).ilog2();
-    ((size >> (log - SL_BITS)) + (((log - SMALL_SHIFT) as usize) << SL_BITS)).min(TOP_CLASS)
+    // `size | LINEAR_LIMIT` is never zero, so `ilog2` is a bare `bsr`.
+    let log = (size | LINEAR_LIMIT).ilog2();
+    ((size >> (log - SL_BITS))
+        + (((log - LINEAR_SHIFT) as usize) << SL_BITS)
+        + (LINEAR_CLASSES - SL_COUNT))
+        .min(TOP_CLASS)
 }
 
 /// The smallest block size of class `c` (`c < CLASS_COUNT`).
 #[cfg(test)]
 const fn class_lower(c: usize) -> usize {
-    let (fl, sl) = (c >> SL_BITS, c & (SL_COUNT - 1));
-    if fl == 0 {
-        sl * GRANULE
+    if c < LINEAR_CLASSES {
+        c * GRANULE
     } else {
-        (SL_COUNT + sl) << (fl - 1 + GRANULE_SHIFT as usize)
+        let k = c - LINEAR_CLASSES;
+        (SL_COUNT + (k & (SL_COUNT - 1))) << (LINEAR_SHIFT - SL_BITS + (k >> SL_BITS) as u32)
     }
 }
 
@@ -299,7 +309,7 @@ impl RegionHeap {
     }
 
     /// A heap over `memory`. The first region also holds the table of list
-    /// heads (`FL_COUNT * 16` words: 3 KiB on 64-bit, 1.5 KiB on 32-bit); a
+    /// heads (`CLASS_COUNT` words: 3 KiB on 64-bit, 1.5 KiB on 32-bit); a
     /// slice too small for it, a region header and one block gives an empty
     /// heap.
     pub fn new(memory: &'static mut [u8]) -> Self {
