@@ -221,6 +221,21 @@ fn lifetimes_are_in_microseconds() {
     assert!((300e3..30e6).contains(&te), "te {te} µs");
 }
 
+/// A sampled profile times lifetimes with the coarse clock (whole kernel
+/// ticks): still about 300 ms a block for the long site, and far less for
+/// blocks freed at once (a tick at most, and seldom that).
+#[test]
+fn sampled_lifetimes_follow_the_coarse_clock() {
+    let (_, v) = profile_top("lifetimes-sampled", &["--rate", "256"], Some("lifetimes"));
+    let blocks = sum_at(&v, "long_site", "tbk") as f64;
+    assert!(blocks > 0.0, "long_site was never sampled");
+    let long = sum_at(&v, "long_site", "tl") as f64 / blocks;
+    assert!((290e3..3e6).contains(&long), "long_site lifetime {long} µs");
+    let short =
+        sum_at(&v, "short_site", "tl") as f64 / sum_at(&v, "short_site", "tbk").max(1) as f64;
+    assert!(short < long / 10.0, "short_site lifetime {short} µs");
+}
+
 #[test]
 fn every_allocation_gives_exact_counts() {
     let (_, v) = profile_top("every", &["--every"], None);

@@ -274,6 +274,13 @@ pub(crate) fn now_us() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC) / 1000
 }
 
+/// Microseconds from the coarse monotonic clock: the kernel's last tick
+/// (1-4 ms steps), read from the vDSO's data page (no system call, no
+/// time-stamp counter read).
+pub(crate) fn coarse_now_us() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE) / 1000
+}
+
 /// Whether [`ticks`] reads the CPU's time-stamp counter: an x86_64 CPU
 /// whose counter runs at one rate in every power state ("invariant TSC",
 /// CPUID 0x8000_0007 EDX bit 8; Linux's `nonstop_tsc`). Asked once.

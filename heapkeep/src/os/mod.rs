@@ -24,7 +24,9 @@
 //!   depth; `maps.rs` reads `/proc/self/maps`.
 //! - `read_head(path, buf)`: the first bytes of a small file (`/proc` files,
 //!   our own snapshot headers) in one read.
-//! - `now_ms()`: a cheap monotonic clock in milliseconds (coarse is fine).
+//! - `now_ms()`: a cheap monotonic clock in milliseconds (coarse is fine);
+//!   `now_us()` and `coarse_now_us()`, microseconds of the fine and of the
+//!   coarse clock; `ticks(tsc)`, the time-stamp counter where it is steady.
 //! - `random_u64()`: a secret from the kernel's random source.
 //! - thread-exit and fork hooks; `write_fd` for messages and files without allocating;
 //!   `set_errno_nomem()` for a failed allocation.
