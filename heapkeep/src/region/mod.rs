@@ -112,7 +112,7 @@ const FLAGS: usize = USED | ABOVE_FREE;
 
 const _: () = assert!(FL_COUNT <= 32, "fl_bitmap is a u32");
 const _: () = assert!(
-    LINEAR_CLASSES.is_multiple_of(SL_COUNT) && LINEAR_CLASSES >= SL_COUNT,
+    LINEAR_CLASSES % SL_COUNT == 0 && LINEAR_CLASSES >= SL_COUNT,
     "the linear classes fill whole first levels"
 );
 const _: () = assert!(SL_COUNT <= 32, "sl_bitmap entries are u32");
