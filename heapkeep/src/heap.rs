@@ -136,6 +136,9 @@ pub(crate) struct Heap {
     /// compare on every slow-path call, where testing the three took four
     /// loads.
     pub(crate) profile_at: usize,
+    /// Sampled blocks this heap's thread freed, held back from the
+    /// profile until its next sample (`profile::Pending`).
+    pub(crate) profile_pending: profile::Pending,
     /// Where this heap's thread has its stack (`stacks.rs`).
     pub(crate) stack: crate::stacks::ThreadStack,
 }
@@ -168,6 +171,7 @@ impl Heap {
             sample_left: 0,
             profile_due: 0,
             profile_at: usize::MAX,
+            profile_pending: profile::Pending::new(),
             stack: crate::stacks::ThreadStack::new(),
         }
     }
@@ -415,7 +419,7 @@ unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
     // is; not when the profile frees into its own heap, a full page).
     if target != heap
         && profile::on()
-        && unsafe { profile::free_if_ours(target, page, block.cast()) }
+        && unsafe { profile::free_if_ours(heap, target, block.cast()) }
     {
         return;
     }
@@ -1004,7 +1008,7 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
                 return crate::check::alloc(size, align, zero);
             }
             if profile::every() {
-                return profile::alloc(size, align, zero, 0);
+                return profile::alloc(ptr::null_mut(), size, align, zero, 0);
             }
             heap = thread::init_current();
             if heap.is_null() {
@@ -1042,7 +1046,7 @@ unsafe fn alloc_refill(mut heap: *mut Heap, size: usize, align: usize, zero: boo
                 }
                 p
             } else {
-                profile::alloc(size, align, zero, weight)
+                profile::alloc(heap, size, align, zero, weight)
             };
             if !p.is_null() {
                 (*heap).counters.count_alloc(block_usable(p), size);

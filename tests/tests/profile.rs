@@ -339,6 +339,27 @@ fn reused_sampled_blocks_are_zeroed_and_never_shared() {
         String::from_utf8_lossy(&out.stdout).contains("churn ok"),
         "{err}"
     );
+    // Every churned block was freed before exit, the last few held back by
+    // the freeing thread (`profile::Pending`) until the profile settled
+    // them at exit: none may read as live then.
+    let v = load(&dir.join("c.json"));
+    let churned: Vec<&Value> = v["pps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|pp| {
+            pp["fs"].as_array().unwrap().iter().any(|f| {
+                v["ftbl"][f.as_u64().unwrap() as usize]
+                    .as_str()
+                    .unwrap()
+                    .contains("profile_target::churn")
+            })
+        })
+        .collect();
+    let sum = |key: &str| -> u64 { churned.iter().map(|pp| pp[key].as_u64().unwrap()).sum() };
+    assert!(sum("tbk") > 1000, "churn sampled {} blocks", sum("tbk"));
+    assert_eq!(sum("eb"), 0, "churned bytes live at exit");
+    assert_eq!(sum("ebk"), 0, "churned blocks live at exit");
 }
 
 /// valgrind's DHAT viewer (`dh_view.html`; the `valgrind` package has it).
