@@ -12,10 +12,11 @@
 //! bytes (and for itself): on average one sample per rate bytes allocated.
 //! A sampled small or medium block comes from this module's own heap, so
 //! its page's owner is not the freeing thread's heap and its free reaches
-//! `heap::free_slow`, which hands it back here; a large block is sampled in
-//! place ([`sample_in_place`]: its page's `sampled` flag sends its free
-//! here from `heap::page_empty`), and so is a huge one (a flag in its
-//! segment). The fast paths are the same instructions as without
+//! `heap::free_slow`, which hands it back here (where the freeing thread's
+//! heap holds it back until that thread's next sample: [`Pending`]); a
+//! large block is sampled in place ([`sample_in_place`]: its page's
+//! `sampled` flag sends its free here from `heap::page_empty`), and so is
+//! a huge one (a flag in its segment). The fast paths are the same instructions as without
 //! profiling. With rate 1 every allocation is recorded: threads then stay
 //! on the empty heap (as in check mode) and every call comes here.
 //!
