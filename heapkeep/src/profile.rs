@@ -16,9 +16,10 @@
 //! heap holds it back until that thread's next sample: [`Pending`]); a
 //! large block is sampled in place ([`sample_in_place`]: its page's
 //! `sampled` flag sends its free here from `heap::page_empty`), and so is
-//! a huge one (a flag in its segment). The fast paths are the same instructions as without
-//! profiling. With rate 1 every allocation is recorded: threads then stay
-//! on the empty heap (as in check mode) and every call comes here.
+//! a huge one (a flag in its segment). The fast paths are the same
+//! instructions as without profiling. With rate 1 every allocation is
+//! recorded: threads then stay on the empty heap (as in check mode) and
+//! every call comes here.
 //!
 //! ## What is kept
 //! Under one lock: the sampled blocks (address -> site, size, weight, birth
