@@ -328,6 +328,9 @@ fn reused_sampled_blocks_are_zeroed_and_never_shared() {
     let out = Command::new(env!("CARGO_BIN_EXE_profile_target"))
         .arg("churn")
         .env_remove("HEAPKEEP_CHECK")
+        // Under the preload pass a second heapkeep (the C library's) would
+        // profile too and write its own profile to the same path at exit.
+        .env_remove("LD_PRELOAD")
         .env("HEAPKEEP_PROFILE", "1")
         .env("HEAPKEEP_PROFILE_RATE", "16K")
         .env("HEAPKEEP_PROFILE_OUT", dir.join("c.json"))
