@@ -89,20 +89,23 @@ impl Frames {
 
     /// Replaces the frames with (the first `MAX_DEPTH` of) `src`.
     pub(crate) fn set(&mut self, src: &[usize]) {
-        let n = src.len().min(MAX_DEPTH);
-        for (slot, &ip) in self.ips[..n].iter_mut().zip(src) {
-            slot.write(ip);
-        }
-        self.len = n;
-        self.key = 0;
+        self.fill(src.iter().copied(), 0);
     }
 
     /// Replaces the frames with (the first `MAX_DEPTH` of) `src`, which
     /// `key` names (a replayed walk's).
     pub(super) fn set_keyed(&mut self, src: &[Cell<usize>], key: u64) {
-        let n = src.len().min(MAX_DEPTH);
-        for (slot, ip) in self.ips[..n].iter_mut().zip(src) {
-            slot.write(ip.get());
+        self.fill(src.iter().map(Cell::get), key);
+    }
+
+    /// Replaces the frames with (the first `MAX_DEPTH` of) `src`, named by
+    /// `key` (0: none), in one pass.
+    #[inline(always)]
+    fn fill(&mut self, src: impl Iterator<Item = usize>, key: u64) {
+        let mut n = 0;
+        for (slot, ip) in self.ips.iter_mut().zip(src) {
+            slot.write(ip);
+            n += 1;
         }
         self.len = n;
         self.key = key;
