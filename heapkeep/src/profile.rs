@@ -289,9 +289,10 @@ impl Stash {
         }
     }
 
-    /// A kept block for `size` bytes aligned to `align`, if there is one.
-    fn take(&mut self, size: usize, align: usize) -> Option<*mut u8> {
-        let c = size_align_to_bin(size, align).filter(|&b| b < CLASS_COUNT)?;
+    /// A kept block of bin `bin` (`size_align_to_bin` of the request), if
+    /// there is one.
+    fn take(&mut self, bin: Option<usize>) -> Option<*mut u8> {
+        let c = bin.filter(|&b| b < CLASS_COUNT)?;
         let n = self.n[c] as usize;
         if n == 0 {
             return None;
@@ -603,7 +604,8 @@ pub(crate) unsafe fn alloc(
             // SAFETY: the caller's promise.
             unsafe { st.settle_pending(heap) };
         }
-        let p = match st.stash.take(size, align) {
+        let bin = size_align_to_bin(size, align);
+        let p = match st.stash.take(bin) {
             Some(p) => {
                 if zero {
                     // SAFETY: a kept block of at least `size` bytes, ours.
@@ -616,7 +618,7 @@ pub(crate) unsafe fn alloc(
         };
         if !p.is_null() && !st.frozen {
             // Only a size no bin serves can be huge (rate 1 sends all here).
-            if size_align_to_bin(size, align).is_none() {
+            if bin.is_none() {
                 let seg = segment_of(p);
                 // SAFETY: `p` is a live block, so its segment header is
                 // mapped; a huge segment is the block's alone.
