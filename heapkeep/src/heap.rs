@@ -394,6 +394,18 @@ unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
         }
         return;
     }
+    let target = (owner & !OWNER_FULL) as *mut Heap;
+    // A sampled block of the profile's heap (not when the profile frees
+    // into its own heap: a full page): it starts before `block` and counts
+    // without its prefix.
+    if target != heap && profile::on() && profile::is_heap(target) {
+        // SAFETY: a live block of the profile heap, freed here once.
+        unsafe {
+            count_free(heap, block_usable(block.cast()));
+            profile::free_sampled(heap, block.cast());
+        }
+        return;
+    }
     // SAFETY: the block is live, so its page (or huge segment) is mapped.
     unsafe {
         if owner == OWNER_HUGE {
@@ -413,15 +425,6 @@ unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
             // A page's block: its precomputed word (see `count_free`).
             (*heap).counters.count_free_unit((*page).free_unit);
         }
-    }
-    let target = (owner & !OWNER_FULL) as *mut Heap;
-    // SAFETY: a live block of `target`'s page (the profile's heap, if it
-    // is; not when the profile frees into its own heap, a full page).
-    if target != heap
-        && profile::on()
-        && unsafe { profile::free_if_ours(heap, target, block.cast()) }
-    {
-        return;
     }
     // SAFETY: our own (full) page, or another heap's page whose block we give
     // up; heaps are never destroyed, so `target` is valid memory.
@@ -1129,6 +1132,12 @@ pub(crate) unsafe fn make_private(heap: *mut Heap) {
     }
 }
 
+/// Whether a request gets a huge block of its own (no size class or large
+/// page serves it).
+pub(crate) fn is_huge(size: usize, align: usize) -> bool {
+    size_align_to_bin(size, align).is_none() && !is_large(size, align)
+}
+
 /// Whether a request no size class serves gets a large page (else a huge
 /// block of its own).
 #[inline]
@@ -1371,10 +1380,11 @@ pub(crate) unsafe fn block_usable(p: *const u8) -> usize {
     // SAFETY: the block is live, so its headers are mapped.
     unsafe {
         let page = page_of(seg, p);
-        if (*page).owner.load(Ordering::Relaxed) == OWNER_HUGE {
+        let owner = (*page).owner.load(Ordering::Relaxed);
+        if owner == OWNER_HUGE {
             huge::usable(&*seg)
         } else {
-            (*page).block_size
+            (*page).block_size - profile::prefix_len(owner, p)
         }
     }
 }
@@ -1432,7 +1442,7 @@ pub(crate) unsafe fn realloc(
                 in_place = p;
             }
         } else {
-            usable = (*page).block_size;
+            usable = (*page).block_size - profile::prefix_len(owner, p);
             if (*page).class == LARGE_CLASS {
                 if new_size <= LARGE_MAX
                     && new_size > MEDIUM_MAX

@@ -22,8 +22,11 @@
 //! every call comes here.
 //!
 //! ## What is kept
-//! Under one lock: the sampled blocks (address -> site, size, weight, birth
-//! time) in an open-addressing table, the sites (distinct stacks, from the
+//! Under one lock: each sampled block's record (site, weight, birth time),
+//! in 32 bytes just before the pointer the program gets when the block is
+//! of this module's heap ([`Prefix`]; `heap::block_usable` leaves them
+//! out), else (blocks sampled in place) in an open-addressing table by
+//! address; the sites (distinct stacks, from the
 //! check-mode depot) in a dense array with an index by stack, and the
 //! running totals DHAT wants per site: total bytes and blocks, total
 //! lifetime, the site's own maximum, its bytes at the global maximum (the
@@ -46,7 +49,8 @@ use crate::check::table::{Keyed, Table};
 use crate::counters::ORPHAN;
 use crate::heap::{self, Heap};
 use crate::os;
-use crate::segment::{page_of, segment_of, Kind};
+use crate::page::OWNER_FULL;
+use crate::segment::{page_of, segment_of};
 use crate::size_class::{class_to_size, size_align_to_bin, CLASS_COUNT};
 use crate::sync::SpinLock;
 use crate::writer::{self, Writer};
@@ -152,6 +156,61 @@ impl Keyed for Sample {
     }
 }
 
+/// The record of a sampled block of the profile heap, kept in the block
+/// itself: the last [`PREFIX`] bytes before the pointer the program gets.
+/// A table entry would cost two cache misses per sample (its insert and
+/// its lookup at free: the table is cold between samples, about half the
+/// profile's cost on `random`); the block's first lines are touched anyway
+/// (its free-list link at allocation and at free).
+///
+/// Invariant: every block of the profile heap that the program holds (or
+/// freed and is held back in [`Pending`]) has one, at `p - PREFIX`, and
+/// its block starts at `p - hdr`; unless the profile was frozen when the
+/// block was made, its figures are counted in its site (`Site::pb`).
+#[repr(C)]
+struct Prefix {
+    born: u64,
+    bytes: u64,
+    site: u32,
+    blocks: u32,
+    /// Bytes from the block's start to the program's pointer (at least
+    /// [`PREFIX`]; the alignment when that is larger).
+    hdr: u32,
+    _pad: u32,
+}
+
+/// Bytes of [`Prefix`], a multiple of 16 (C's alignment).
+const PREFIX: usize = core::mem::size_of::<Prefix>();
+const _: () = assert!(PREFIX == 32);
+
+/// The prefix of the profile heap's block whose program pointer is `p`.
+fn prefix_of(p: *const u8) -> *mut Prefix {
+    p.wrapping_sub(PREFIX).cast_mut().cast()
+}
+
+/// Bytes before `p` in its block when the block's page is owned by
+/// `owner` (its owner word, flags included): the prefix for blocks of the
+/// profile heap, else 0.
+///
+/// # Safety
+/// `p` is a live block (or one held back in [`Pending`]) whose page's
+/// owner word is `owner`.
+#[inline]
+pub(crate) unsafe fn prefix_len(owner: usize, p: *const u8) -> usize {
+    let heap = HEAP.load(Ordering::Relaxed) as usize;
+    if heap == 0 || owner & !OWNER_FULL != heap {
+        return 0;
+    }
+    // SAFETY: a block of the profile heap has its prefix (`Prefix`).
+    unsafe { (*prefix_of(p)).hdr as usize }
+}
+
+/// Whether `heap` is the profile's heap.
+#[inline]
+pub(crate) fn is_heap(heap: *mut Heap) -> bool {
+    !heap.is_null() && heap == HEAP.load(Ordering::Acquire)
+}
+
 /// DHAT's figures for one allocation site (a distinct stack).
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -173,6 +232,11 @@ struct Site {
     /// Live bytes and blocks at the global maximum.
     gb: u64,
     gbk: u64,
+    /// The live samples that keep their record in a prefix (`Prefix`):
+    /// the sum of their birth times, each times its blocks, and their
+    /// blocks; at exit they add `now * pbk - pb` to `tl`.
+    pb: u128,
+    pbk: u64,
     /// Frames of the stack as written to the profile (at exit).
     frames: u32,
 }
@@ -185,6 +249,8 @@ struct State {
     heap: *mut Heap,
     /// Freed sampled blocks kept for the next samples of their class.
     stash: Stash,
+    /// Samples in place (large and huge blocks), by address; the profile
+    /// heap's keep their record in the block ([`Prefix`]).
     samples: Table<Sample>,
     depot: Depot,
     sites: *mut Site,
@@ -336,7 +402,7 @@ pub(crate) const PENDING: usize = 4;
 ///
 /// Invariant: `at[..n]` are `(block, time freed)` pairs of blocks of the
 /// profile heap that the program freed, each still allocated in that heap
-/// and (unless the profile is frozen) still in the sample table. Only the
+/// and (unless the profile is frozen) still recorded in its prefix. Only the
 /// heap's owner thread writes: an entry before publishing it with a
 /// release store of `n`. It is read under the profile lock, by the owner
 /// (which then sets `n` to 0), or at exit by the thread that writes the
@@ -442,31 +508,65 @@ impl State {
         unsafe { core::slice::from_raw_parts(self.sites, self.n_sites) }
     }
 
-    /// Records a sampled block allocated at the stack `frames`. A sample
-    /// still recorded at `addr` (a free the profile missed: none known) is
-    /// replaced and counted as freed, so no address is in the table twice.
-    fn record(&mut self, addr: usize, size: usize, weight: usize, frames: &Frames) {
+    /// A sample at the stack `frames` of a block at `addr` of `size` bytes
+    /// standing for `weight` bytes, allocated now (not counted yet).
+    fn sample(&mut self, addr: usize, size: usize, weight: usize, frames: &Frames) -> Sample {
         let now = self.now();
         let stack = self.depot.intern_frames(frames);
         let size = size.max(1);
         let bytes = weight.max(size) as u64;
         let blocks = (bytes / size as u64).clamp(1, u32::MAX as u64);
         let pos = self.site_of(stack);
-        let sample = Sample {
+        Sample {
             addr,
             site: pos as u32,
             blocks: blocks as u32,
             bytes,
             born: now,
-        };
+        }
+    }
+
+    /// Records a sampled block allocated at the stack `frames`, in the
+    /// table (blocks sampled in place). A sample still recorded at `addr`
+    /// (a free the profile missed: none known) is replaced and counted as
+    /// freed, so no address is in the table twice.
+    fn record(&mut self, addr: usize, size: usize, weight: usize, frames: &Frames) {
+        let sample = self.sample(addr, size, weight, frames);
         match self.samples.replace(sample) {
             Ok(None) => {}
-            Ok(Some(stale)) => self.retire(stale, now),
+            Ok(Some(stale)) => self.retire(stale, sample.born),
             // Out of memory for the table: the block goes unrecorded.
             Err(()) => return,
         }
-        // SAFETY: `pos < n_sites <= MAX_SITES` (`site_of`); ours under the lock.
-        let site = unsafe { &mut *self.sites.add(pos) };
+        self.count(&sample);
+    }
+
+    /// Records the profile heap's block at `p` (the program's pointer) in
+    /// its prefix, which has its `hdr` set.
+    ///
+    /// # Safety
+    /// `p` is a block of the profile heap just made, with its prefix.
+    unsafe fn record_prefix(&mut self, p: *mut u8, size: usize, weight: usize, frames: &Frames) {
+        let s = self.sample(p as usize, size, weight, frames);
+        // SAFETY: the prefix is ours (caller); `s.site < n_sites`.
+        unsafe {
+            let pre = &mut *prefix_of(p);
+            pre.born = s.born;
+            pre.bytes = s.bytes;
+            pre.site = s.site;
+            pre.blocks = s.blocks;
+            let site = &mut *self.sites.add(s.site as usize);
+            site.pb += s.born as u128 * s.blocks as u128;
+            site.pbk += s.blocks as u64;
+        }
+        self.count(&s);
+    }
+
+    /// Adds the sample `s`, just recorded, to its site and the totals.
+    fn count(&mut self, s: &Sample) {
+        let (bytes, blocks) = (s.bytes, s.blocks as u64);
+        // SAFETY: `s.site < n_sites <= MAX_SITES` (`site_of`); ours under the lock.
+        let site = unsafe { &mut *self.sites.add(s.site as usize) };
         site.tb += bytes;
         site.tbk += blocks;
         site.cb += bytes;
@@ -478,7 +578,7 @@ impl State {
         self.live += bytes;
         if self.live > self.peak {
             self.peak = self.live;
-            self.t_peak = now;
+            self.t_peak = s.born;
             // SAFETY: `n_sites` sites (invariant); ours under the lock.
             let sites = unsafe { core::slice::from_raw_parts_mut(self.sites, self.n_sites) };
             for s in sites {
@@ -495,25 +595,51 @@ impl State {
         }
     }
 
-    /// Takes the freed block `p` of the profile heap, freed at `now`, off
-    /// the profile, and keeps it in the stash or frees it in the profile
-    /// heap. Once frozen, only frees it.
+    /// Takes the profile heap's block at `p` (the program's pointer),
+    /// freed at `now`, off its site.
+    ///
+    /// # Safety
+    /// `p` is a block of the profile heap recorded by
+    /// [`State::record_prefix`] and not forgotten since.
+    unsafe fn forget_prefix(&mut self, p: *mut u8, now: u64) {
+        // SAFETY: the block keeps its prefix (caller).
+        let pre = unsafe { &*prefix_of(p) };
+        let s = Sample {
+            addr: p as usize,
+            site: pre.site,
+            blocks: pre.blocks,
+            bytes: pre.bytes,
+            born: pre.born,
+        };
+        // SAFETY: `s.site < n_sites` (recorded); ours under the lock.
+        let site = unsafe { &mut *self.sites.add(s.site as usize) };
+        site.pb -= s.born as u128 * s.blocks as u128;
+        site.pbk -= s.blocks as u64;
+        self.retire(s, now);
+    }
+
+    /// Takes the freed block `p` (the program's pointer) of the profile
+    /// heap, freed at `now`, off the profile, and keeps its block in the
+    /// stash or frees it in the profile heap. Once frozen, only frees it.
     ///
     /// # Safety
     /// `p` is a block of the profile heap that the program freed, not yet
     /// settled.
     unsafe fn settle(&mut self, p: *mut u8, now: u64) {
+        // SAFETY: the block keeps its prefix until freed here.
+        let block = unsafe { p.sub((*prefix_of(p)).hdr as usize) };
         if !self.frozen {
-            self.forget(p as usize, now);
-            // SAFETY: `p` is still allocated in the profile heap, so its
-            // segment and page entry are mapped.
-            let bin = unsafe { (*page_of(segment_of(p), p)).class } as usize;
-            if self.stash.put(p, bin) {
+            // SAFETY: made while not frozen, so recorded (`Prefix`).
+            unsafe { self.forget_prefix(p, now) };
+            // SAFETY: the block is still allocated in the profile heap, so
+            // its segment and page entry are mapped.
+            let bin = unsafe { (*page_of(segment_of(block), block)).class } as usize;
+            if self.stash.put(block, bin) {
                 return;
             }
         }
         // SAFETY: a live block of the profile heap, which we run under the lock.
-        unsafe { heap::free_in(self.heap, p) };
+        unsafe { heap::free_in(self.heap, block) };
     }
 
     /// Settles the blocks `heap`'s thread holds back ([`Pending`]).
@@ -604,33 +730,47 @@ pub(crate) unsafe fn alloc(
             // SAFETY: the caller's promise.
             unsafe { st.settle_pending(heap) };
         }
-        let bin = size_align_to_bin(size, align);
-        let p = match st.stash.take(bin) {
-            Some(p) => {
-                if zero {
-                    // SAFETY: a kept block of at least `size` bytes, ours.
-                    unsafe { ptr::write_bytes(p, 0, size) };
+        // A block of the profile heap keeps its record before the
+        // program's pointer (`Prefix`); a huge one is sampled in place.
+        let hdr = PREFIX.max(align);
+        if let Some(big) = size.checked_add(hdr).filter(|&b| !heap::is_huge(b, align)) {
+            let bin = size_align_to_bin(big, align);
+            let block = match st.stash.take(bin) {
+                Some(b) => {
+                    if zero {
+                        // SAFETY: a kept block of at least `big` bytes, ours.
+                        unsafe { ptr::write_bytes(b.add(hdr), 0, size) };
+                    }
+                    b
+                }
+                // SAFETY: the profile heap is ours while we hold its lock.
+                None => unsafe { heap::alloc_in(st.heap, big, align, zero) },
+            };
+            if block.is_null() {
+                return block;
+            }
+            // SAFETY: `block` has `big = hdr + size` bytes; `hdr >= PREFIX`
+            // and a multiple of `align`, so `p` is aligned and its prefix
+            // lies in the block.
+            unsafe {
+                let p = block.add(hdr);
+                (*prefix_of(p)).hdr = hdr as u32;
+                if !st.frozen {
+                    st.record_prefix(p, size, weight, &here);
                 }
                 p
             }
-            // SAFETY: the profile heap is ours while we hold its lock.
-            None => unsafe { heap::alloc_in(st.heap, size, align, zero) },
-        };
-        if !p.is_null() && !st.frozen {
-            // Only a size no bin serves can be huge (rate 1 sends all here).
-            if bin.is_none() {
-                let seg = segment_of(p);
-                // SAFETY: `p` is a live block, so its segment header is
-                // mapped; a huge segment is the block's alone.
-                unsafe {
-                    if (*seg).kind == Kind::Huge {
-                        (*seg).sampled = true;
-                    }
-                }
+        } else {
+            // Huge with its prefix: a segment of its own, kept in the table
+            // (`size` itself may be just below huge: the block is still one).
+            let p = crate::huge::alloc(size, align, zero);
+            if !p.is_null() && !st.frozen {
+                // SAFETY: a live huge block: its segment is its own.
+                unsafe { (*segment_of(p)).sampled = true };
+                st.record(p as usize, size, weight, &here);
             }
-            st.record(p as usize, size, weight, &here);
+            p
         }
-        p
     };
     if every() && !p.is_null() {
         // SAFETY: `p` is a live block we just made.
@@ -639,18 +779,15 @@ pub(crate) unsafe fn alloc(
     p
 }
 
-/// Frees a block of the profile heap (its page's owner is that heap), for
-/// the thread running `heap`. True if `owner` is the profile heap and the
-/// block was taken here: held back in `heap` ([`Pending`]) or, when that
-/// is full or the thread runs no heap, settled at once.
+/// Frees a sampled block of the profile heap at `p` (the program's
+/// pointer), for the thread running `heap`: held back in `heap`
+/// ([`Pending`]) or, when that is full or the thread runs no heap, settled
+/// at once.
 ///
 /// # Safety
-/// `p` is a live block whose page's owner is `owner`; the calling thread
-/// runs `heap` (possibly the static empty heap).
-pub(crate) unsafe fn free_if_ours(heap: *mut Heap, owner: *mut Heap, p: *mut u8) -> bool {
-    if owner != HEAP.load(Ordering::Acquire) || owner.is_null() {
-        return false;
-    }
+/// `p` is a live block of the profile heap, given out by [`alloc`]; the
+/// calling thread runs `heap` (possibly the static empty heap).
+pub(crate) unsafe fn free_sampled(heap: *mut Heap, p: *mut u8) {
     let own = heap != crate::thread::empty_heap();
     if own {
         // SAFETY: the calling thread runs `heap` (caller).
@@ -660,7 +797,7 @@ pub(crate) unsafe fn free_if_ours(heap: *mut Heap, owner: *mut Heap, p: *mut u8)
             pend.at[n].0.store(p as usize, Ordering::Relaxed);
             pend.at[n].1.store(Clock::now(), Ordering::Relaxed);
             pend.n.store(n + 1, Ordering::Release);
-            return true;
+            return;
         }
     }
     let mut st = ST.lock();
@@ -673,7 +810,6 @@ pub(crate) unsafe fn free_if_ours(heap: *mut Heap, owner: *mut Heap, p: *mut u8)
         }
         st.settle(p, now);
     }
-    true
 }
 
 /// Records the block `p` of `size` bytes, just allocated by the calling
@@ -789,12 +925,23 @@ extern "C" fn at_exit() {
             let pend = unsafe { &(*h).profile_pending };
             let n = pend.n.load(Ordering::Acquire);
             for (p, at) in &pend.at[..n] {
-                st.forget(p.load(Ordering::Relaxed), at.load(Ordering::Relaxed));
+                // SAFETY: a held-back block of the profile heap, made
+                // before the freeze, so recorded (`Prefix`).
+                unsafe {
+                    st.forget_prefix(
+                        p.load(Ordering::Relaxed) as *mut u8,
+                        at.load(Ordering::Relaxed),
+                    )
+                };
             }
         });
         st.frozen = true;
         // Blocks alive at exit count their lifetime up to now.
         let sites = st.sites;
+        // SAFETY: `n_sites` sites (invariant); ours under the lock.
+        for site in unsafe { core::slice::from_raw_parts_mut(sites, st.n_sites) } {
+            site.tl += now as u128 * site.pbk as u128 - site.pb;
+        }
         st.samples.for_each(|b| {
             // SAFETY: `b.site < n_sites`; ours under the lock.
             unsafe {

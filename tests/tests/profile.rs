@@ -252,6 +252,20 @@ fn every_allocation_gives_exact_counts() {
 }
 
 #[test]
+fn sampled_blocks_give_their_whole_usable_size() {
+    // Every block is a sample, with its record just before the program's
+    // pointer: writing all of malloc_usable_size (before and after a
+    // realloc) must leave every record intact, so the counts stay exact.
+    let (_, v) = profile_top("usable", &["--every"], Some("usable"));
+    let fill: u64 = (0..64).map(|i| 1 + 97 * i).sum();
+    assert_eq!(sum_at(&v, "fill_site", "tbk"), 64);
+    assert_eq!(sum_at(&v, "fill_site", "tb"), fill);
+    assert_eq!(sum_at(&v, "fill_site", "ebk"), 0);
+    assert_eq!(sum_at(&v, "grow_site", "tbk"), 64);
+    assert_eq!(sum_at(&v, "grow_site", "ebk"), 32);
+}
+
+#[test]
 fn default_name_and_forked_children() {
     let dir = scratch("fork");
     // %p: parent and child each write their own.

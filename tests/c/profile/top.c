@@ -13,6 +13,7 @@
  * With the argument "remap", only remap_site runs: 8 huge blocks of 4 MiB,
  * each grown to 64 MiB by realloc (which moves most of them: the next
  * block is in the way), then all freed; stderr says how many moved. */
+#include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,6 +99,31 @@ static int remap_only(void) {
     return 0;
 }
 
+__attribute__((noinline)) void *fill_site(size_t n) {
+    void *p = malloc(n);
+    memset(p, 9, malloc_usable_size(p));
+    return p;
+}
+
+__attribute__((noinline)) void *grow_site(void *p) {
+    void *q = realloc(p, malloc_usable_size(p) * 2 + 1);
+    if (q) memset(q, 10, malloc_usable_size(q));
+    return q;
+}
+
+static int usable_only(void) {
+    void *keep[64];
+    for (int i = 0; i < 64; i++) keep[i] = fill_site(1 + 97 * (size_t)i);
+    for (int i = 0; i < 64; i++) {
+        keep[i] = grow_site(keep[i]);
+        if (!keep[i]) return 1;
+    }
+    for (int i = 0; i < 32; i++) free(keep[i]);
+    for (int i = 32; i < 64; i++) leaked[i - 32] = keep[i];
+    puts("done");
+    return 0;
+}
+
 static void *rounds(void *arg) {
     (void)arg;
     static __thread void *keep[1000];
@@ -113,6 +139,7 @@ int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "large") == 0) return large_only();
     if (argc > 1 && strcmp(argv[1], "lifetimes") == 0) return lifetimes_only();
     if (argc > 1 && strcmp(argv[1], "remap") == 0) return remap_only();
+    if (argc > 1 && strcmp(argv[1], "usable") == 0) return usable_only();
     pthread_t t;
     pthread_create(&t, NULL, rounds, NULL);
     pthread_join(t, NULL);
