@@ -761,8 +761,9 @@ pub(crate) unsafe fn alloc(
                 p
             }
         } else {
-            // Huge with its prefix: a segment of its own, kept in the table
-            // (`size` itself may be just below huge: the block is still one).
+            // Huge once the prefix is added: a huge block without one,
+            // sampled in place (its segment says so; the table keeps it),
+            // also when `size` alone would not be huge.
             let p = crate::huge::alloc(size, align, zero);
             if !p.is_null() && !st.frozen {
                 // SAFETY: a live huge block: its segment is its own.
