@@ -401,7 +401,7 @@ unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
     if target != heap && profile::on() && profile::is_heap(target) {
         // SAFETY: a live block of the profile heap, freed here once.
         unsafe {
-            count_free(heap, block_usable(block.cast()));
+            count_free(heap, page_usable(page, owner, block.cast()));
             profile::free_sampled(heap, block.cast());
         }
         return;
@@ -1384,9 +1384,21 @@ pub(crate) unsafe fn block_usable(p: *const u8) -> usize {
         if owner == OWNER_HUGE {
             huge::usable(&*seg)
         } else {
-            (*page).block_size - profile::prefix_len(owner, p)
+            page_usable(page, owner, p)
         }
     }
+}
+
+/// Usable bytes of the block at `p` (the program's pointer) of `page`, not
+/// a huge block's, whose owner word is `owner`: the page's block size, less
+/// the profile's prefix for a block of the profile heap.
+///
+/// # Safety
+/// `p` is a live block of `page` (its page entry is mapped).
+#[inline]
+unsafe fn page_usable(page: *const Page, owner: usize, p: *const u8) -> usize {
+    // SAFETY: forwarded from the caller.
+    unsafe { (*page).block_size - profile::prefix_len(owner, p) }
 }
 
 /// Resizes the block at `p` (old size `old_size`, `usize::MAX` when not
@@ -1442,7 +1454,7 @@ pub(crate) unsafe fn realloc(
                 in_place = p;
             }
         } else {
-            usable = (*page).block_size - profile::prefix_len(owner, p);
+            usable = page_usable(page, owner, p);
             if (*page).class == LARGE_CLASS {
                 if new_size <= LARGE_MAX
                     && new_size > MEDIUM_MAX
