@@ -702,6 +702,36 @@ fn capture(out: &mut Frames) {
     crate::check::capture_fast(out, DEPTH, &marker as *const u8 as usize);
 }
 
+/// Starts loading what a sample of `size` bytes at `align` will touch
+/// under the lock: the lock, the state's lines it reads, and the prefixes
+/// of the blocks `heap`'s thread holds back (settled first), so that these
+/// misses overlap the stack walk instead of following it. Reads only the
+/// thread's own [`Pending`].
+///
+/// # Safety
+/// `heap` is null or the calling thread's heap.
+#[inline(always)]
+unsafe fn warm(heap: *mut Heap, size: usize, align: usize) {
+    let bin = size_align_to_bin(size.saturating_add(PREFIX.max(align)), align)
+        .unwrap_or(0)
+        .min(CLASS_COUNT - 1);
+    let stash = core::mem::offset_of!(State, stash);
+    ST.prefetch(&[
+        core::mem::offset_of!(State, heap),
+        core::mem::offset_of!(State, live),
+        stash + core::mem::offset_of!(Stash, n) + bin,
+        stash + core::mem::offset_of!(Stash, kept) + bin * STASH_DEPTH * 8,
+    ]);
+    if !heap.is_null() {
+        // SAFETY: the calling thread runs `heap` (caller).
+        let pend = unsafe { &(*heap).profile_pending };
+        let n = pend.n.load(Ordering::Relaxed).min(PENDING);
+        for (p, _) in &pend.at[..n] {
+            crate::hint::prefetch(prefix_of(p.load(Ordering::Relaxed) as *const u8).cast());
+        }
+    }
+}
+
 /// A sampled allocation of `size` bytes standing for `weight` bytes of the
 /// program's allocations (0: just this one), for the thread running `heap`
 /// (null when it runs none: every allocation is recorded). Null when out
@@ -718,6 +748,8 @@ pub(crate) unsafe fn alloc(
     zero: bool,
     weight: usize,
 ) -> *mut u8 {
+    // SAFETY: the caller's promise.
+    unsafe { warm(heap, size, align) };
     let mut here = Frames::new();
     capture(&mut here);
     let p = {
