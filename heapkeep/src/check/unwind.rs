@@ -572,18 +572,23 @@ mod tests {
     use crate::os::maps;
 
     /// Captures the same stack with the platform unwinder and with `walk`.
-    #[inline(never)]
     fn both(n: usize, a: &mut Frames, b: &mut Frames, memo: &Memo) -> bool {
+        both_to(n, 30, a, b, memo)
+    }
+
+    /// [`both`], `depth` frames deep.
+    #[inline(never)]
+    fn both_to(n: usize, depth: usize, a: &mut Frames, b: &mut Frames, memo: &Memo) -> bool {
         if n > 0 {
-            let ok = both(n - 1, a, b, memo);
+            let ok = both_to(n - 1, depth, a, b, memo);
             core::hint::black_box(n);
             return ok;
         }
         let local = 0u8;
         let marker = core::hint::black_box(&local) as *const u8 as usize;
         let (_, top) = maps::near(marker, false).expect("stack mapping");
-        stack::capture(a, 30, marker);
-        walk(b, 30, marker, top, memo)
+        stack::capture(a, depth, marker);
+        walk(b, depth, marker, top, memo)
     }
 
     #[test]
@@ -610,18 +615,24 @@ mod tests {
         }
     }
 
+    /// Frames a replay test walks: up to `via_a`/`via_b`, not into the
+    /// test function. An optimised build may unroll the test's loop, so
+    /// each round calls them from another place: the return address into
+    /// the test function differs, and no round would replay the one before.
+    const SHORT: usize = 3;
+
     /// Two callers of the same shape: a walk from either starts at the
     /// same stack pointer, but one frame up the return address differs.
     #[inline(never)]
     fn via_a(a: &mut Frames, b: &mut Frames, memo: &Memo) -> bool {
-        let ok = both(2, a, b, memo);
+        let ok = both_to(2, SHORT, a, b, memo);
         core::hint::black_box(1);
         ok
     }
 
     #[inline(never)]
     fn via_b(a: &mut Frames, b: &mut Frames, memo: &Memo) -> bool {
-        let ok = both(2, a, b, memo);
+        let ok = both_to(2, SHORT, a, b, memo);
         core::hint::black_box(2);
         ok
     }
