@@ -41,7 +41,9 @@
 //! the pid).
 
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{
+    AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 
 use crate::check::options::{self, id};
 use crate::check::stack::{self, Depot, Frames, Loc};
@@ -176,7 +178,8 @@ struct Prefix {
     /// Bytes from the block's start to the program's pointer (at least
     /// [`PREFIX`]; the alignment when that is larger).
     hdr: u32,
-    _pad: u32,
+    /// The class of the block's page (the stash keeps freed blocks by it).
+    bin: u32,
 }
 
 /// Bytes of [`Prefix`], a multiple of 16 (C's alignment).
@@ -247,8 +250,6 @@ struct Site {
 struct State {
     /// The heap sampled blocks come from (only used under this lock).
     heap: *mut Heap,
-    /// Freed sampled blocks kept for the next samples of their class.
-    stash: Stash,
     /// Samples in place (large and huge blocks), by address; the profile
     /// heap's keep their record in the block ([`Prefix`]).
     samples: Table<Sample>,
@@ -333,54 +334,75 @@ const STASH_BYTES: usize = 512 * 1024;
 /// allocated in that heap) for the next samples of their class. Samples of
 /// one class come far apart, so the heap's slow path would find that
 /// class's page cold on every one, and its free would often empty the page
-/// again; a stash hit takes a pointer from an array this lock holds, and
+/// again; a stash hit takes a pointer from an array, and
 /// neither keeping nor taking a block touches the block itself.
 ///
 /// Invariant: `kept[c][..n[c]]` are blocks of the profile heap on coloured
 /// pages of class `c` (16-byte aligned, at least `class_to_size(c)` usable
 /// bytes) that no one else holds; `bytes` is the sum of `class_to_size`
 /// over them, at most [`STASH_BYTES`].
+///
+/// Only the holder of [`ST`]'s lock changes it or takes from it; it lives
+/// outside [`State`], in atomics (relaxed), so that [`warm`] may read it
+/// without the lock (for a prefetch: a stale reading is harmless).
 struct Stash {
-    kept: [[*mut u8; STASH_DEPTH]; CLASS_COUNT],
-    n: [u8; CLASS_COUNT],
-    bytes: usize,
+    kept: [[AtomicPtr<u8>; STASH_DEPTH]; CLASS_COUNT],
+    n: [AtomicU8; CLASS_COUNT],
+    bytes: AtomicUsize,
 }
+
+/// Freed sampled blocks kept for the next samples of their class.
+static STASH: Stash = Stash::new();
 
 impl Stash {
     const fn new() -> Stash {
         Stash {
-            kept: [[ptr::null_mut(); STASH_DEPTH]; CLASS_COUNT],
-            n: [0; CLASS_COUNT],
-            bytes: 0,
+            kept: [const { [const { AtomicPtr::new(ptr::null_mut()) }; STASH_DEPTH] }; CLASS_COUNT],
+            n: [const { AtomicU8::new(0) }; CLASS_COUNT],
+            bytes: AtomicUsize::new(0),
         }
     }
 
     /// A kept block of bin `bin` (`size_align_to_bin` of the request), if
     /// there is one.
-    fn take(&mut self, bin: Option<usize>) -> Option<*mut u8> {
+    fn take(&self, _lock: &State, bin: Option<usize>) -> Option<*mut u8> {
         let c = bin.filter(|&b| b < CLASS_COUNT)?;
-        let n = self.n[c] as usize;
+        let n = self.n[c].load(Ordering::Relaxed) as usize;
         if n == 0 {
             return None;
         }
-        self.n[c] -= 1;
-        self.bytes -= class_to_size(c);
-        Some(self.kept[c][n - 1])
+        self.n[c].store(n as u8 - 1, Ordering::Relaxed);
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        self.bytes
+            .store(bytes - class_to_size(c), Ordering::Relaxed);
+        Some(self.kept[c][n - 1].load(Ordering::Relaxed))
+    }
+
+    /// The block [`Stash::take`] would give for class `c` now, read
+    /// without the lock: possibly stale, so only for a prefetch.
+    fn peek(&self, c: usize) -> *mut u8 {
+        let n = self.n[c].load(Ordering::Relaxed) as usize;
+        match n.checked_sub(1) {
+            Some(i) if i < STASH_DEPTH => self.kept[c][i].load(Ordering::Relaxed),
+            _ => ptr::null_mut(),
+        }
     }
 
     /// Keeps the block `p`, which the program just freed, of a page of
     /// bin `bin`, if its class has room. False: the caller frees it.
-    fn put(&mut self, p: *mut u8, bin: usize) -> bool {
-        if bin >= CLASS_COUNT || self.n[bin] as usize >= STASH_DEPTH {
+    fn put(&self, _lock: &State, p: *mut u8, bin: usize) -> bool {
+        if bin >= CLASS_COUNT {
             return false;
         }
+        let n = self.n[bin].load(Ordering::Relaxed);
         let size = class_to_size(bin);
-        if self.bytes + size > STASH_BYTES {
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        if n as usize >= STASH_DEPTH || bytes + size > STASH_BYTES {
             return false;
         }
-        self.kept[bin][self.n[bin] as usize] = p;
-        self.n[bin] += 1;
-        self.bytes += size;
+        self.kept[bin][n as usize].store(p, Ordering::Relaxed);
+        self.n[bin].store(n + 1, Ordering::Relaxed);
+        self.bytes.store(bytes + size, Ordering::Relaxed);
         true
     }
 }
@@ -427,7 +449,6 @@ unsafe impl Send for State {}
 
 static ST: SpinLock<State> = SpinLock::new(State {
     heap: ptr::null_mut(),
-    stash: Stash::new(),
     // A few hundred samples are live at a time in most programs: a small
     // first table stays in cache (it grows when needed).
     samples: Table::with_first_capacity(1 << 9),
@@ -631,10 +652,15 @@ impl State {
         if !self.frozen {
             // SAFETY: made while not frozen, so recorded (`Prefix`).
             unsafe { self.forget_prefix(p, now) };
-            // SAFETY: the block is still allocated in the profile heap, so
-            // its segment and page entry are mapped.
-            let bin = unsafe { (*page_of(segment_of(block), block)).class } as usize;
-            if self.stash.put(block, bin) {
+            // SAFETY: the prefix is intact until the block is freed here.
+            let bin = unsafe { (*prefix_of(p)).bin } as usize;
+            debug_assert_eq!(
+                // SAFETY: the block is still allocated in the profile heap,
+                // so its segment and page entry are mapped.
+                unsafe { (*page_of(segment_of(block), block)).class } as usize,
+                bin
+            );
+            if STASH.put(self, block, bin) {
                 return;
             }
         }
@@ -715,12 +741,15 @@ unsafe fn warm(heap: *mut Heap, size: usize, align: usize) {
     let bin = size_align_to_bin(size.saturating_add(PREFIX.max(align)), align)
         .unwrap_or(0)
         .min(CLASS_COUNT - 1);
-    let stash = core::mem::offset_of!(State, stash);
+    let kept = STASH.peek(bin);
+    if !kept.is_null() {
+        // Its prefix's line (with the usual `hdr` of 32 bytes): the store
+        // that writes it would wait for the page walk of a cold page.
+        crate::hint::prefetch(kept);
+    }
     ST.prefetch(&[
         core::mem::offset_of!(State, heap),
         core::mem::offset_of!(State, live),
-        stash + core::mem::offset_of!(Stash, n) + bin,
-        stash + core::mem::offset_of!(Stash, kept) + bin * STASH_DEPTH * 8,
     ]);
     if !heap.is_null() {
         // SAFETY: the calling thread runs `heap` (caller).
@@ -767,7 +796,7 @@ pub(crate) unsafe fn alloc(
         let hdr = PREFIX.max(align);
         if let Some(big) = size.checked_add(hdr).filter(|&b| !heap::is_huge(b, align)) {
             let bin = size_align_to_bin(big, align);
-            let block = match st.stash.take(bin) {
+            let block = match STASH.take(&st, bin) {
                 Some(b) => {
                     if zero {
                         // SAFETY: a kept block of at least `big` bytes, ours.
@@ -787,6 +816,9 @@ pub(crate) unsafe fn alloc(
             unsafe {
                 let p = block.add(hdr);
                 (*prefix_of(p)).hdr = hdr as u32;
+                // The page is warm: the block was just taken from it, or
+                // was kept by this class.
+                (*prefix_of(p)).bin = (*page_of(segment_of(block), block)).class as u32;
                 if !st.frozen {
                     st.record_prefix(p, size, weight, &here);
                 }
