@@ -654,12 +654,15 @@ impl State {
             unsafe { self.forget_prefix(p, now) };
             // SAFETY: the prefix is intact until the block is freed here.
             let bin = unsafe { (*prefix_of(p)).bin } as usize;
-            debug_assert_eq!(
-                // SAFETY: the block is still allocated in the profile heap,
-                // so its segment and page entry are mapped.
-                unsafe { (*page_of(segment_of(block), block)).class } as usize,
-                bin
-            );
+            // (Checked in debug builds with an abort, not a panic: the
+            // panic would allocate under this lock and wait for it.)
+            // SAFETY: the block is still allocated in the profile heap, so
+            // its segment and page entry are mapped.
+            if cfg!(debug_assertions)
+                && unsafe { (*page_of(segment_of(block), block)).class } as usize != bin
+            {
+                crate::fatal_pointer(b"profile: a sample's prefix names another class", block);
+            }
             if STASH.put(self, block, bin) {
                 return;
             }
@@ -731,8 +734,9 @@ fn capture(out: &mut Frames) {
 /// Starts loading what a sample of `size` bytes at `align` will touch
 /// under the lock: the lock, the state's lines it reads, and the prefixes
 /// of the blocks `heap`'s thread holds back (settled first), so that these
-/// misses overlap the stack walk instead of following it. Reads only the
-/// thread's own [`Pending`].
+/// misses overlap the stack walk instead of following it, and the block
+/// the stash would give now. Reads only the thread's own [`Pending`] and
+/// the stash's atomics.
 ///
 /// # Safety
 /// `heap` is null or the calling thread's heap.
@@ -796,29 +800,34 @@ pub(crate) unsafe fn alloc(
         let hdr = PREFIX.max(align);
         if let Some(big) = size.checked_add(hdr).filter(|&b| !heap::is_huge(b, align)) {
             let bin = size_align_to_bin(big, align);
-            let block = match STASH.take(&st, bin) {
-                Some(b) => {
+            // The block and its page's class: a kept block's is the class
+            // it was kept under (`Stash`'s invariant); a new block's page
+            // was just used, so reading its class costs no miss.
+            let (block, class) = match (STASH.take(&st, bin), bin) {
+                (Some(b), Some(c)) => {
                     if zero {
                         // SAFETY: a kept block of at least `big` bytes, ours.
                         unsafe { ptr::write_bytes(b.add(hdr), 0, size) };
                     }
-                    b
+                    (b, c as u32)
                 }
-                // SAFETY: the profile heap is ours while we hold its lock.
-                None => unsafe { heap::alloc_in(st.heap, big, align, zero) },
+                _ => {
+                    // SAFETY: the profile heap is ours while we hold its lock.
+                    let b = unsafe { heap::alloc_in(st.heap, big, align, zero) };
+                    if b.is_null() {
+                        return b;
+                    }
+                    // SAFETY: a live block: its segment and page are mapped.
+                    (b, unsafe { (*page_of(segment_of(b), b)).class })
+                }
             };
-            if block.is_null() {
-                return block;
-            }
             // SAFETY: `block` has `big = hdr + size` bytes; `hdr >= PREFIX`
             // and a multiple of `align`, so `p` is aligned and its prefix
             // lies in the block.
             unsafe {
                 let p = block.add(hdr);
                 (*prefix_of(p)).hdr = hdr as u32;
-                // The page is warm: the block was just taken from it, or
-                // was kept by this class.
-                (*prefix_of(p)).bin = (*page_of(segment_of(block), block)).class as u32;
+                (*prefix_of(p)).bin = class;
                 if !st.frozen {
                     st.record_prefix(p, size, weight, &here);
                 }
