@@ -107,6 +107,7 @@ struct ThreadState {
     stack_top: Cell<usize>,
     /// Captures [`capture_fast`] made with the platform unwinder before
     /// looking the stack bound up.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     slow_captures: Cell<u8>,
     /// The thread's [`unwind::Memo`]: 0 until its first fast walk maps it,
     /// [`MEMO_GONE`] once the thread-exit destructor unmapped it. (Out of
@@ -164,6 +165,7 @@ thread_local! {
             busy: Cell::new(false),
             ready: Cell::new(false),
             stack_top: Cell::new(0),
+            #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
             slow_captures: Cell::new(0),
             #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
             memo: Cell::new(0),
@@ -308,6 +310,7 @@ fn capture_here(frames: &mut Frames, marker: usize) {
 
 /// How many captures of a thread [`capture_fast`] makes with the platform
 /// unwinder before it reads the thread's stack bound.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 const SLOW_CAPTURES: u8 = 4;
 
 /// Captures up to `depth` frames of the calling thread's stack above

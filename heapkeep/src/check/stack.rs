@@ -8,7 +8,6 @@
 //! do) for function, file and line of each frame, and falls back to the
 //! dynamic symbol table (`dladdr`) and `module+offset`.
 
-use core::cell::Cell;
 use core::ffi::{c_int, c_void};
 use core::mem::MaybeUninit;
 use core::ptr;
@@ -71,6 +70,7 @@ impl Frames {
     }
 
     /// Names the frames as they are now with `key` (the fast unwinder's).
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     pub(super) fn set_key(&mut self, key: u64) {
         self.key = key;
     }
@@ -94,8 +94,9 @@ impl Frames {
 
     /// Replaces the frames with (the first `MAX_DEPTH` of) `src`, which
     /// `key` names (a replayed walk's).
-    pub(super) fn set_keyed(&mut self, src: &[Cell<usize>], key: u64) {
-        self.fill(src.iter().map(Cell::get), key);
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    pub(super) fn set_keyed(&mut self, src: &[core::cell::Cell<usize>], key: u64) {
+        self.fill(src.iter().map(core::cell::Cell::get), key);
     }
 
     /// Replaces the frames with (the first `MAX_DEPTH` of) `src`, named by
