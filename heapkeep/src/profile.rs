@@ -363,9 +363,9 @@ impl Stash {
         }
     }
 
-    /// A kept block of bin `bin` (`size_align_to_bin` of the request), if
-    /// there is one.
-    fn take(&self, _lock: &State, bin: Option<usize>) -> Option<*mut u8> {
+    /// A kept block of bin `bin` (`size_align_to_bin` of the request) and
+    /// its page's class (`bin`), if there is one.
+    fn take(&self, _lock: &State, bin: Option<usize>) -> Option<(*mut u8, u32)> {
         let c = bin.filter(|&b| b < CLASS_COUNT)?;
         let n = self.n[c].load(Ordering::Relaxed) as usize;
         if n == 0 {
@@ -375,7 +375,7 @@ impl Stash {
         let bytes = self.bytes.load(Ordering::Relaxed);
         self.bytes
             .store(bytes - class_to_size(c), Ordering::Relaxed);
-        Some(self.kept[c][n - 1].load(Ordering::Relaxed))
+        Some((self.kept[c][n - 1].load(Ordering::Relaxed), c as u32))
     }
 
     /// The block [`Stash::take`] would give for class `c` now, read
@@ -731,25 +731,25 @@ fn capture(out: &mut Frames) {
     crate::check::capture_fast(out, DEPTH, &marker as *const u8 as usize);
 }
 
-/// Starts loading what a sample of `size` bytes at `align` will touch
-/// under the lock: the lock, the state's lines it reads, and the prefixes
-/// of the blocks `heap`'s thread holds back (settled first), so that these
-/// misses overlap the stack walk instead of following it, and the block
-/// the stash would give now. Reads only the thread's own [`Pending`] and
-/// the stash's atomics.
+/// Starts loading what a sample whose block is of class `bin` (none:
+/// huge, or no class) will touch under the lock: the lock, the state's
+/// lines it reads, the prefixes of the blocks `heap`'s thread holds back
+/// (settled first), and the block the stash would give now, so that these
+/// misses overlap the stack walk instead of following it. Reads only the
+/// thread's own [`Pending`] and the stash's atomics.
 ///
 /// # Safety
 /// `heap` is null or the calling thread's heap.
 #[inline(always)]
-unsafe fn warm(heap: *mut Heap, size: usize, align: usize) {
-    let bin = size_align_to_bin(size.saturating_add(PREFIX.max(align)), align)
-        .unwrap_or(0)
-        .min(CLASS_COUNT - 1);
-    let kept = STASH.peek(bin);
-    if !kept.is_null() {
-        // Its prefix's line (with the usual `hdr` of 32 bytes): the store
-        // that writes it would wait for the page walk of a cold page.
-        crate::hint::prefetch(kept);
+unsafe fn warm(heap: *mut Heap, bin: Option<usize>) {
+    if let Some(c) = bin.filter(|&c| c < CLASS_COUNT) {
+        let kept = STASH.peek(c);
+        if !kept.is_null() {
+            // Its prefix's line (with the usual `hdr` of 32 bytes): the
+            // store that writes it would wait for the page walk of a cold
+            // page.
+            crate::hint::prefetch(kept);
+        }
     }
     ST.prefetch(&[
         core::mem::offset_of!(State, heap),
@@ -781,8 +781,14 @@ pub(crate) unsafe fn alloc(
     zero: bool,
     weight: usize,
 ) -> *mut u8 {
+    // A block of the profile heap keeps its record before the program's
+    // pointer (`Prefix`): `big` bytes, of class `bin`; a block that is
+    // huge once the prefix is added is sampled in place.
+    let hdr = PREFIX.max(align);
+    let big = size.checked_add(hdr).filter(|&b| !heap::is_huge(b, align));
+    let bin = big.and_then(|b| size_align_to_bin(b, align));
     // SAFETY: the caller's promise.
-    unsafe { warm(heap, size, align) };
+    unsafe { warm(heap, bin) };
     let mut here = Frames::new();
     capture(&mut here);
     let p = {
@@ -795,23 +801,19 @@ pub(crate) unsafe fn alloc(
             // SAFETY: the caller's promise.
             unsafe { st.settle_pending(heap) };
         }
-        // A block of the profile heap keeps its record before the
-        // program's pointer (`Prefix`); a huge one is sampled in place.
-        let hdr = PREFIX.max(align);
-        if let Some(big) = size.checked_add(hdr).filter(|&b| !heap::is_huge(b, align)) {
-            let bin = size_align_to_bin(big, align);
+        if let Some(big) = big {
             // The block and its page's class: a kept block's is the class
             // it was kept under (`Stash`'s invariant); a new block's page
             // was just used, so reading its class costs no miss.
-            let (block, class) = match (STASH.take(&st, bin), bin) {
-                (Some(b), Some(c)) => {
+            let (block, class) = match STASH.take(&st, bin) {
+                Some((b, c)) => {
                     if zero {
                         // SAFETY: a kept block of at least `big` bytes, ours.
                         unsafe { ptr::write_bytes(b.add(hdr), 0, size) };
                     }
-                    (b, c as u32)
+                    (b, c)
                 }
-                _ => {
+                None => {
                     // SAFETY: the profile heap is ours while we hold its lock.
                     let b = unsafe { heap::alloc_in(st.heap, big, align, zero) };
                     if b.is_null() {
