@@ -105,7 +105,9 @@ impl Sums {
 pub fn stats() -> Stats {
     let mut s = Sums::default();
     s.add(&ORPHAN, false);
-    s.add(crate::check::counters(), true);
+    for c in crate::check::counters() {
+        s.add(c, true);
+    }
     thread::for_each_heap(|h| {
         // SAFETY: heaps are never freed; counters are atomics anyone may read.
         let c = unsafe { &(*h).counters };

@@ -862,6 +862,48 @@ fn rust_double_free_and_use_after_free() {
     ]);
 }
 
+/// A block freed by another thread than the one that allocated it lives in
+/// the allocating thread's shard of the check state: the second free, the
+/// write after the free and the leak sum find it there, and a large block
+/// is found when the shard hint of its address range names another shard.
+#[test]
+fn rust_misuse_across_threads() {
+    check_rust_cases(&[
+        case(
+            "double-free-threads",
+            "double-free",
+            Named("free_again_site"),
+            Named("alloc_site_small"),
+            Named("free_site"),
+            Unchecked,
+        ),
+        case(
+            "double-free-large-threads",
+            "double-free",
+            Named("free_again_site"),
+            Named("alloc_site_large"),
+            Named("free_site"),
+            Unchecked,
+        ),
+        case(
+            "uaf-write-threads",
+            "use-after-free",
+            Any,
+            Named("alloc_site_small"),
+            Named("free_site"),
+            Unchecked,
+        ),
+    ]);
+    let out = run_checked(check_misuse_rs(), &["leak-threads"], &[]);
+    assert_leaks(
+        &out,
+        0,
+        "heapkeep: leak: 2400 bytes in 8 blocks",
+        &[(2400, 8, "leak_site_pair")],
+        "check_misuse.rs",
+    );
+}
+
 #[test]
 fn rust_every_class_small_and_large() {
     check_rust_cases(&[

@@ -19,7 +19,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use super::stack::Frames;
 use super::table::{FREED, LARGE};
-use super::{capture_here, report, Error, STATE};
+use super::{capture_here, report, Error, SHARD};
 use crate::os;
 
 /// Bytes of each thread's alternate signal stack (reports symbolize on it).
@@ -93,15 +93,19 @@ unsafe extern "C" fn free_alt_stack(mem: *mut c_void) {
 
 /// The heap error behind a fault at `addr`, if it hit a large block's
 /// guard page or a freed large block.
+/// Each shard is looked at in turn; one whose lock stays taken (the fault
+/// may have hit inside the checker) is skipped.
 fn heap_fault(addr: usize) -> Option<Error> {
-    let st = STATE.lock_within(100_000)?;
-    let mut hit = None;
-    st.table.for_each(|e| {
-        if e.kind == LARGE && e.base <= addr && addr < e.base + e.extent {
-            hit = Some(*e);
-        }
-    });
-    let e = hit?;
+    let (st, e) = SHARD.iter().find_map(|shard| {
+        let st = shard.state.lock_within(100_000)?;
+        let mut hit = None;
+        st.table.for_each(|e| {
+            if e.kind == LARGE && e.base <= addr && addr < e.base + e.extent {
+                hit = Some(*e);
+            }
+        });
+        Some((st, hit?))
+    })?;
     let (class, what) = if addr < super::first_page(&e) {
         (
             "heap-underflow",

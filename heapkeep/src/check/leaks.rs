@@ -13,9 +13,10 @@ use core::ptr;
 
 use super::stack::{self, Frames};
 use super::table::{FREED, LARGE, LIVE};
-use super::{check_freed, check_redzones, options, report, Error, State, STATE};
+use super::{check_freed, check_redzones, each_shard, lock_all, options, report, Error, State};
 use crate::os;
 use crate::os::maps;
+use crate::sync::SpinGuard;
 use crate::writer::Writer;
 use options::id;
 
@@ -84,20 +85,18 @@ const TOP_SITES: usize = 10;
 
 /// Runs the end-of-run checks and prints what they find.
 pub(super) fn at_exit() {
-    let first_error = {
-        let st = STATE.lock();
-        let mut found: Option<Error> = None;
+    let mut first_error: Option<Error> = None;
+    each_shard(|st| {
         st.table.for_each(|e| {
-            if found.is_none() {
+            if first_error.is_none() {
                 match e.state {
-                    FREED => check_freed(&st, e, &mut found),
-                    LIVE => check_redzones(&st, e, &mut found),
+                    FREED => check_freed(st, e, &mut first_error),
+                    LIVE => check_redzones(st, e, &mut first_error),
                     _ => {}
                 }
             }
         });
-        found
-    };
+    });
     if let Some(mut err) = first_error {
         err.detail.s(" (found when the program exited)");
         let mut here = Frames::new();
@@ -112,12 +111,13 @@ pub(super) fn at_exit() {
     let mut top = [Site::default(); TOP_SITES];
     let mut stacks = [const { Frames::new() }; TOP_SITES];
     let (bytes, blocks) = {
-        let st = STATE.lock();
-        let Some((bytes, blocks)) = find_leaks(&st, mode == options::LEAKS_ALL, &mut top) else {
+        let mut sts = lock_all();
+        let Some((bytes, blocks)) = find_leaks(&mut sts, mode == options::LEAKS_ALL, &mut top)
+        else {
             return;
         };
         for (s, f) in top.iter().zip(stacks.iter_mut()) {
-            f.set(st.depot.get(s.stack));
+            f.set(sts[0].depot.get(s.stack));
         }
         (bytes, blocks)
     };
@@ -154,36 +154,52 @@ pub(super) fn at_exit() {
     }
 }
 
-/// Finds leaked blocks (all live ones if `all`); fills `top` with the
-/// biggest sites. Returns `(bytes, blocks)` leaked, `None` when the scan
-/// could not get memory.
-fn find_leaks(st: &State, all: bool, top: &mut [Site; TOP_SITES]) -> Option<(usize, usize)> {
-    let live = st.table.len();
-    let mut scratch = Scratch::<Block>::new(live)?;
+/// Finds leaked blocks (all live ones if `all`) in every shard (`sts`,
+/// all locked); fills `top` with the biggest sites, whose stacks are ids of
+/// the first shard's depot (the others' stacks are copied into it, so that
+/// one site is one entry whichever shards its blocks are in). Returns
+/// `(bytes, blocks)` leaked, `None` when the scan could not get memory.
+fn find_leaks(
+    sts: &mut [SpinGuard<'static, State>],
+    all: bool,
+    top: &mut [Site; TOP_SITES],
+) -> Option<(usize, usize)> {
+    let entries: usize = sts.iter().map(|st| st.table.len()).sum();
+    let mut scratch = Scratch::<Block>::new(entries)?;
     let mut n = 0;
     {
-        let blocks = scratch.slice(live);
-        st.table.for_each(|e| {
+        let blocks = scratch.slice(entries);
+        let (first, rest) = sts.split_first_mut()?;
+        let first: &mut State = first;
+        let depot = &mut first.depot;
+        let mut add = |e: &super::table::Entry, stack: u32| {
             if e.state == LIVE && n < blocks.len() {
                 blocks[n] = Block {
                     start: e.addr,
                     end: e.addr + e.size.max(1),
                     size: e.size,
-                    stack: e.alloc_stack,
+                    stack,
                     marked: all,
                 };
                 n += 1;
             }
-        });
+        };
+        first.table.for_each(|e| add(e, e.alloc_stack));
+        for st in rest.iter() {
+            st.table
+                .for_each(|e| add(e, depot.intern(st.depot.get(e.alloc_stack))));
+        }
         blocks[..n].sort_unstable_by_key(|b| b.start);
     }
+    let sts = &*sts;
     if !all {
+        let room = entries + 1024;
         let mut work = Scratch::<u32>::new(n)?;
-        let mut skip = Scratch::<(usize, usize)>::new(n + 1024)?;
+        let mut skip = Scratch::<(usize, usize)>::new(room)?;
         let nskip = own_mappings(
-            st,
+            sts,
             &[scratch.range(), work.range(), skip.range()],
-            skip.slice(n + 1024),
+            skip.slice(room),
         );
         let mut marker = Marker {
             blocks: scratch.slice(n),
@@ -224,7 +240,7 @@ fn find_leaks(st: &State, all: bool, top: &mut [Site; TOP_SITES]) -> Option<(usi
     }
     // Blocks the dynamic loader allocated for itself are not the program's.
     for site in sites[..nsites].iter_mut() {
-        if stack::loader_owned(st.depot.get(site.stack)) {
+        if stack::loader_owned(sts[0].depot.get(site.stack)) {
             bytes -= site.bytes;
             count -= site.blocks;
             site.bytes = 0;
@@ -277,12 +293,16 @@ impl Marker<'_> {
 }
 
 /// Fills `out` with the memory heapkeep itself holds, as `[lo, hi)`
-/// sorted by address: the inner heap's segments, large blocks, the side
-/// table, the depot, the quarantine ring and `scratch` (the scan's own
+/// sorted by address: each shard's inner heap's segments, large blocks,
+/// side table, depot and quarantine ring, and `scratch` (the scan's own
 /// buffers). None of it is a root: live blocks in it are scanned when
 /// something marks them, and the rest (freed blocks, bookkeeping) would
 /// make leaked blocks look referenced. Returns how many ranges it wrote.
-fn own_mappings(st: &State, scratch: &[(usize, usize)], out: &mut [(usize, usize)]) -> usize {
+fn own_mappings(
+    sts: &[SpinGuard<'static, State>],
+    scratch: &[(usize, usize)],
+    out: &mut [(usize, usize)],
+) -> usize {
     let mut n = 0;
     let mut add = |start: usize, bytes: usize| {
         if bytes > 0 && n < out.len() {
@@ -290,24 +310,30 @@ fn own_mappings(st: &State, scratch: &[(usize, usize)], out: &mut [(usize, usize
             n += 1;
         }
     };
-    for &(s, b) in scratch.iter().chain(&st.depot.mappings()) {
+    for &(s, b) in scratch {
         add(s, b);
     }
-    let (s, b) = st.table.mapping();
-    add(s, b);
-    add(st.quarantine.ring as usize, st.quarantine.cap * 8);
-    st.table.for_each(|e| {
-        if e.kind == LARGE {
-            add(e.base, e.extent);
+    for st in sts {
+        for &(s, b) in &st.depot.mappings() {
+            add(s, b);
         }
-    });
-    if !st.heap.is_null() {
-        // SAFETY: the inner heap and its segment list are ours (check lock).
-        unsafe {
-            let mut seg = (*st.heap).segments;
-            while !seg.is_null() {
-                add(seg as usize, (*seg).map_size);
-                seg = (*seg).next;
+        let (s, b) = st.table.mapping();
+        add(s, b);
+        add(st.quarantine.ring as usize, st.quarantine.cap * 8);
+        st.table.for_each(|e| {
+            if e.kind == LARGE {
+                add(e.base, e.extent);
+            }
+        });
+        if !st.heap.is_null() {
+            // SAFETY: the inner heap and its segment list are ours (the
+            // shard's lock is held).
+            unsafe {
+                let mut seg = (*st.heap).segments;
+                while !seg.is_null() {
+                    add(seg as usize, (*seg).map_size);
+                    seg = (*seg).next;
+                }
             }
         }
     }

@@ -23,6 +23,21 @@
 //!   they leave it and at exit; large ones are made inaccessible.
 //! - What is known about each block lives in a side table ([`table`]), so
 //!   bad pointers are looked up there, never dereferenced.
+//!
+//! ## Shards
+//! The state (inner heap, side table, stack depot, quarantine) is split in
+//! [`SHARDS`] shards, each behind its own lock. A thread allocates through
+//! its home shard (its kernel id modulo [`SHARDS`]), and the block belongs
+//! to that shard until it leaves the quarantine: its entry is in that
+//! shard's table, its stacks in that shard's depot, its memory in that
+//! shard's inner heap, and its free (from any thread) goes to that shard's
+//! quarantine. So every call locks one shard, and threads with different
+//! homes never wait for each other. A free finds the shard through a hint
+//! (the shard that last allocated in the pointer's 4 MiB granule), then,
+//! if the block is not there, by looking in the other shards: a hint can
+//! be wrong (a granule reused by another shard), never the table.
+//! Mappings of large blocks kept for reuse ([`Kept`]) are shared, under a
+//! lock of their own that is only taken while holding a shard's.
 
 mod fault;
 mod leaks;
@@ -34,14 +49,14 @@ mod unwind;
 
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
 pub use options::{CheckOption, OPTIONS};
 
 use crate::counters::Counters;
 use crate::heap::{self, Heap};
 use crate::os;
-use crate::sync::SpinLock;
+use crate::sync::{SpinGuard, SpinLock};
 use crate::writer::Writer;
 use options::id;
 use stack::{Depot, Frames};
@@ -61,37 +76,115 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// report: their heap is a copy of the parent's).
 static PID: AtomicU32 = AtomicU32::new(0);
 
-/// Everything behind the check lock.
+/// One shard's state, behind its lock.
+///
+/// Invariant: every entry of `table` is a block carved from `heap` (small)
+/// or mapped for this shard (large); its stack ids are ids of `depot`; the
+/// freed ones are exactly the blocks `quarantine` holds.
 struct State {
     /// The inner heap small blocks come from (null until first use).
     heap: *mut Heap,
     table: Table,
     depot: Depot,
     quarantine: Quarantine,
-    kept: Kept,
 }
 
-// SAFETY: the state is only reached through `STATE`'s lock; the inner heap
+// SAFETY: a state is only reached through its shard's lock; the inner heap
 // is used by whichever thread holds it.
 unsafe impl Send for State {}
 
-/// What the program did in check mode, counted with the sizes it asked for
-/// (the inner heap's own counters, redzones included, are private). Written
-/// under the check lock only.
-static USER: Counters = Counters::for_requested_sizes();
-
-/// Check mode's counts of the program's calls, for `stats()`.
-pub(crate) fn counters() -> &'static Counters {
-    &USER
+impl State {
+    const fn new() -> State {
+        State {
+            heap: ptr::null_mut(),
+            table: Table::new(),
+            depot: Depot::new(),
+            quarantine: Quarantine::new(),
+        }
+    }
 }
 
-static STATE: SpinLock<State> = SpinLock::new(State {
-    heap: ptr::null_mut(),
-    table: Table::new(),
-    depot: Depot::new(),
-    quarantine: Quarantine::new(),
-    kept: Kept::new(),
-});
+/// How many shards the check state is split into (a power of two; see
+/// "Shards" in the module docs).
+pub(crate) const SHARDS: usize = 8;
+
+/// One shard: its state, and what the program did through it, counted with
+/// the sizes it asked for (the inner heap's own counters, redzones
+/// included, are private). `user` is written under `state`'s lock only.
+/// Each shard has cache lines of its own.
+#[repr(align(128))]
+struct Shard {
+    state: SpinLock<State>,
+    user: Counters,
+}
+
+static SHARD: [Shard; SHARDS] = [const {
+    Shard {
+        state: SpinLock::new(State::new()),
+        user: Counters::for_requested_sizes(),
+    }
+}; SHARDS];
+
+/// The shard a thread allocates through.
+fn home(tid: u32) -> usize {
+    tid as usize % SHARDS
+}
+
+/// Check mode's counts of the program's calls (one per shard), for `stats()`.
+pub(crate) fn counters() -> impl Iterator<Item = &'static Counters> {
+    SHARD.iter().map(|s| &s.user)
+}
+
+/// Slots of [`HINTS`] (a power of two).
+const HINT_SLOTS: usize = 1 << 12;
+/// The granule of the address space a hint speaks for: 4 MiB, the inner
+/// heaps' segment size.
+const HINT_SHIFT: usize = crate::segment::SEGMENT_SHIFT;
+
+/// Where a free looks first: for each 4 MiB granule of the address space
+/// (hashed by its number), the shard that last allocated a block there,
+/// plus one (0: none yet). Only a hint, read and written without order:
+/// [`find`] falls back on every shard.
+static HINTS: [AtomicU8; HINT_SLOTS] = [const { AtomicU8::new(0) }; HINT_SLOTS];
+
+fn hint_slot(addr: usize) -> &'static AtomicU8 {
+    &HINTS[(addr >> HINT_SHIFT) & (HINT_SLOTS - 1)]
+}
+
+/// Records that shard `s` allocated a block at `addr`.
+fn set_hint(addr: usize, s: usize) {
+    let h = hint_slot(addr);
+    // Stored only when it changes, so a shared line stays shared.
+    if h.load(Ordering::Relaxed) != s as u8 + 1 {
+        h.store(s as u8 + 1, Ordering::Relaxed);
+    }
+}
+
+/// The shard whose table has an entry (live or freed) for `addr`, locked,
+/// with a copy of the entry; `None` when no shard knows the address. The
+/// hinted shard is tried first, then the others in turn, one lock at a time.
+fn find(addr: usize) -> Option<(usize, SpinGuard<'static, State>, Entry)> {
+    let first = (hint_slot(addr).load(Ordering::Relaxed) as usize).wrapping_sub(1) % SHARDS;
+    (0..SHARDS).find_map(|k| {
+        let s = (first + k) % SHARDS;
+        let mut st = SHARD[s].state.lock();
+        let e = st.table.get(addr).copied()?;
+        Some((s, st, e))
+    })
+}
+
+/// Bytes held in all shards' quarantines. A shard evicts its oldest blocks
+/// while this is above the limit and it holds more than its share of the
+/// limit (limit / [`SHARDS`]): one thread's frees get the whole limit, many
+/// threads' share it, and the sum stays below twice the limit (shards that
+/// stopped freeing keep what they hold, at most the limit in all, plus a
+/// share for each other shard).
+static QUARANTINED: AtomicUsize = AtomicUsize::new(0);
+
+/// Mappings of large blocks kept for reuse, shared by the shards. Locked
+/// only by a thread that holds a shard's lock (so all shards' locks exclude
+/// it too: `fork_prepare`).
+static KEPT: SpinLock<Kept> = SpinLock::new(Kept::new());
 
 /// Per-thread state of check mode.
 struct ThreadState {
@@ -743,7 +836,7 @@ fn take_block(st: &mut State, size: usize, align: usize, zero: bool) -> Option<E
         e.addr = e.base + front;
     } else {
         let need = large_mapping(size, align)?;
-        let kept = st.kept.take(need);
+        let kept = KEPT.lock().take(need);
         let (base, total) = match kept {
             Some((base, total)) => (base as *mut u8, total),
             None => (os::map_aligned(need, os::PAGE_SIZE), need),
@@ -794,7 +887,7 @@ fn release(st: &mut State, e: &Entry) {
     } else {
         // The whole mapping belonged to this block, which is gone; all of
         // it is inaccessible since the block was freed.
-        st.kept.put(e.base, e.extent);
+        KEPT.lock().put(e.base, e.extent);
     }
 }
 
@@ -804,14 +897,24 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     let mut here = Frames::new();
     let m = marker(&here);
     capture_here(&mut here, m);
-    alloc_with(size, align, zero, tid, &here)
+    alloc_with(size, align, zero, tid, &here, false)
 }
 
-fn alloc_with(size: usize, align: usize, zero: bool, tid: u32, here: &Frames) -> *mut u8 {
+/// [`alloc`] once the stack is captured, through the thread's home shard.
+/// `moved`: the block is a `realloc`'s new home (counted as a move too).
+fn alloc_with(
+    size: usize,
+    align: usize,
+    zero: bool,
+    tid: u32,
+    here: &Frames,
+    moved: bool,
+) -> *mut u8 {
     if size > isize::MAX as usize / 2 || !align.is_power_of_two() {
         return ptr::null_mut();
     }
-    let mut st = STATE.lock();
+    let s = home(tid);
+    let mut st = SHARD[s].state.lock();
     let Some(mut e) = take_block(&mut st, size, align, zero) else {
         return ptr::null_mut();
     };
@@ -822,7 +925,15 @@ fn alloc_with(size: usize, align: usize, zero: bool, tid: u32, here: &Frames) ->
         release(&mut st, &e);
         return ptr::null_mut();
     }
-    USER.count_alloc(size, size);
+    set_hint(e.addr, s);
+    let user = &SHARD[s].user;
+    user.count_alloc(size, size);
+    if moved {
+        // Before the old block's free is counted (in its own shard): a
+        // reader in between sees one move more than frees, which the sums
+        // clamp (`stats()`).
+        user.on_realloc(0, true);
+    }
     e.addr as *mut u8
 }
 
@@ -830,17 +941,19 @@ fn alloc_with(size: usize, align: usize, zero: bool, tid: u32, here: &Frames) ->
 // Free
 
 /// The error for a pointer that is not a block (`op` names the call).
-fn not_a_block(st: &mut State, addr: usize, op: &str) -> Error {
+/// Locks each shard in turn.
+fn not_a_block(addr: usize, op: &str) -> Error {
     // A pointer into a block is worth naming.
-    let mut inside: Option<Entry> = None;
-    st.table.for_each(|e| {
-        if e.addr <= addr && addr < e.addr + e.size.max(1) {
-            inside = Some(*e);
-        }
-    });
-    match inside {
-        Some(e) => {
-            let mut err = Error::new("invalid-free", addr).with_block(st, &e);
+    for shard in &SHARD {
+        let st = shard.state.lock();
+        let mut inside: Option<Entry> = None;
+        st.table.for_each(|e| {
+            if e.addr <= addr && addr < e.addr + e.size.max(1) {
+                inside = Some(*e);
+            }
+        });
+        if let Some(e) = inside {
+            let mut err = Error::new("invalid-free", addr).with_block(&st, &e);
             err.detail
                 .s(op)
                 .s(" of a pointer ")
@@ -850,16 +963,14 @@ fn not_a_block(st: &mut State, addr: usize, op: &str) -> Error {
                 .s("-byte block at ")
                 .x(e.addr)
                 .s(if e.state == FREED { " (freed)" } else { "" });
-            err
-        }
-        None => {
-            let mut err = Error::new("invalid-free", addr);
-            err.detail
-                .s(op)
-                .s(" of a pointer heapkeep did not return (not the start of any block)");
-            err
+            return err;
         }
     }
+    let mut err = Error::new("invalid-free", addr);
+    err.detail
+        .s(op)
+        .s(" of a pointer heapkeep did not return (not the start of any block)");
+    err
 }
 
 /// Frees a checked block. `size`/`align` are the Rust layout of the call
@@ -877,22 +988,28 @@ pub(crate) unsafe fn free(p: *mut u8, size: usize, align: usize) {
 
 fn free_with(addr: usize, size: usize, align: usize, tid: u32, here: &Frames, op: &str) {
     let mut errors = [None, None];
-    {
-        let mut st = STATE.lock();
-        let [found, evicted] = &mut errors;
-        free_locked(&mut st, addr, size, align, tid, here, op, found, evicted);
+    let [found, evicted] = &mut errors;
+    match find(addr) {
+        Some((s, mut st, e)) => {
+            let user = &SHARD[s].user;
+            free_locked(&mut st, user, e, size, align, tid, here, op, found, evicted);
+        }
+        None => *found = Some(not_a_block(addr, op)),
     }
     for e in errors.iter().flatten() {
         report(e, here);
     }
 }
 
-/// The free itself, under the lock. `found` receives the error found on the
-/// block (if any), `evicted` one found on a block leaving the quarantine.
+/// The free itself, under the lock of the shard whose table holds `e` (the
+/// entry of the block freed) and counts in `user`. `found` receives the
+/// error found on the block (if any), `evicted` one found on a block
+/// leaving the quarantine.
 #[allow(clippy::too_many_arguments)]
 fn free_locked(
     st: &mut State,
-    addr: usize,
+    user: &Counters,
+    e: Entry,
     size: usize,
     align: usize,
     tid: u32,
@@ -901,10 +1018,7 @@ fn free_locked(
     found: &mut Option<Error>,
     evicted: &mut Option<Error>,
 ) {
-    let Some(e) = st.table.get(addr).copied() else {
-        *found = Some(not_a_block(st, addr, op));
-        return;
-    };
+    let addr = e.addr;
     if e.state == FREED {
         let mut err = Error::new("double-free", addr).with_block(st, &e);
         err.detail
@@ -940,7 +1054,7 @@ fn free_locked(
     slot.state = FREED;
     slot.free_tid = tid;
     slot.free_stack = free_stack;
-    USER.count_free(e.size);
+    user.count_free(e.size);
     // SAFETY: the block is ours (just freed); for a large block the data
     // pages lie strictly inside its mapping.
     unsafe {
@@ -959,14 +1073,19 @@ fn free_locked(
         st.table.prefetch(soon);
         crate::hint::prefetch(soon as *const u8);
     }
-    if !st.quarantine.push(addr, e.extent) {
-        evict_one(st, addr, evicted);
+    if st.quarantine.push(addr, e.extent) {
+        QUARANTINED.fetch_add(e.extent, Ordering::Relaxed);
+    } else {
+        evict_one(st, addr, evicted); // no room to hold it: it leaves now
     }
-    while st.quarantine.bytes > limit {
+    // See `QUARANTINED` for the bound.
+    while QUARANTINED.load(Ordering::Relaxed) > limit && st.quarantine.bytes > limit / SHARDS {
         let Some(old) = st.quarantine.pop() else {
             break;
         };
-        evict_one(st, old, evicted);
+        let bytes = evict_one(st, old, evicted);
+        st.quarantine.bytes -= bytes;
+        QUARANTINED.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 
@@ -974,18 +1093,19 @@ fn free_locked(
 /// the one that leaves then.
 const EVICT_AHEAD: usize = 32;
 
-/// Takes block `addr` out of the quarantine: verifies it, gives its memory
-/// back, forgets it.
-fn evict_one(st: &mut State, addr: usize, found: &mut Option<Error>) {
+/// Takes freed block `addr` out of the table: verifies it, gives its
+/// memory back, forgets it. Returns its extent (the bytes it held in the
+/// quarantine, for the caller to take off the ring's counts).
+fn evict_one(st: &mut State, addr: usize, found: &mut Option<Error>) -> usize {
     let Some(e) = st.table.get(addr).copied() else {
-        return;
+        return 0;
     };
     if found.is_none() {
         check_freed(st, &e, found);
     }
-    st.quarantine.bytes -= e.extent.min(st.quarantine.bytes);
     st.table.remove(addr);
     release(st, &e);
+    e.extent
 }
 
 // ---------------------------------------------------------------------------
@@ -1008,20 +1128,17 @@ pub(crate) unsafe fn realloc(
     let m = marker(&here);
     capture_here(&mut here, m);
     let addr = p as usize;
-    let (known, err) = {
-        let mut st = STATE.lock();
-        match st.table.get(addr).copied() {
-            None => (None, Some(not_a_block(&mut st, addr, "realloc"))),
-            Some(e) if e.state == FREED => {
-                let mut err = Error::new("use-after-free", addr).with_block(&st, &e);
-                err.detail
-                    .s("realloc of a ")
-                    .d(e.size)
-                    .s("-byte block that was already freed");
-                (None, Some(err))
-            }
-            Some(e) => (Some(e), None),
+    let (known, err) = match find(addr) {
+        None => (None, Some(not_a_block(addr, "realloc"))),
+        Some((_, st, e)) if e.state == FREED => {
+            let mut err = Error::new("use-after-free", addr).with_block(&st, &e);
+            err.detail
+                .s("realloc of a ")
+                .d(e.size)
+                .s("-byte block that was already freed");
+            (None, Some(err))
         }
+        Some((_, _, e)) => (Some(e), None),
     };
     if let Some(err) = err {
         report(&err, &here);
@@ -1030,7 +1147,7 @@ pub(crate) unsafe fn realloc(
     let Some(e) = known else {
         return ptr::null_mut();
     };
-    let q = alloc_with(new_size, e.align, false, tid, &here);
+    let q = alloc_with(new_size, e.align, false, tid, &here, true);
     if q.is_null() {
         return q;
     }
@@ -1043,11 +1160,6 @@ pub(crate) unsafe fn realloc(
         (old_size, align)
     };
     free_with(addr, size, align, tid, &here, "realloc");
-    {
-        // The new block (with its size) and the free are counted already.
-        let _lock = STATE.lock();
-        USER.on_realloc(0, true);
-    }
     q
 }
 
@@ -1058,20 +1170,17 @@ pub(crate) unsafe fn realloc(
 /// None beyond check mode being on: `p` is looked up, never trusted.
 pub(crate) unsafe fn usable_size(p: *const u8) -> usize {
     let addr = p as usize;
-    let (size, err) = {
-        let mut st = STATE.lock();
-        match st.table.get(addr).copied() {
-            Some(e) if e.state == LIVE => (e.size, None),
-            Some(e) => {
-                let mut err = Error::new("use-after-free", addr).with_block(&st, &e);
-                err.detail
-                    .s("malloc_usable_size of a ")
-                    .d(e.size)
-                    .s("-byte block that was already freed");
-                (0, Some(err))
-            }
-            None => (0, Some(not_a_block(&mut st, addr, "malloc_usable_size"))),
+    let (size, err) = match find(addr) {
+        Some((_, _, e)) if e.state == LIVE => (e.size, None),
+        Some((_, st, e)) => {
+            let mut err = Error::new("use-after-free", addr).with_block(&st, &e);
+            err.detail
+                .s("malloc_usable_size of a ")
+                .d(e.size)
+                .s("-byte block that was already freed");
+            (0, Some(err))
         }
+        None => (0, Some(not_a_block(addr, "malloc_usable_size"))),
     };
     if let Some(err) = err {
         let mut here = Frames::new();
@@ -1085,18 +1194,36 @@ pub(crate) unsafe fn usable_size(p: *const u8) -> usize {
 // ---------------------------------------------------------------------------
 // Fork
 
-/// Fork support (see `thread.rs`): the check lock is held across `fork()`.
+/// Fork support (see `thread.rs`): every shard's lock is held across
+/// `fork()`, taken in order (as `lock_all` does; no thread holds two
+/// otherwise). `KEPT` needs no locking: only a shard's holder takes it.
 pub(crate) fn fork_prepare() {
-    STATE.raw_lock();
+    for shard in &SHARD {
+        shard.state.raw_lock();
+    }
 }
 
-/// Fork support: releases the lock in parent and child.
+/// Fork support: releases the locks in parent and child.
 ///
 /// # Safety
 /// Only from the fork handlers, after `fork_prepare`.
 pub(crate) unsafe fn fork_release() {
-    // SAFETY: `fork_prepare` took the lock in this (or the parent) thread.
-    unsafe { STATE.raw_unlock() };
+    for shard in SHARD.iter().rev() {
+        // SAFETY: `fork_prepare` took the lock in this (or the parent) thread.
+        unsafe { shard.state.raw_unlock() };
+    }
+}
+
+/// Every shard's state, locked in order (for the exit-time checks).
+fn lock_all() -> [SpinGuard<'static, State>; SHARDS] {
+    core::array::from_fn(|s| SHARD[s].state.lock())
+}
+
+/// Calls `f` with each shard's state in turn, locked one at a time.
+fn each_shard(mut f: impl FnMut(&mut State)) {
+    for shard in &SHARD {
+        f(&mut shard.state.lock());
+    }
 }
 
 /// Fork support, in the child: its thread has a new kernel id.

@@ -203,7 +203,7 @@ const RECENT: usize = 64;
 unsafe impl Send for Depot {}
 
 /// Capacity of the depot in words (virtual; touched as used).
-const WORDS: usize = 32 << 20;
+const WORDS: usize = 8 << 20;
 /// Slots of the index (a power of two).
 const INDEX: usize = 1 << 20;
 

@@ -14,6 +14,13 @@
 //! - `layout-mismatch-align`: allocated with align 64, freed with align 8.
 //! - `realloc-layout-mismatch`: `realloc` given size 64 for a 100-byte block.
 //! - `leak`: 5 boxes (1700 bytes) leaked and no longer referenced.
+//! - `double-free-threads`, `double-free-large-threads`, `uaf-write-threads`:
+//!   as above, but another thread makes the first free (so the block's
+//!   check-mode shard is not the freeing thread's); in the large case
+//!   another thread also maps a large block next to it first, which moves
+//!   the shard hint of their address range to its own shard.
+//! - `leak-threads`: 4 threads leak 2 boxes of 300 bytes each from one
+//!   site (2400 bytes in 8 blocks, one site whichever shards hold them).
 //! - `clean`: `Vec`, `HashMap`, `String` and `std::alloc` used correctly;
 //!   prints `ok`.
 //!
@@ -199,6 +206,30 @@ fn leak() {
     scrub_stack();
 }
 
+/// Runs `f` on a thread of its own and waits for it.
+fn on_thread(f: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(f).join().expect("thread");
+}
+
+/// 4 threads, each leaking 2 boxes of 300 bytes from the same site.
+#[inline(never)]
+fn leak_threads() {
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(|| {
+                for _ in 0..black_box(2) {
+                    leak_site_pair(300);
+                }
+                scrub_stack();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    scrub_stack();
+}
+
 fn clean() {
     let mut v: Vec<u64> = (0..10_000).collect();
     v.retain(|x| x % 3 != 0);
@@ -304,6 +335,32 @@ fn run_case(case: &str) -> Option<bool> {
             }
             "leak" => {
                 leak();
+                return Some(true);
+            }
+            "leak-threads" => {
+                leak_threads();
+                return Some(true);
+            }
+            "double-free-threads" => {
+                let p = alloc_site_small(SMALL) as usize;
+                on_thread(move || free_site(p as *mut u8, layout(SMALL, 8)));
+                free_again_site(p as *mut u8, small);
+            }
+            "double-free-large-threads" => {
+                let p = alloc_site_large(LARGE) as usize;
+                let l = layout(LARGE, 16);
+                // Left live: another shard's block mapped beside `p`.
+                on_thread(move || {
+                    black_box(alloc_site_large(LARGE));
+                });
+                on_thread(move || free_site(p as *mut u8, l));
+                free_again_site(p as *mut u8, l);
+            }
+            "uaf-write-threads" => {
+                let p = alloc_site_small(SMALL) as usize;
+                on_thread(move || free_site(p as *mut u8, layout(SMALL, 8)));
+                let p = p as *mut u8;
+                uaf_write_site(p, 50, flipped(p, 50));
                 return Some(true);
             }
             "clean" => {
