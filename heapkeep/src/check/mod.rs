@@ -12,8 +12,8 @@
 //! compare in `free` for this.
 //!
 //! ## Blocks
-//! - Small blocks (up to [`LARGE_MIN`]) come from one inner heap, used only
-//!   under the check lock, with a redzone of pattern bytes before and after
+//! - Small blocks (up to [`LARGE_MIN`]) come from their shard's inner heap, used only
+//!   under its shard's lock, with a redzone of pattern bytes before and after
 //!   the requested bytes (checked on free, realloc and exit).
 //! - Large blocks get a mapping of their own: the block ends at the end of
 //!   its last data page, with an inaccessible guard page on each side, so a
@@ -825,7 +825,7 @@ fn take_block(st: &mut State, size: usize, align: usize, zero: bool) -> Option<E
             unsafe { heap::make_private(st.heap) };
         }
         let front = redzone.next_multiple_of(align);
-        // SAFETY: the inner heap is ours while we hold the check lock.
+        // SAFETY: the inner heap is ours while we hold its shard's lock.
         let base = unsafe { heap::alloc_in(st.heap, front + size + redzone, align, zero) };
         if base.is_null() {
             return None;

@@ -199,7 +199,7 @@ pub(crate) struct Depot {
 /// Slots of [`Depot::recent`].
 const RECENT: usize = 64;
 
-// SAFETY: only reached through the check lock.
+// SAFETY: only reached through a shard's lock.
 unsafe impl Send for Depot {}
 
 /// Capacity of the depot in words (virtual; touched as used).

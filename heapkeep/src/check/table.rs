@@ -7,7 +7,8 @@
 //! Open addressing with linear probing; a removal moves the entries after
 //! it back (no tombstones); the table doubles (rehashing into a fresh
 //! mapping) when its entries pass half of its capacity. Only the holder of
-//! the check lock touches it.
+//! its owner's lock (a check shard's, or the profile's)
+//! touches it.
 
 use core::ptr;
 
@@ -116,7 +117,7 @@ pub(crate) struct Table<E: Keyed = Entry> {
     first: usize,
 }
 
-// SAFETY: the table is only reached through the check lock.
+// SAFETY: a table is only reached through its owner's lock (a check shard's or the profile's).
 unsafe impl<E: Keyed> Send for Table<E> {}
 
 #[inline]
@@ -171,7 +172,7 @@ impl<E: Keyed> Table<E> {
         let mask = self.cap - 1;
         let mut i = hash(addr) & mask;
         loop {
-            // SAFETY: `slot` is in bounds; the table is ours (check lock).
+            // SAFETY: `slot` is in bounds; the table is ours (its owner's lock).
             let k = unsafe { (*self.slot(i)).key() };
             if k == addr {
                 return Some(i);
@@ -195,7 +196,7 @@ impl<E: Keyed> Table<E> {
     /// The entry for `addr`, if any.
     pub(crate) fn get(&mut self, addr: usize) -> Option<&mut E> {
         let i = self.position(addr)?;
-        // SAFETY: in bounds (`position`); the table is ours (check lock).
+        // SAFETY: in bounds (`position`); the table is ours (its owner's lock).
         Some(unsafe { &mut *self.slot(i) })
     }
 
