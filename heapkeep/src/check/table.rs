@@ -7,8 +7,7 @@
 //! Open addressing with linear probing; a removal moves the entries after
 //! it back (no tombstones); the table doubles (rehashing into a fresh
 //! mapping) when its entries pass half of its capacity. Only the holder of
-//! its owner's lock (a check shard's, or the profile's)
-//! touches it.
+//! its owner's lock (a check shard's, or the profile's) touches it.
 
 use core::ptr;
 
