@@ -930,8 +930,8 @@ fn alloc_with(
     user.count_alloc(size, size);
     if moved {
         // Before the old block's free is counted (in its own shard): a
-        // reader in between sees one move more than frees, which the sums
-        // clamp (`stats()`).
+        // reader in between sees one free fewer than there will be
+        // (`stats()` reports frees less moves).
         user.on_realloc(0, true);
     }
     e.addr as *mut u8
