@@ -426,21 +426,40 @@ struct Stop {
     largest: Option<usize>,
 }
 
-/// Random allocs (half, `4..=cap` bytes with `cap` uniform in `16..=10,000`), frees (a tenth)
-/// and reallocs (four tenths, to `1..=100,000` bytes, or `1..100,000` with `exclusive`) on the
-/// blocks in `live` until the first failure.
+/// The operation mix of an efficiency run: half allocations, a tenth frees, four tenths
+/// reallocations, with sizes and an end that differ by method.
+#[derive(Clone, Copy)]
+enum Mix {
+    /// Ours and talc's current method: allocations of `4..=cap` bytes with `cap` uniform in
+    /// `16..=10,000`, reallocations to `1..=100,000` bytes (`1..100,000` when `exclusive`);
+    /// the first failure of either ends the run.
+    Ours { exclusive: bool },
+    /// Talc 4's published method: allocations of `1..100,000` bytes,
+    /// reallocations to `1..10^11` bytes, of which those above `region` (the heap's size,
+    /// bound to fail) are not made; only a failed allocation ends the run, a failed
+    /// reallocation leaves its block as it was.
+    TalcV4 { region: usize },
+}
+
+/// Random operations of `mix` on the blocks in `live` until the first failure that ends it.
 fn run_to_failure<H: Heap>(
     h: &mut H,
     rng: &mut Rng,
     live: &mut Vec<(NonNull<u8>, Layout)>,
-    exclusive: bool,
+    mix: Mix,
 ) -> Stop {
     const MAX: usize = 10_000;
     let request = loop {
         match rng.next() % 10 {
             0..=4 => {
-                let cap = rng.range(16, MAX);
-                let l = Layout::from_size_align(rng.range(4, cap), rng.align()).unwrap();
+                let size = match mix {
+                    Mix::Ours { .. } => {
+                        let cap = rng.range(16, MAX);
+                        rng.range(4, cap)
+                    }
+                    Mix::TalcV4 { .. } => rng.range(1, 10 * MAX - 1),
+                };
+                let l = Layout::from_size_align(size, rng.align()).unwrap();
                 match h.alloc(l) {
                     Some(p) => live.push((p, l)),
                     None => break l.size(),
@@ -457,11 +476,23 @@ fn run_to_failure<H: Heap>(
                 if !live.is_empty() {
                     let i = rng.range(0, live.len() - 1);
                     let (p, l) = live[i];
-                    let new = rng.range(1, 10 * MAX - exclusive as usize);
+                    let (new, ends) = match mix {
+                        Mix::Ours { exclusive } => {
+                            (rng.range(1, 10 * MAX - exclusive as usize), true)
+                        }
+                        Mix::TalcV4 { region } => {
+                            let new = rng.range(1, 100_000_000_000 - 1);
+                            if new > region {
+                                continue;
+                            }
+                            (new, false)
+                        }
+                    };
                     // SAFETY: live.
                     match unsafe { h.realloc(p, l, new) } {
                         Some(q) => live[i] = (q, Layout::from_size_align(new, l.align()).unwrap()),
-                        None => break new,
+                        None if ends => break new,
+                        None => {}
                     }
                 }
             }
@@ -482,82 +513,35 @@ fn efficiency<H: Heap>(region: *mut u8, seed: u64) -> Stop {
     // SAFETY: as `throughput`.
     let mut h = unsafe { H::over(region, REGION) };
     let mut live = Vec::new();
-    run_to_failure(&mut h, &mut Rng(seed), &mut live, false)
+    run_to_failure(
+        &mut h,
+        &mut Rng(seed),
+        &mut live,
+        Mix::Ours { exclusive: false },
+    )
 }
 
-/// Talc's own heap-efficiency method (its `benches/src/heap_efficiency.rs`): one heap over
-/// `REF_REGION` bytes, created once and reused for `trials` trials; each trial runs the same
-/// random operations to the first failure, then frees everything. Returns the stops.
-fn efficiency_reference<H: Heap>(region: *mut u8, trials: usize, seed: u64) -> Vec<Stop> {
-    // SAFETY: as `throughput`, for the reference region.
-    let mut h = unsafe { H::over(region, REF_REGION) };
+/// Talc's heap-efficiency methods: one heap over `len` bytes at `region`, created once and
+/// reused for `trials` trials; each trial runs `mix` to its first failure, then frees
+/// everything. Returns the stops. With `Mix::Ours { exclusive: true }` on `REF_REGION`
+/// bytes this is talc's current method (its `benches/src/heap_efficiency.rs`); with
+/// `Mix::TalcV4` on `V4_REGION` bytes, the benchmark behind the figures talc's README
+/// published with talc 4 (its `benches/src/main.rs` then: talc 98.87%, dlmalloc 99.07%,
+/// linked_list_allocator 98.28%).
+fn efficiency_reference<H: Heap>(
+    region: *mut u8,
+    len: usize,
+    trials: usize,
+    seed: u64,
+    mix: Mix,
+) -> Vec<Stop> {
+    // SAFETY: as `throughput`, for a reference region of `len` bytes.
+    let mut h = unsafe { H::over(region, len) };
     let mut rng = Rng(seed);
     let mut live = Vec::new();
     (0..trials)
         .map(|_| {
-            let stop = run_to_failure(&mut h, &mut rng, &mut live, true);
-            for (p, l) in live.drain(..) {
-                // SAFETY: live, freed once.
-                unsafe { h.dealloc(p, l) };
-            }
-            stop
-        })
-        .collect()
-}
-
-/// The heap-efficiency benchmark behind the figures talc's README published
-/// with talc 4 (its `benches/src/main.rs` then: talc 98.87%, dlmalloc 99.07%,
-/// linked_list_allocator 98.28%): one heap over `V4_REGION` bytes reused for
-/// `trials` trials. Half the operations allocate `1..100,000` bytes (alignment as
-/// `Rng::align`), a tenth free, four tenths reallocate to `1..10^11` bytes; a trial ends
-/// at the first failed *allocation* only: a failed reallocation leaves its block as it was
-/// and the trial goes on. A reallocation beyond the region fails in every allocator, so it
-/// is not made (the same outcome, without a slow search of the linked list for it).
-fn efficiency_v4<H: Heap>(region: *mut u8, trials: usize, seed: u64) -> Vec<Stop> {
-    // SAFETY: as `throughput`, for the v4 region.
-    let mut h = unsafe { H::over(region, V4_REGION) };
-    let mut rng = Rng(seed);
-    let mut live: Vec<(NonNull<u8>, Layout)> = Vec::new();
-    (0..trials)
-        .map(|_| {
-            let request = loop {
-                match rng.next() % 10 {
-                    0..=4 => {
-                        let l = Layout::from_size_align(rng.range(1, 99_999), rng.align()).unwrap();
-                        match h.alloc(l) {
-                            Some(p) => live.push((p, l)),
-                            None => break l.size(),
-                        }
-                    }
-                    5 => {
-                        if !live.is_empty() {
-                            let (p, l) = live.swap_remove(rng.range(0, live.len() - 1));
-                            // SAFETY: live.
-                            unsafe { h.dealloc(p, l) };
-                        }
-                    }
-                    _ => {
-                        if !live.is_empty() {
-                            let i = rng.range(0, live.len() - 1);
-                            let new = rng.range(1, 100_000_000_000 - 1);
-                            let (p, l) = live[i];
-                            if new <= V4_REGION {
-                                // SAFETY: live.
-                                if let Some(q) = unsafe { h.realloc(p, l, new) } {
-                                    live[i] = (q, Layout::from_size_align(new, l.align()).unwrap());
-                                }
-                            }
-                        }
-                    }
-                }
-            };
-            let stats = h.free_stats();
-            let stop = Stop {
-                live: live.iter().map(|b| b.1.size()).sum(),
-                request,
-                free: stats.map(|s| s.0),
-                largest: stats.map(|s| s.1),
-            };
+            let stop = run_to_failure(&mut h, &mut rng, &mut live, mix);
             for (p, l) in live.drain(..) {
                 // SAFETY: live, freed once.
                 unsafe { h.dealloc(p, l) };
@@ -925,7 +909,18 @@ fn main() {
     // SAFETY: the whole region is ours.
     unsafe { ref_region.write_bytes(0x5a, REF_REGION) };
     let ref_stops: Vec<Vec<Stop>> = (0..5)
-        .map(|k| for_heap!(k, efficiency_reference(ref_region, ref_trials, 7)))
+        .map(|k| {
+            for_heap!(
+                k,
+                efficiency_reference(
+                    ref_region,
+                    REF_REGION,
+                    ref_trials,
+                    7,
+                    Mix::Ours { exclusive: true }
+                )
+            )
+        })
         .collect();
     let ref_eff: Vec<f64> = ref_stops
         .iter()
@@ -941,7 +936,13 @@ fn main() {
     // SAFETY: the whole region is ours.
     unsafe { v4_region.write_bytes(0x5a, V4_REGION) };
     let v4_stops: Vec<Vec<Stop>> = (0..5)
-        .map(|k| for_heap!(k, efficiency_v4(v4_region, ref_trials, 11)))
+        .map(|k| {
+            let mix = Mix::TalcV4 { region: V4_REGION };
+            for_heap!(
+                k,
+                efficiency_reference(v4_region, V4_REGION, ref_trials, 11, mix)
+            )
+        })
         .collect();
     let v4_eff: Vec<f64> = v4_stops
         .iter()
