@@ -20,12 +20,20 @@ pub struct Report {
     pub os_mapped_bytes_at_exit: u64,
     pub os_mapped_peak_bytes: u64,
     pub stats_enabled: u64,
+    /// 2 when a Rust program's own copy of heapkeep and the C heap both
+    /// counted (their sums are reported; the peak is the sum of theirs).
+    #[serde(default = "one")]
+    pub heaps: u64,
     /// Threads whose stack depth was measured (listed in `stacks` or not).
     #[serde(default)]
     pub threads_measured: u64,
     /// The deepest stacks, deepest first (at most 64).
     #[serde(default)]
     pub stacks: Vec<StackRow>,
+}
+
+fn one() -> u64 {
+    1
 }
 
 /// How deep one thread's stack went (the report's `stacks` rows).
@@ -144,6 +152,13 @@ pub fn text(s: &RunSummary) -> String {
                 bytes(r.os_mapped_peak_bytes),
                 bytes(r.os_mapped_bytes_at_exit)
             );
+            if r.heaps == 2 {
+                let _ = writeln!(
+                    o,
+                    "heapkeep:   (two heaps: the program's own heapkeep and the C heap; \
+                     their counts added, the peak is the sum of their peaks)"
+                );
+            }
             stack_lines(&mut o, r);
         }
         None => {

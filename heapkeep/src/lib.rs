@@ -69,6 +69,9 @@ mod os;
 #[cfg(feature = "os")]
 mod page;
 #[cfg(feature = "os")]
+#[doc(hidden)]
+pub mod peer;
+#[cfg(feature = "os")]
 mod profile;
 #[cfg(feature = "os")]
 mod segment;
@@ -103,6 +106,15 @@ pub use stacks::{stack_peaks, StackPeak, StackPeaks};
 pub use stats::{for_each_thread, stats, thread_stats, Stats, ThreadStats};
 #[cfg(feature = "os")]
 pub use walk::{class_stats, ClassStats};
+
+#[cfg(feature = "os")]
+/// The C front's exit work (the preload library's `.fini_array` calls it,
+/// after every `atexit` handler, so after other copies of heapkeep have
+/// registered): writes the profile if one is being taken. Not for programs.
+#[doc(hidden)]
+pub fn c_front_exit() {
+    profile::write_at_exit();
+}
 
 #[cfg(feature = "os")]
 /// Whether this build counts operations (cargo feature `stats`, on by

@@ -957,7 +957,23 @@ pub(crate) unsafe fn fork_release() {
 // Output at exit
 
 extern "C" fn at_exit() {
-    if !crate::thread::served_anything() {
+    // The C front writes from its `.fini_array` (`c_front_exit`), once any
+    // other copy in the process has said whether it wrote a profile.
+    if !crate::peer::is_c_front() {
+        write_at_exit();
+    }
+}
+
+/// Whether this copy's profile sampled anything (so wrote, or will write,
+/// a profile at exit).
+pub(crate) fn sampled_anything() -> bool {
+    // The profile heap is made at the first sample (`State::ready`).
+    !HEAP.load(Ordering::Acquire).is_null()
+}
+
+/// Writes the profile and its table, once (later calls find it frozen).
+pub(crate) fn write_at_exit() {
+    if !on() || !crate::thread::served_anything() {
         // Another copy of heapkeep in this process served the program; it
         // writes the profile (this one would overwrite it with nothing).
         return;
@@ -965,7 +981,7 @@ extern "C" fn at_exit() {
     let mut path = [0u8; 512];
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u32;
-    let Some(len) = writer::output_path(
+    let Some(mut len) = writer::output_path(
         &mut path,
         b"HEAPKEEP_PROFILE_OUT\0",
         "profile",
@@ -976,6 +992,16 @@ extern "C" fn at_exit() {
     ) else {
         return;
     };
+    // Two copies of heapkeep in the process (a Rust program on heapkeep,
+    // run under `heapkeep profile`): the program's own copy writes the
+    // path; the C front, when both sampled, writes beside it.
+    let c_front_with_peer = crate::peer::is_c_front() && crate::peer::peer_profiled();
+    if c_front_with_peer {
+        match c_heap_path(&mut path, len) {
+            Some(l) => len = l,
+            None => return,
+        }
+    }
     let (st, now) = {
         let mut st = ST.lock();
         if st.frozen {
@@ -983,8 +1009,12 @@ extern "C" fn at_exit() {
         }
         if st.heap.is_null() {
             // Nothing sampled: no profile (which also keeps a second copy of
-            // heapkeep in the process from overwriting the first's).
+            // heapkeep in the process from overwriting the first's), and
+            // a word about it unless the other copy has a profile to show.
             drop(st);
+            if c_front_with_peer || (!crate::peer::is_c_front() && crate::peer::has_c_front()) {
+                return;
+            }
             Writer::new()
                 .s("heapkeep: profile: no allocation was sampled (fewer than ")
                 .d(rate())
@@ -1050,6 +1080,25 @@ extern "C" fn at_exit() {
     // SAFETY: our descriptor.
     unsafe { libc::close(fd) };
     write_table(st, shown);
+}
+
+/// Turns the profile path `path[..len]` (NUL-terminated) into the C
+/// heap's: `.c-heap` before a final `.json`, else at the end. The new
+/// length (without the NUL), or `None` if it does not fit.
+fn c_heap_path(path: &mut [u8], len: usize) -> Option<usize> {
+    const TAG: &[u8] = b".c-heap";
+    let at = if path[..len].ends_with(b".json") {
+        len - 5
+    } else {
+        len
+    };
+    let new_len = len + TAG.len();
+    if new_len + 1 > path.len() {
+        return None;
+    }
+    path.copy_within(at..len + 1, at + TAG.len());
+    path[at..at + TAG.len()].copy_from_slice(TAG);
+    Some(new_len)
 }
 
 /// Writes `s` as the body of a JSON string (quotes, backslashes and control

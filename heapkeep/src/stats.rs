@@ -22,7 +22,7 @@ use crate::{os, thread};
 /// ready (a few KiB in practice; at most 2.1 MiB), and by up to 256 KiB
 /// more per other allocating thread (see `counters.rs`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Stats {
     /// Allocation calls.
     pub allocs: u64,

@@ -220,6 +220,9 @@ pub(crate) fn global_init() -> bool {
     // After READY: registering may allocate (glibc), which must find us ready.
     os::register_fork_handlers(fork_prepare, fork_parent, fork_child);
     crate::check::start();
+    // Before the profile's handler, so that it runs after it (a peer's
+    // profile is written when the C front asks whether there is one).
+    crate::peer::start();
     crate::profile::start();
     crate::map::start();
     true

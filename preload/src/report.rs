@@ -10,7 +10,7 @@
 //! Everything here runs without allocating: the JSON is formatted into a
 //! stack buffer.
 
-use core::ffi::{c_char, CStr};
+use core::ffi::{c_char, c_int, CStr};
 
 /// Environment variable holding the report path prefix.
 const REPORT_ENV: &CStr = c"HEAPKEEP_REPORT";
@@ -77,6 +77,7 @@ fn format_report(
     s: &heapkeep::Stats,
     stacks: &heapkeep::StackPeaks,
     pid: u64,
+    two_heaps: bool,
     out: &mut Buf<REPORT_MAX>,
 ) {
     let fields: [(&[u8], u64); 12] = [
@@ -103,6 +104,11 @@ fn format_report(
         out.push(b"\":");
         out.push_u64(*v);
     }
+    out.push(if two_heaps {
+        b",\"heaps\":2".as_slice()
+    } else {
+        b",\"heaps\":1"
+    });
     out.push(b",\"threads_measured\":");
     out.push_u64(stacks.threads as u64);
     out.push(b",\"stacks\":[");
@@ -132,8 +138,32 @@ fn format_report(
     out.push(b"]}\n");
 }
 
+/// Adds another heapkeep copy's counts to this one's. Calls, bytes and
+/// blocks are exact sums; the two peaks were reached apart, so their sum
+/// is an upper bound of the process's peak (exact when one heap holds all
+/// but a few bytes at its peak, as the C heap of a Rust program does).
+fn add_peer(s: &mut heapkeep::Stats, p: &heapkeep::Stats) {
+    s.allocs += p.allocs;
+    s.frees += p.frees;
+    s.reallocs += p.reallocs;
+    s.bytes_requested += p.bytes_requested;
+    s.bytes_allocated += p.bytes_allocated;
+    s.live_bytes += p.live_bytes;
+    s.live_blocks += p.live_blocks;
+    s.peak_live_bytes += p.peak_live_bytes;
+    s.os_mapped_bytes += p.os_mapped_bytes;
+    s.os_mapped_peak_bytes += p.os_mapped_peak_bytes;
+}
+
+/// The C front's work at exit: the profile (if one is taken), then the
+/// report (if `HEAPKEEP_REPORT` is set).
+extern "C" fn at_exit() {
+    heapkeep::c_front_exit();
+    write_exit_report();
+}
+
 /// Writes the exit report if `HEAPKEEP_REPORT` is set.
-extern "C" fn write_exit_report() {
+fn write_exit_report() {
     // SAFETY: getenv with a valid C string; the result is read before any
     // call that could change the environment.
     let prefix = unsafe { libc::getenv(REPORT_ENV.as_ptr()) };
@@ -153,7 +183,13 @@ extern "C" fn write_exit_report() {
         return;
     }
     path.data[path.len] = 0;
-    let stats = heapkeep::stats();
+    let mut stats = heapkeep::stats();
+    // A Rust program on heapkeep has its own copy, which registered at
+    // exit (`heapkeep::peer`): its calls are the program's too.
+    let peer = heapkeep::peer::peer_stats();
+    if let Some(p) = &peer {
+        add_peer(&mut stats, p);
+    }
     // Two copies of the library may be loaded (say, preloaded twice from
     // different paths): the one that served no call keeps quiet, so it
     // cannot overwrite the other's report. (Asking dlsym which `malloc` won
@@ -164,7 +200,7 @@ extern "C" fn write_exit_report() {
     }
     let stacks = heapkeep::stack_peaks();
     let mut json = Buf::<REPORT_MAX>::new();
-    format_report(&stats, &stacks, pid, &mut json);
+    format_report(&stats, &stacks, pid, peer.is_some(), &mut json);
     // SAFETY: `path` is NUL-terminated; the fd is ours until closed.
     unsafe {
         let fd = libc::open(
@@ -187,10 +223,33 @@ extern "C" fn write_exit_report() {
     }
 }
 
-/// Runs [`write_exit_report`] when the library is finalized at exit.
+/// Runs [`at_exit`] when the library is finalized at exit.
 #[used]
 #[link_section = ".fini_array"]
-static EXIT_REPORT: extern "C" fn() = write_exit_report;
+static EXIT_REPORT: extern "C" fn() = at_exit;
+
+/// Marks this library's heapkeep as the process's C heap, before `main`.
+extern "C" fn mark_c_front() {
+    heapkeep::peer::mark_c_front();
+}
+
+#[used]
+#[link_section = ".init_array"]
+static MARK_C_FRONT: extern "C" fn() = mark_c_front;
+
+/// Another copy of heapkeep in this process (a Rust program's global
+/// allocator) registers here at exit, so that the exit report counts its
+/// calls too and the profiles of the two heaps do not collide. Returns 1
+/// if `info` was taken.
+///
+/// # Safety
+/// `info` is null or points to a `heapkeep::peer::PeerInfo` that stays
+/// valid until the process exits.
+#[no_mangle]
+pub unsafe extern "C" fn heapkeep_peer_register(info: *const heapkeep::peer::PeerInfo) -> c_int {
+    // SAFETY: forwarded from the caller.
+    unsafe { heapkeep::peer::accept(info) as c_int }
+}
 
 /// Copies the current statistics (`heapkeep_stats_t`) into `*out`, at most `size` bytes of them
 /// (pass `sizeof *out`; a program built against an older, shorter struct
@@ -309,7 +368,7 @@ mod tests {
         s.allocs = 12;
         s.peak_live_bytes = 18_446_744_073_709_551_615;
         let mut b = Buf::<REPORT_MAX>::new();
-        format_report(&s, &heapkeep::stack_peaks(), 42, &mut b);
+        format_report(&s, &heapkeep::stack_peaks(), 42, false, &mut b);
         let text = core::str::from_utf8(&b.data[..b.len]).unwrap();
         assert!(text.starts_with("{\"pid\":42,\"allocs\":12,"), "{text}");
         assert!(text.contains("\"peak_live_bytes\":18446744073709551615,"));

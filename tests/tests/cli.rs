@@ -216,3 +216,33 @@ fn run_measures_how_deep_each_stack_went() {
     assert!(deep_line < second_line, "{err}");
     assert!(err.contains("of 4.00 MiB"), "{err}");
 }
+
+/// A Rust program that uses heapkeep as its global allocator has a copy of
+/// heapkeep of its own beside the C heap that `run` preloads: the summary
+/// counts both (the program's 20,000 `hot_site`/`cold_site` pairs go
+/// through its own copy; only a few calls of libc and std reach the C
+/// heap), and says so.
+#[test]
+fn run_counts_a_rust_programs_own_heapkeep_too() {
+    let dir = tempdir();
+    let path = dir.join("rust-program.json");
+    let out = Command::new(heapkeep_cmd())
+        .args(["run", "--json", path.to_str().unwrap(), "--"])
+        .arg(env!("CARGO_BIN_EXE_profile_target"))
+        .env_remove("HEAPKEEP_LIB")
+        .env_remove("HEAPKEEP_CHECK")
+        .output()
+        .expect("run heapkeep");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "done 101000000\n");
+    assert!(err.contains("two heaps"), "{err}");
+    let v = json(&path);
+    assert_eq!(num(&v, "heaps"), 2, "{v}");
+    // 40,000 vectors and their frees, plus the few calls of start-up.
+    let allocs = num(&v, "allocs");
+    assert!((40_000..40_500).contains(&allocs), "allocs {allocs}");
+    assert!(num(&v, "frees") >= 40_000, "{v}");
+    assert!(num(&v, "bytes_allocated") >= 101_000_000, "{v}");
+    assert!(num(&v, "peak_live_bytes") >= 5_000, "{v}");
+}

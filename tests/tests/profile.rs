@@ -333,6 +333,46 @@ fn a_rust_program_profiles_itself_with_the_environment_option() {
     );
 }
 
+/// `heapkeep profile` on a Rust program that uses heapkeep as its global
+/// allocator: two copies of heapkeep profile the process (the program's
+/// and the preloaded C heap). The program's copy writes `--out`; the C
+/// heap's, having sampled nothing at the default rate, keeps quiet; with
+/// every allocation recorded both have a profile and the C heap's goes
+/// beside the program's (`.c-heap.json`) instead of over it.
+#[test]
+fn heapkeep_profile_runs_a_rust_program_on_heapkeep() {
+    let dir = scratch("rust-cli");
+    let run = |args: &[&str]| -> String {
+        let out = Command::new(heapkeep_cmd())
+            .arg("profile")
+            .args(args)
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_profile_target"))
+            .current_dir(&dir)
+            .env_remove("HEAPKEEP_CHECK")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "done 101000000\n");
+        err
+    };
+    let err = run(&["--out", "r.json"]);
+    assert!(!err.contains("nothing written"), "{err}");
+    let v = load(&dir.join("r.json"));
+    let (_, frame) = top_by(&v, "tb");
+    assert!(frame.contains("hot_site"), "{frame}");
+    assert!(!dir.join("r.c-heap.json").exists());
+
+    let err = run(&["--every", "--out", "e.json"]);
+    let v = load(&dir.join("e.json"));
+    assert_eq!(sum_at(&v, "hot_site", "tbk"), 20_000, "{err}");
+    assert_eq!(sum_at(&v, "cold_site", "tbk"), 20_000, "{err}");
+    let c = load(&dir.join("e.c-heap.json"));
+    assert_eq!(sum_at(&c, "hot_site", "tbk"), 0, "{err}");
+    assert!(err.contains("e.c-heap.json"), "{err}");
+}
+
 /// Sampled blocks that are freed and sampled again (the profile keeps a
 /// few per size for reuse) must read zero when zeroed memory was asked
 /// for, and never be handed out twice.
