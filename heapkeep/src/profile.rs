@@ -262,6 +262,8 @@ struct State {
     peak: u64,
     /// When `peak` was reached (ticks since start).
     t_peak: u64,
+    /// Samples taken (blocks recorded), for the summary.
+    taken: u64,
     /// The clocks when profiling started: times are kept in ticks of
     /// `clock` (a sample and its free each read it) and turned into µs at
     /// exit (with the rate seen since, for the time-stamp counter).
@@ -464,6 +466,7 @@ static ST: SpinLock<State> = SpinLock::new(State {
     clock: Clock::Fine,
     end_ticks: 0,
     end_us: 0,
+    taken: 0,
     frozen: false,
 });
 
@@ -533,6 +536,7 @@ impl State {
     /// standing for `weight` bytes, allocated now (not counted yet).
     fn sample(&mut self, addr: usize, size: usize, weight: usize, frames: &Frames) -> Sample {
         let now = self.now();
+        self.taken += 1;
         let stack = self.depot.intern_frames(frames);
         let size = size.max(1);
         let bytes = weight.max(size) as u64;
@@ -1225,9 +1229,18 @@ fn write_table(st: &State, path: &[u8]) {
         .d(st.peak as usize)
         .s(" live at the peak, ")
         .d(at_exit as usize)
-        .s(" at exit (estimated from samples every ")
-        .d(rate())
-        .s(" bytes)\n");
+        .s(" at exit (");
+    if every() {
+        w.s("every allocation recorded: ")
+            .d(st.taken as usize)
+            .s(" blocks)\n");
+    } else {
+        w.s("estimated from ")
+            .d(st.taken as usize)
+            .s(" samples, one per ")
+            .d(rate())
+            .s(" bytes allocated on average)\n");
+    }
     type Key = fn(&Site) -> u64;
     let tables: [(&str, Key); 3] = [
         ("allocated", |s| s.tb),

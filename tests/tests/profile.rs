@@ -166,11 +166,103 @@ fn sampled_profile_names_the_top_sites_of_a_c_program() {
         err.contains("heapkeep: profile: ") && err.contains("p.json"),
         "{err}"
     );
-    assert!(err.contains("top sites by bytes allocated:\n"), "{err}");
+    // The text table: each list's first site is the program's top one.
     assert!(
-        err.contains("top sites by bytes leaked at exit:\n"),
+        first_site_listed(&err, "allocated").contains("in big_site "),
         "{err}"
     );
+    assert!(
+        first_site_listed(&err, "live at the peak").contains("in big_site "),
+        "{err}"
+    );
+    assert!(
+        first_site_listed(&err, "leaked at exit").contains("in leaky_site "),
+        "{err}"
+    );
+}
+
+/// The innermost frame of the first site of the text table's list "top
+/// sites by bytes `what`:" in `err`.
+fn first_site_listed(err: &str, what: &str) -> String {
+    let heading = format!("top sites by bytes {what}:\n");
+    let at = err
+        .find(&heading)
+        .unwrap_or_else(|| panic!("no {heading:?} in\n{err}"));
+    let mut lines = err[at + heading.len()..].lines();
+    let figure = lines.next().unwrap_or("");
+    assert!(figure.trim_end().ends_with(" bytes at:"), "{figure}");
+    lines.next().unwrap_or("").to_string()
+}
+
+/// The sampling rate sets how many blocks are sampled: about one per rate
+/// bytes (top.c allocates about 202 MB), the default being 512 KiB.
+#[test]
+fn the_rate_sets_how_many_blocks_are_sampled() {
+    // The summary line says how many samples were taken (the profile's
+    // figures are estimates, the same whatever the rate).
+    let sampled = |name: &str, options: &[&str]| -> f64 {
+        let (out, _) = profile_top(name, options, None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let at = err
+            .find("(estimated from ")
+            .unwrap_or_else(|| panic!("{err}"));
+        err[at + 16..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}: {err}"))
+    };
+    let fine = sampled("rate-64k", &["--rate", "64K"]);
+    let default = sampled("rate-default", &[]);
+    let coarse = sampled("rate-4m", &["--rate", "4M"]);
+    // Expected about 3,100, 390 and 48 samples.
+    assert!((1500.0..6000.0).contains(&fine), "64K: {fine}");
+    assert!(
+        (4.0..16.0).contains(&(fine / default)),
+        "{fine} / {default}"
+    );
+    assert!(
+        (4.0..16.0).contains(&(default / coarse)),
+        "{default} / {coarse}"
+    );
+}
+
+/// Many threads allocating (and sampled) while the program forks: no
+/// deadlock, the parent's profile has the threads' site on top and
+/// estimates its bytes, and the child writes its own with its own site.
+#[test]
+fn threads_sampled_while_the_program_forks() {
+    let dir = scratch("threads-fork");
+    profile(
+        &[
+            "--rate",
+            "64K",
+            "--out",
+            "p.%p.json",
+            "--",
+            top_program().to_str().unwrap(),
+            "threads",
+        ],
+        &dir,
+    );
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let profiles: Vec<Value> = files.iter().map(|f| load(f)).collect();
+    let parent = profiles
+        .iter()
+        .find(|v| sum_at(v, "child_site", "tbk") == 0)
+        .expect("a profile without child_site");
+    let child = profiles
+        .iter()
+        .find(|v| sum_at(v, "child_site", "tbk") > 0)
+        .expect("the child's profile");
+    assert_top_near(parent, "tb", "thread_site", 160e6, 0.25);
+    assert!(sum_at(child, "child_site", "tb") > 1_000_000);
 }
 
 /// Large blocks (128 KiB to 2 MiB) are sampled where the thread's heap put
@@ -299,16 +391,17 @@ fn default_name_and_forked_children() {
     // Without --out: named after the program and its pid, in the working
     // directory; a forked child does not overwrite it.
     let dir = scratch("default");
-    profile(&["--", top_program().to_str().unwrap()], &dir);
+    let out = profile(&["--", top_program().to_str().unwrap()], &dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let pid = err
+        .lines()
+        .find_map(|l| l.strip_prefix("pid "))
+        .unwrap_or_else(|| panic!("{err}"));
     let names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names.len(), 1, "{names:?}");
-    assert!(
-        names[0].starts_with("heapkeep-profile.top.") && names[0].ends_with(".json"),
-        "{names:?}"
-    );
+    assert_eq!(names, [format!("heapkeep-profile.top.{pid}.json")]);
     load(&dir.join(&names[0]));
 }
 

@@ -12,9 +12,15 @@
  * blocks of 1000 bytes that live 300 ms, 20 freed at once.
  * With the argument "remap", only remap_site runs: 8 huge blocks of 4 MiB,
  * each grown to 64 MiB by realloc (which moves most of them: the next
- * block is in the way), then all freed; stderr says how many moved. */
+ * block is in the way), then all freed; stderr says how many moved.
+ * With the argument "threads", only thread_site runs, in 16 threads at once
+ * (each 100 rounds x 100 blocks of 1000 bytes: 160 MB in all), and while
+ * they run the main thread forks a child that allocates 5 MB at child_site
+ * and exits.
+ * Every run prints "pid N" (its process id) to stderr. */
 #include <malloc.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,6 +130,49 @@ static int usable_only(void) {
     return 0;
 }
 
+__attribute__((noinline)) void *thread_site(size_t n) {
+    void *p = malloc(n);
+    memset(p, 11, n);
+    return p;
+}
+
+__attribute__((noinline)) void *child_site(size_t n) {
+    void *p = malloc(n);
+    memset(p, 12, n);
+    return p;
+}
+
+static volatile int started;
+
+static void *thread_rounds(void *arg) {
+    (void)arg;
+    void *keep[100];
+    __sync_fetch_and_add(&started, 1);
+    for (int r = 0; r < 100; r++) {
+        for (int i = 0; i < 100; i++) keep[i] = thread_site(1000);
+        for (int i = 0; i < 100; i++) free(keep[i]);
+    }
+    return NULL;
+}
+
+static int threads_and_fork(void) {
+    pthread_t t[16];
+    for (int i = 0; i < 16; i++) pthread_create(&t[i], NULL, thread_rounds, NULL);
+    while (started < 8) sched_yield();
+    /* The others are allocating (and being sampled) as the fork happens. */
+    pid_t pid = fork();
+    if (pid == 0) {
+        for (int i = 0; i < 1000; i++) free(child_site(5000));
+        exit(0);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    for (int i = 0; i < 16; i++) pthread_join(t[i], NULL);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return 1;
+    puts("done");
+    return 0;
+}
+
 static void *rounds(void *arg) {
     (void)arg;
     static __thread void *keep[1000];
@@ -136,6 +185,8 @@ static void *rounds(void *arg) {
 }
 
 int main(int argc, char **argv) {
+    fprintf(stderr, "pid %d\n", (int)getpid());
+    if (argc > 1 && strcmp(argv[1], "threads") == 0) return threads_and_fork();
     if (argc > 1 && strcmp(argv[1], "large") == 0) return large_only();
     if (argc > 1 && strcmp(argv[1], "lifetimes") == 0) return lifetimes_only();
     if (argc > 1 && strcmp(argv[1], "remap") == 0) return remap_only();
