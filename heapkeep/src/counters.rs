@@ -639,6 +639,18 @@ impl Counters {
         PEAK.fetch_max(live, r);
     }
 
+    /// For [`ORPHAN`]: counts a `realloc` that moved its block, whose new
+    /// block and the old one's free were counted already (as
+    /// [`Counters::on_realloc`] with `moved`), with read-modify-writes.
+    pub(crate) fn orphan_realloc_moved(&self) {
+        if !ENABLED {
+            return;
+        }
+        let r = Ordering::Relaxed;
+        self.reallocs.fetch_add(1, r);
+        self.realloc_moves.fetch_add(1, r);
+    }
+
     /// For [`ORPHAN`]: counts a free with read-modify-writes (several threads).
     pub(crate) fn orphan_free(&self, bytes: usize) {
         if !ENABLED {

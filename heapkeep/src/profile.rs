@@ -939,6 +939,9 @@ pub(crate) unsafe fn realloc(
             ptr::copy_nonoverlapping(p, q, old.min(new_size));
             heap::free(p);
         }
+        // One call of the program's: a realloc, not the allocation and
+        // free counted above.
+        ORPHAN.orphan_realloc_moved();
     }
     q
 }

@@ -246,3 +246,30 @@ fn run_counts_a_rust_programs_own_heapkeep_too() {
     assert!(num(&v, "bytes_allocated") >= 101_000_000, "{v}");
     assert!(num(&v, "peak_live_bytes") >= 5_000, "{v}");
 }
+
+/// Taking a profile allocates nothing through the heap being profiled:
+/// counts.c checks its exact counts (calls, live blocks and bytes, the
+/// heap walk's figures) while every allocation is recorded (a stack
+/// captured and interned for each) and while 1 KiB sampling takes samples
+/// inside its loops.
+#[test]
+fn profiling_allocates_nothing_through_the_programs_heap() {
+    let dir = tempdir();
+    for (name, options) in [("every", &["--every"][..]), ("sampled", &["--rate", "1K"])] {
+        let path = dir.join(format!("counts-{name}.json"));
+        let out = Command::new(heapkeep_cmd())
+            .arg("profile")
+            .args(options)
+            .args(["--out", path.to_str().unwrap(), "--"])
+            .arg(counts_program())
+            .args(["2000", "0"])
+            .env_remove("HEAPKEEP_LIB")
+            .env_remove("HEAPKEEP_CHECK")
+            .output()
+            .expect("run heapkeep");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {err}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok 2000\n", "{err}");
+        assert!(path.exists(), "{name}: no profile\n{err}");
+    }
+}
