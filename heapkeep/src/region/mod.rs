@@ -6,7 +6,9 @@
 //! - `alloc`, `dealloc` and `realloc` run in bounded time whatever the heap
 //!   holds: a class lookup by two bitmap scans, list pushes and pops, and at
 //!   most [`EXACT_SCAN`] list steps on the last-resort path before failing.
-//!   No operation walks the heap (the statistics in `view.rs` may).
+//!   No operation walks the heap (the statistics in `view.rs` may). The
+//!   unit tests in `bounded.rs` count each operation's list steps on
+//!   adversarial heaps.
 //! - Free blocks are coalesced with both physical neighbours at once, so no
 //!   two free blocks are ever adjacent.
 //! - `dealloc` and `realloc` find a block's end from the layout it was
@@ -62,6 +64,8 @@ use core::alloc::Layout;
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
 
+#[cfg(test)]
+mod bounded;
 mod locked;
 mod view;
 
@@ -186,6 +190,10 @@ pub struct RegionHeap {
     used: usize,
     /// Sum of the sizes of all blocks, free and used, in every region.
     capacity: usize,
+    /// Unit tests only: list steps taken so far (see [`RegionHeap::step`]),
+    /// so the tests can bound the work of one operation.
+    #[cfg(test)]
+    steps: usize,
 }
 
 // SAFETY: a `RegionHeap` owns its regions exclusively (`new`/`extend` take
@@ -305,6 +313,22 @@ impl RegionHeap {
             regions: ptr::null_mut(),
             used: 0,
             capacity: 0,
+            #[cfg(test)]
+            steps: 0,
+        }
+    }
+
+    /// Counts one list step: a free block read while searching (a list head,
+    /// or one step of the bounded scan), or one free block linked, unlinked
+    /// or moved on its list. Every loop over free blocks, and every list
+    /// change, calls it; so the steps of one `alloc`, `dealloc` or
+    /// `realloc` bound its work (the rest is straight-line code and bitmap
+    /// scans). Compiled to nothing outside this crate's unit tests.
+    #[inline(always)]
+    fn step(&mut self) {
+        #[cfg(test)]
+        {
+            self.steps += 1;
         }
     }
 
@@ -651,14 +675,17 @@ impl RegionHeap {
                 // table exists), and its head is a free block of ours.
                 unsafe {
                     let head = *self.heads.add(c);
+                    self.step();
                     if (*head).size >= need {
                         return Some(head);
                     }
                 }
             }
         }
+        let found = found?;
+        self.step();
         // SAFETY: the bitmap says this list is not empty.
-        Some(unsafe { *self.heads.add(found?) })
+        Some(unsafe { *self.heads.add(found) })
     }
 
     /// The last resort before failing: the head of the request's own class
@@ -677,6 +704,7 @@ impl RegionHeap {
                 if g.is_null() {
                     break;
                 }
+                self.step();
                 let offset = align_gap(g.cast(), align);
                 if (*g).size >= need && (*g).size - need >= offset {
                     return Some(g);
@@ -810,6 +838,7 @@ impl RegionHeap {
         // the head table.
         unsafe {
             if c == (*g).class {
+                self.step();
                 let Gap {
                     next, next_of_prev, ..
                 } = g.read();
@@ -840,6 +869,7 @@ impl RegionHeap {
     /// class_of(size)`; the heap has its head table.
     #[inline(always)]
     unsafe fn link(&mut self, b: *mut u8, size: usize, c: usize) {
+        self.step();
         // SAFETY: the caller's promise; `b` is GRANULE-aligned and `size >=
         // GRANULE` leaves room for the fields.
         unsafe {
@@ -870,6 +900,7 @@ impl RegionHeap {
     /// `g` is on a free list of ours.
     #[inline(always)]
     unsafe fn unlink(&mut self, g: *mut Gap) {
+        self.step();
         // SAFETY: the caller's promise; list neighbours are free blocks or
         // the head table.
         unsafe {
