@@ -1,7 +1,9 @@
 //! The heaps you own (issue 6): `heapkeep::region::RegionHeap` against a shadow model of live
-//! blocks (random alloc / dealloc / realloc, sizes 1 B – 32 KiB, alignments 1 – 4096, the full
-//! invariant walk `check()` after every step), exhaustion and recovery, extension, the byte map,
-//! the locked `GlobalAlloc` wrapper; `Arena` growth and reset; `Pool` bounds.
+//! blocks (random alloc / dealloc / realloc, sizes 1 B – 32 KiB, alignments 1 – 4096, and 1 B –
+//! 1 MiB in a model of its own, the full invariant walk `check()` after every step), exhaustion
+//! and recovery, extension, large alignments on regions of any base alignment and alignments
+//! beyond the region, the byte map, the locked `GlobalAlloc` wrapper; `Arena` growth and reset;
+//! `Pool` bounds.
 //!
 //! Knob: `PROPTEST_CASES` overrides the number of cases of the model test.
 
@@ -261,6 +263,27 @@ proptest! {
     #[test]
     fn model_large_heap(ops in proptest::collection::vec(op(), 1..200)) {
         run_model(8 * MIB, &ops);
+    }
+}
+
+/// Operations whose allocations take alignments up to 1 MiB.
+fn op_large_align() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (size(), prop_oneof![3 => 0..=4u8, 2 => 13..=20u8])
+            .prop_map(|(size, align_log)| Op::Alloc { size, align_log }),
+        3 => any::<Index>().prop_map(|which| Op::Dealloc { which }),
+        2 => (any::<Index>(), size()).prop_map(|(which, new_size)| Op::Realloc { which, new_size }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(32))]
+
+    /// Alignments of 8 KiB to 1 MiB among ordinary ones: the heap fills with the gaps split
+    /// off in front of aligned blocks, reuses them, and coalesces them back at the end.
+    #[test]
+    fn model_large_alignments(ops in proptest::collection::vec(op_large_align(), 1..120)) {
+        run_model(16 * MIB, &ops);
     }
 }
 
@@ -546,6 +569,195 @@ fn check_detects_corruption() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Large alignments
+// ---------------------------------------------------------------------------------------------
+
+/// A heap over `bytes` starting `offset` bytes past a multiple of 4 MiB, in a buffer the test
+/// owns (freed when this is dropped, after the heap is no longer used).
+struct Placed {
+    heap: RegionHeap,
+    buf: *mut u8,
+    buf_layout: Layout,
+    lo: usize,
+    hi: usize,
+}
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `placed` with this layout; the heap is not used after this.
+        unsafe { std::alloc::dealloc(self.buf, self.buf_layout) };
+    }
+}
+
+fn placed(bytes: usize, offset: usize) -> Placed {
+    let buf_layout = Layout::from_size_align(bytes + offset, 4 * MIB).unwrap();
+    // SAFETY: a non-zero size.
+    let buf = unsafe { std::alloc::alloc_zeroed(buf_layout) };
+    assert!(!buf.is_null());
+    let mut heap = RegionHeap::empty();
+    // SAFETY: `buf + offset .. + bytes` lies in the buffer, which `Placed` frees only on drop;
+    // nothing else uses it.
+    let added = unsafe { heap.extend_raw(buf.add(offset), bytes) };
+    assert!(added > bytes - HEAD_TABLE_BYTES - 128, "{added} of {bytes}");
+    let lo = buf as usize + offset;
+    Placed {
+        heap,
+        buf,
+        buf_layout,
+        lo,
+        hi: lo + bytes,
+    }
+}
+
+/// Alignments of 8 KiB, 64 KiB and 1 MiB, on regions whose base is 4 MiB-, 4 KiB-, 8-byte- and
+/// 1-byte-aligned: each pointer is aligned, inside the region and writable over its whole size
+/// without touching its neighbours; the invariant walk passes after every step; and freeing
+/// everything coalesces the free blocks split off in front for alignment, restoring the single
+/// free block of the start.
+#[test]
+fn alignments_up_to_1_mib_on_regions_of_any_base_alignment() {
+    let patterns: Vec<Pattern> = (0..16).map(|i| Pattern::new(i * 104_729 + 3)).collect();
+    for offset in [0, 4 * KIB, 24, 1] {
+        let mut r = placed(16 * MIB, offset);
+        let capacity = r.heap.capacity();
+        assert_eq!(r.heap.free_bytes(), capacity);
+        let ctx = |what: &str| format!("base {:#x} (offset {offset}): {what}", r.lo);
+        // One block at a time on the empty heap: the gap in front of it stays free, and
+        // freeing the block merges gap, block and the rest into one block again.
+        for align in [8 * KIB, 64 * KIB, MIB] {
+            let l = Layout::from_size_align(100, align).unwrap();
+            let p = r.heap.alloc(l).expect("an aligned block in an empty heap");
+            let a = p.as_ptr() as usize;
+            assert_eq!(a % align, 0, "{}", ctx("alignment"));
+            check(&r.heap, &ctx("one aligned block"));
+            // Only the block itself is used: the gap in front of it is a free block.
+            assert_eq!(
+                r.heap.free_bytes(),
+                capacity - (100 + BLOCK_OVERHEAD).next_multiple_of(GRANULE),
+                "{}",
+                ctx("the front gap stays free")
+            );
+            // No region here starts its first block on an 8 KiB boundary (the head table and
+            // the region header come first), so there is a gap and the free space is in two.
+            assert!(
+                r.heap.largest_free() < r.heap.free_bytes(),
+                "{}",
+                ctx("the front gap and the rest are two free blocks")
+            );
+            // SAFETY: live block.
+            unsafe { r.heap.dealloc(p, l) };
+            check(&r.heap, &ctx("one aligned block freed"));
+            assert_eq!(r.heap.largest_free(), capacity, "{}", ctx("coalesced"));
+        }
+        // Many at once, of sizes below, at and above the alignment.
+        let mut live: Vec<(NonNull<u8>, Layout, usize)> = Vec::new();
+        for align in [8 * KIB, 64 * KIB, MIB] {
+            for size in [1, 100, align / 2, align, align + 1] {
+                let l = Layout::from_size_align(size, align).unwrap();
+                let p = r
+                    .heap
+                    .alloc(l)
+                    .unwrap_or_else(|| panic!("{}", ctx(&format!("{l:?} failed"))));
+                let a = p.as_ptr() as usize;
+                assert_eq!(a % align, 0, "{}", ctx(&format!("{l:?} at {a:#x}")));
+                assert!(
+                    a >= r.lo && a + size <= r.hi,
+                    "{}",
+                    ctx("outside the region")
+                );
+                let pat = live.len() % patterns.len();
+                // SAFETY: a fresh block of `size` bytes.
+                unsafe {
+                    patterns[pat].fill(p.as_ptr(), size);
+                    assert_eq!(patterns[pat].check(p.as_ptr(), size), Ok(()));
+                }
+                live.push((p, l, pat));
+                check(&r.heap, &ctx(&format!("after {l:?}")));
+            }
+        }
+        // Nothing overwrote anything: every block still holds its own pattern.
+        for &(p, l, pat) in &live {
+            // SAFETY: live blocks.
+            unsafe { assert_eq!(patterns[pat].check(p.as_ptr(), l.size()), Ok(()), "{l:?}") };
+        }
+        assert!(r.heap.free_bytes() < capacity);
+        // Free every other block first (the holes stay apart), then the rest.
+        let (first, second): (Vec<_>, Vec<_>) =
+            live.into_iter().enumerate().partition(|(i, _)| i % 2 == 1);
+        for (_, (p, l, pat)) in first.into_iter().chain(second) {
+            // SAFETY: live blocks, each freed once.
+            unsafe {
+                assert_eq!(patterns[pat].check(p.as_ptr(), l.size()), Ok(()), "{l:?}");
+                r.heap.dealloc(p, l);
+            }
+            check(&r.heap, &ctx(&format!("freed {l:?}")));
+        }
+        assert_eq!(r.heap.free_bytes(), capacity, "{}", ctx("all free"));
+        assert_eq!(
+            r.heap.largest_free(),
+            capacity,
+            "{}",
+            ctx("everything coalesced into one block")
+        );
+    }
+}
+
+/// A region of 1 MiB that holds no multiple of 2 MiB: every alignment from 2 MiB up (to
+/// 2^62) is refused with `None` (and a null pointer from the locked wrapper), never a panic,
+/// even with small free blocks in the request's own class for the last-resort scan to test.
+#[test]
+fn an_alignment_beyond_the_region_is_refused() {
+    // The region is [4 MiB * k + 4 KiB, 4 MiB * k + 1 MiB + 4 KiB).
+    let mut r = placed(MIB, 4 * KIB);
+    assert_eq!(r.lo % (4 * MIB), 4 * KIB);
+    let capacity = r.heap.capacity();
+    // Small free blocks between used ones.
+    let small = Layout::from_size_align(24, 8).unwrap();
+    let blocks: Vec<_> = (0..64).map(|_| r.heap.alloc(small).unwrap()).collect();
+    for p in blocks.iter().step_by(2) {
+        // SAFETY: live blocks, each freed once.
+        unsafe { r.heap.dealloc(*p, small) };
+    }
+    check(&r.heap, "holes made");
+    let free = r.heap.free_bytes();
+    for log in 21..=62 {
+        for size in [0, 1, 24, 4096] {
+            let l = Layout::from_size_align(size, 1 << log).unwrap();
+            assert_eq!(r.heap.alloc(l), None, "{l:?}");
+        }
+    }
+    // Bigger than the region, ordinary alignment.
+    assert_eq!(
+        r.heap.alloc(Layout::from_size_align(2 * MIB, 8).unwrap()),
+        None
+    );
+    check(&r.heap, "after the refusals");
+    assert_eq!(r.heap.free_bytes(), free, "a refusal changes nothing");
+    for p in blocks.iter().skip(1).step_by(2) {
+        // SAFETY: the blocks still live.
+        unsafe { r.heap.dealloc(*p, small) };
+    }
+    assert_eq!(r.heap.largest_free(), capacity);
+
+    // The same through the locked wrapper's `GlobalAlloc`.
+    let mut r = placed(MIB, 4 * KIB);
+    let locked = LockedRegionHeap::empty();
+    std::mem::swap(&mut *locked.lock(), &mut r.heap);
+    for log in [21, 22, 30, 40, 62] {
+        let l = Layout::from_size_align(1, 1 << log).unwrap();
+        // SAFETY: a non-zero size.
+        assert!(unsafe { GlobalAlloc::alloc(&locked, l) }.is_null(), "{l:?}");
+    }
+    check(&locked.lock(), "locked, after the refusals");
+    let (largest, capacity) = {
+        let heap = locked.lock();
+        (heap.largest_free(), heap.capacity())
+    };
+    assert_eq!(largest, capacity);
+    // `r` (and its buffer) is dropped after `locked`, declared later.
+}
+
+// ---------------------------------------------------------------------------------------------
 // The locked wrapper
 // ---------------------------------------------------------------------------------------------
 
@@ -615,6 +827,60 @@ fn locked_heap_as_global_alloc_and_allocator() {
     let huge = Layout::from_size_align(8 * MIB, 8).unwrap();
     // SAFETY: non-zero size.
     assert!(unsafe { GlobalAlloc::alloc(&LOCKED, huge) }.is_null());
+}
+
+/// The locked wrapper serves 8 KiB, 64 KiB and 1 MiB alignments through `GlobalAlloc` (from a
+/// buffer with only the system allocator's 16-byte alignment), and `Allocator::grow` moves a
+/// block to a larger alignment, keeping its contents.
+#[test]
+fn locked_heap_serves_large_alignments() {
+    let mut buf = vec![0u8; 8 * MIB];
+    let heap = LockedRegionHeap::empty();
+    // SAFETY: `buf` outlives `heap` (declared before it) and nothing else uses it.
+    unsafe { heap.lock().extend_raw(buf.as_mut_ptr(), buf.len()) };
+    let capacity = heap.lock().capacity();
+    let mut blocks = Vec::new();
+    for align in [8 * KIB, 64 * KIB, MIB] {
+        for size in [1, 3000, align] {
+            let l = Layout::from_size_align(size, align).unwrap();
+            // SAFETY: a non-zero size.
+            let p = unsafe { GlobalAlloc::alloc(&heap, l) };
+            assert!(!p.is_null(), "{l:?}");
+            assert_eq!(p as usize % align, 0, "{l:?}");
+            // SAFETY: a fresh block of `size` bytes.
+            unsafe { p.write_bytes(blocks.len() as u8, size) };
+            blocks.push((p, l));
+            check(&heap.lock(), &format!("after {l:?}"));
+        }
+    }
+    for (i, (p, l)) in blocks.into_iter().enumerate() {
+        // SAFETY: live blocks, each freed once.
+        unsafe {
+            assert!(std::slice::from_raw_parts(p, l.size())
+                .iter()
+                .all(|&x| x == i as u8));
+            GlobalAlloc::dealloc(&heap, p, l);
+        }
+        check(&heap.lock(), &format!("freed {l:?}"));
+    }
+    assert_eq!(heap.lock().largest_free(), capacity);
+    // `grow` to a larger alignment: a new, aligned block with the old contents.
+    let old = Layout::from_size_align(100, 8).unwrap();
+    let new = Layout::from_size_align(200, 64 * KIB).unwrap();
+    let p = allocator_api2::alloc::Allocator::allocate(&heap, old).unwrap();
+    // SAFETY: `p` is a live block of `old`, then of `new`.
+    unsafe {
+        p.cast::<u8>().as_ptr().write_bytes(0x5a, 100);
+        let q = allocator_api2::alloc::Allocator::grow(&heap, p.cast(), old, new).unwrap();
+        let q = q.cast::<u8>();
+        assert_eq!(q.as_ptr() as usize % (64 * KIB), 0);
+        assert!(std::slice::from_raw_parts(q.as_ptr(), 100)
+            .iter()
+            .all(|&x| x == 0x5a));
+        allocator_api2::alloc::Allocator::deallocate(&heap, q, new);
+    }
+    check(&heap.lock(), "after grow");
+    assert_eq!(heap.lock().largest_free(), capacity);
 }
 
 // ---------------------------------------------------------------------------------------------
