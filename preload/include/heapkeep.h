@@ -111,6 +111,27 @@ typedef struct {
 } heapkeep_stats_t;
 
 /*
+ What a copy of heapkeep tells the C front about itself. `#[repr(C)]`
+ and versioned: the two copies may come from different heapkeep
+ versions; fields are only ever appended.
+ */
+typedef struct {
+  /*
+   [`PEER_VERSION`] of the copy that made it.
+   */
+  uint32_t version;
+  /*
+   Copies the copy's [`Stats`] into `out`, at most `size` bytes of them;
+   returns the size of its full struct (as `heapkeep_stats`).
+   */
+  size_t (*stats)(heapkeep_stats_t *out, size_t size);
+  /*
+   1 if the copy wrote a profile at exit (or will: it samples), else 0.
+   */
+  int (*profiled)(void);
+} heapkeep_peer_info_t;
+
+/*
  What one thread did with heapkeep since it started (see [`thread_stats`]).
 
  Counted per thread heap: a thread's allocations, frees (of any block,
@@ -183,6 +204,18 @@ typedef struct {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/*
+ Another copy of heapkeep in this process (a Rust program's global
+ allocator) registers here at exit, so that the exit report counts its
+ calls too and the profiles of the two heaps do not collide. Returns 1
+ if `info` was taken.
+
+ # Safety
+ `info` is null or points to a `heapkeep::peer::PeerInfo` that stays
+ valid until the process exits.
+ */
+int heapkeep_peer_register(const heapkeep_peer_info_t *info);
 
 /*
  Copies the current statistics (`heapkeep_stats_t`) into `*out`, at most `size` bytes of them
