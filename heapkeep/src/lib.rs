@@ -103,7 +103,7 @@ pub use measure::{measure, Measured};
 #[cfg(feature = "os")]
 pub use stacks::{stack_peaks, StackPeak, StackPeaks};
 #[cfg(feature = "os")]
-pub use stats::{for_each_thread, stats, thread_stats, Stats, ThreadStats};
+pub use stats::{for_each_thread, stats, stats_into, thread_stats, Stats, ThreadStats};
 #[cfg(feature = "os")]
 pub use walk::{class_stats, ClassStats};
 

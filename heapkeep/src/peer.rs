@@ -49,24 +49,9 @@ static PEER: AtomicPtr<PeerInfo> = AtomicPtr::new(core::ptr::null_mut());
 /// This copy's own [`PeerInfo`].
 static OURS: PeerInfo = PeerInfo {
     version: PEER_VERSION,
-    stats: our_stats,
+    stats: crate::stats::stats_into,
     profiled: our_profiled,
 };
-
-unsafe extern "C" fn our_stats(out: *mut Stats, size: usize) -> usize {
-    let s = crate::stats();
-    let full = core::mem::size_of::<Stats>();
-    // SAFETY: `out` has room for `size` bytes (the caller's promise, as for
-    // `heapkeep_stats`); we copy no more than the struct holds.
-    unsafe {
-        core::ptr::copy_nonoverlapping(
-            (&s as *const Stats).cast::<u8>(),
-            out.cast::<u8>(),
-            size.min(full),
-        )
-    };
-    full
-}
 
 extern "C" fn our_profiled() -> c_int {
     crate::profile::sampled_anything() as c_int

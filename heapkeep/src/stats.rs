@@ -98,6 +98,29 @@ impl Sums {
     }
 }
 
+/// [`stats`] in C's way: copies the current counts into `*out`, at most
+/// `size` bytes of them (a caller built against an older, shorter struct
+/// gets the fields it knows), and returns the size of the full struct.
+/// Behind C's `heapkeep_stats` and a second copy's report (`peer.rs`).
+///
+/// # Safety
+/// `out` is valid for writes of `size` bytes (or null with `size` 0).
+#[doc(hidden)]
+pub unsafe extern "C" fn stats_into(out: *mut Stats, size: usize) -> usize {
+    let s = stats();
+    let full = core::mem::size_of::<Stats>();
+    // SAFETY: `out` has room for `size` bytes (caller); we copy no more than
+    // the struct holds.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            (&s as *const Stats).cast::<u8>(),
+            out.cast::<u8>(),
+            size.min(full),
+        )
+    };
+    full
+}
+
 /// The current counts (see [`Stats`]). Allocation-free; safe from any
 /// thread. The counts take no lock; the heap-walk figures hold the segment
 /// cache's lock (and then the guard's and huge blocks') for the walk, so do

@@ -260,18 +260,8 @@ pub unsafe extern "C" fn heapkeep_peer_register(info: *const heapkeep::peer::Pee
 /// `out` is valid for writes of `size` bytes (or null with `size` 0).
 #[no_mangle]
 pub unsafe extern "C" fn heapkeep_stats(out: *mut heapkeep::Stats, size: usize) -> usize {
-    let s = heapkeep::stats();
-    let full = core::mem::size_of::<heapkeep::Stats>();
-    // SAFETY: `out` has room for `size` bytes (caller); we copy no more than
-    // the struct holds.
-    unsafe {
-        core::ptr::copy_nonoverlapping(
-            (&s as *const heapkeep::Stats).cast::<u8>(),
-            out.cast::<u8>(),
-            size.min(full),
-        )
-    };
-    full
+    // SAFETY: forwarded from the caller.
+    unsafe { heapkeep::stats_into(out, size) }
 }
 
 /// Copies the calling thread's counts since it started
