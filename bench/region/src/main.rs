@@ -1041,51 +1041,32 @@ fn main() {
             );
         }
     }
-    let _ = writeln!(
-        r,
-        "\n### Heap efficiency (bytes live at the first failure / region size, higher is better)\n"
+    // One table per efficiency method: a heading, the allocators, a row of
+    // percentages.
+    let mut eff_table = |heading: String, values: &[f64]| {
+        let _ = writeln!(r, "\n### {heading}\n");
+        let _ = writeln!(r, "| {} |", NAMES.join(" | "));
+        let _ = writeln!(r, "|{}", "---:|".repeat(5));
+        let cells: Vec<String> = values.iter().map(|e| format!("{e:.2}%")).collect();
+        let _ = writeln!(r, "| {} |", cells.join(" | "));
+    };
+    eff_table(
+        "Heap efficiency (bytes live at the first failure / region size, higher is better)".into(),
+        &eff,
     );
-    let _ = writeln!(r, "| {} |", NAMES.join(" | "));
-    let _ = writeln!(r, "|{}", "---:|".repeat(5));
-    let _ = writeln!(
-        r,
-        "| {} |",
-        eff.iter()
-            .map(|e| format!("{e:.2}%"))
-            .collect::<Vec<_>>()
-            .join(" | ")
+    eff_table(
+        format!(
+            "Heap efficiency, talc's method (one {} MiB heap reused for {ref_trials} trials; bytes live at each trial's first failure, summed, over trials x heap size)",
+            REF_REGION >> 20
+        ),
+        &ref_eff,
     );
-    let _ = writeln!(
-        r,
-        "\n### Heap efficiency, talc's method (one {} MiB heap reused for {ref_trials} trials; bytes live at each trial's first failure, summed, over trials x heap size)\n",
-        REF_REGION >> 20
-    );
-    let _ = writeln!(r, "| {} |", NAMES.join(" | "));
-    let _ = writeln!(r, "|{}", "---:|".repeat(5));
-    let _ = writeln!(
-        r,
-        "| {} |",
-        ref_eff
-            .iter()
-            .map(|e| format!("{e:.2}%"))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
-    let _ = writeln!(
-        r,
-        "\n### Heap efficiency, talc 4's published method (one {} MiB heap reused for {ref_trials} trials; allocations of 1..100,000 bytes; a trial ends at the first failed allocation, not reallocation)\n",
-        V4_REGION >> 20
-    );
-    let _ = writeln!(r, "| {} |", NAMES.join(" | "));
-    let _ = writeln!(r, "|{}", "---:|".repeat(5));
-    let _ = writeln!(
-        r,
-        "| {} |",
-        v4_eff
-            .iter()
-            .map(|e| format!("{e:.2}%"))
-            .collect::<Vec<_>>()
-            .join(" | ")
+    eff_table(
+        format!(
+            "Heap efficiency, talc 4's published method (one {} MiB heap reused for {ref_trials} trials; allocations of 1..100,000 bytes; a trial ends at the first failed allocation, not reallocation)",
+            V4_REGION >> 20
+        ),
+        &v4_eff,
     );
     let _ = writeln!(r, "\n### heapkeep at the first failure (means over runs)\n");
     let _ = writeln!(
