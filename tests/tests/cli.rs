@@ -36,6 +36,17 @@ fn heapkeep(args: &[&str]) -> Output {
         .expect("run heapkeep")
 }
 
+/// [`heapkeep`] with fast mode for its program even when these tests run
+/// in check mode (`.ci/tests-under-check` sets HEAPKEEP_CHECK=1).
+fn heapkeep_fast(args: &[&str]) -> Output {
+    Command::new(heapkeep_cmd())
+        .args(args)
+        .env_remove("HEAPKEEP_LIB")
+        .env_remove("HEAPKEEP_CHECK")
+        .output()
+        .expect("run heapkeep")
+}
+
 fn json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).expect("summary JSON written");
     serde_json::from_str(&text).expect("summary is JSON")
@@ -226,13 +237,13 @@ fn run_measures_how_deep_each_stack_went() {
 fn run_counts_a_rust_programs_own_heapkeep_too() {
     let dir = tempdir();
     let path = dir.join("rust-program.json");
-    let out = Command::new(heapkeep_cmd())
-        .args(["run", "--json", path.to_str().unwrap(), "--"])
-        .arg(env!("CARGO_BIN_EXE_profile_target"))
-        .env_remove("HEAPKEEP_LIB")
-        .env_remove("HEAPKEEP_CHECK")
-        .output()
-        .expect("run heapkeep");
+    let out = heapkeep_fast(&[
+        "run",
+        "--json",
+        path.to_str().unwrap(),
+        "--",
+        env!("CARGO_BIN_EXE_profile_target"),
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "done 101000000\n");
@@ -257,16 +268,11 @@ fn profiling_allocates_nothing_through_the_programs_heap() {
     let dir = tempdir();
     for (name, options) in [("every", &["--every"][..]), ("sampled", &["--rate", "1K"])] {
         let path = dir.join(format!("counts-{name}.json"));
-        let out = Command::new(heapkeep_cmd())
-            .arg("profile")
-            .args(options)
-            .args(["--out", path.to_str().unwrap(), "--"])
-            .arg(counts_program())
-            .args(["2000", "0"])
-            .env_remove("HEAPKEEP_LIB")
-            .env_remove("HEAPKEEP_CHECK")
-            .output()
-            .expect("run heapkeep");
+        let mut args = vec!["profile"];
+        args.extend(options);
+        args.extend(["--out", path.to_str().unwrap(), "--"]);
+        args.extend([counts_program().to_str().unwrap(), "2000", "0"]);
+        let out = heapkeep_fast(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{name}: {err}");
         assert_eq!(String::from_utf8_lossy(&out.stdout), "ok 2000\n", "{err}");

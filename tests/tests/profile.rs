@@ -36,6 +36,16 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// The files in `dir`, sorted.
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
 fn profile(args: &[&str], cwd: &Path) -> Output {
     // The profile is a fast-mode feature (check mode turns it off); these
     // tests may themselves run in check mode (.ci/tests-under-check).
@@ -246,11 +256,7 @@ fn threads_sampled_while_the_program_forks() {
         ],
         &dir,
     );
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
+    let files = files_in(&dir);
     assert_eq!(files.len(), 2, "{files:?}");
     let profiles: Vec<Value> = files.iter().map(|f| load(f)).collect();
     let parent = profiles
@@ -371,11 +377,7 @@ fn default_name_and_forked_children() {
         ],
         &dir,
     );
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
+    let files = files_in(&dir);
     assert_eq!(files.len(), 2, "{files:?}");
     // The child keeps its parent's samples and adds its own 5000-byte
     // blocks: its profile has more big_site bytes than the parent's.

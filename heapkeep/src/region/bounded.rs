@@ -266,22 +266,24 @@ fn assert_bounded(worst: Worst, what: &str) {
     );
 }
 
-#[test]
-fn a_long_list_of_too_small_blocks_costs_a_bounded_search() {
-    let few = too_small_blocks(64);
-    let many = too_small_blocks(4096);
+/// `heap_of(n)` with 64 and with 4096 free blocks: both within the bounds,
+/// and the same work (it does not grow with the free blocks).
+fn assert_bounded_and_flat(heap_of: fn(usize) -> Worst) {
+    let few = heap_of(64);
+    let many = heap_of(4096);
     assert_bounded(few, "64 free blocks");
     assert_bounded(many, "4096 free blocks");
     assert_eq!(few, many, "the work does not grow with the free blocks");
 }
 
 #[test]
+fn a_long_list_of_too_small_blocks_costs_a_bounded_search() {
+    assert_bounded_and_flat(too_small_blocks);
+}
+
+#[test]
 fn a_long_list_of_misaligned_blocks_costs_a_bounded_search() {
-    let few = misaligned_blocks(64);
-    let many = misaligned_blocks(4096);
-    assert_bounded(few, "64 free blocks");
-    assert_bounded(many, "4096 free blocks");
-    assert_eq!(few, many, "the work does not grow with the free blocks");
+    assert_bounded_and_flat(misaligned_blocks);
 }
 
 /// Free blocks in every class up to 16 KiB, many per class, the smallest
