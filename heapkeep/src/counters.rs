@@ -29,7 +29,7 @@
 //! drained from 4 GiB, also when an empty page is given back: it stays
 //! exact while a thread frees less than 8 GiB of its own blocks (16 GiB
 //! when none is smaller than 16 bytes) with neither a full upkeep (below:
-//! at least one per 128 KiB allocated) nor a page given back in between
+//! at least one per 256 KiB allocated) nor a page given back in between
 //! (a run of frees that empties no page other than one kept per size
 //! class). A longer run of frees would drop multiples of 16 GiB from the
 //! counts; no program seen has come near it, and a debug assertion in the
@@ -41,15 +41,15 @@
 //! path adds its word and does the full upkeep only when needed:
 //!
 //! - an allocation compares `out` with `out_mark`, which the last upkeep
-//!   set [`MARK_BYTES`] (128 KiB) of usable bytes above `out`. Bound: at
+//!   set [`MARK_BYTES`] (256 KiB) of usable bytes above `out`. Bound: at
 //!   a full upkeep no field is half full; until the next one each slow
-//!   path found fewer than 128 KiB handed out since (so fewer than 16 Ki
+//!   path found fewer than 256 KiB handed out since (so fewer than 32 Ki
 //!   blocks of at least 8 bytes), then the fast path added at most 23,000
 //!   blocks and 2.1 MiB, and one slow path one block below 1 MiB (larger
 //!   ones are counted wide, with a full upkeep). So `out` stays below
-//!   64 Ki + 16 Ki + 23,000 + 1 blocks (of 128 Ki), 4 + 0.125 + 2.1 + 1 MiB
+//!   64 Ki + 32 Ki + 23,000 + 1 blocks (of 128 Ki), 4 + 0.25 + 2.1 + 1 MiB
 //!   requested (of 8: a request is never more than its block) and
-//!   8 + 0.125 + 2.1 + 1 MiB usable (of 16). Check mode's counters, whose
+//!   8 + 0.25 + 2.1 + 1 MiB usable (of 16). Check mode's counters, whose
 //!   blocks may have 0 bytes, keep `out_mark` at 0 (every call does it).
 //! - it also computes its net figure as `net_base + out's bytes - inn's
 //!   bytes` and, when that tops `hi`, raises `hi` on the spot (`hi_rel`
@@ -57,14 +57,14 @@
 //!   [`FLUSH_BYTES`] above `flushed` (`up_rel`). So `hi` is exactly as
 //!   up to date as when every slow path did the full upkeep.
 //! - a free compares `inn` with `in_mark`: the point where the net figure
-//!   would fall [`FLUSH_BYTES`] below `flushed` (at most 128 KiB on, and at
+//!   would fall [`FLUSH_BYTES`] below `flushed` (at most 256 KiB on, and at
 //!   most the 4 GiB drain point).
 //!
 //! Every full upkeep (the only place a drain happens) and every flush (one
 //! from `measure` too) sets the marks again, so they never lag behind
 //! `net_base`, `hi` or `flushed`. What is left for
 //! the next full upkeep: a flush of a net figure that fell through fast
-//! frees (at most 128 KiB of allocations later; before, the next slow path).
+//! frees (at most 256 KiB of allocations later; before, the next slow path).
 //!
 //! Readers take the wide totals and the packed words under a sequence
 //! number (`seq`, odd while the owner drains), so a drain is never seen half
@@ -122,7 +122,7 @@ const IN_DRAIN_AT: u64 = 4 << (30 + IN_BYTES_SHIFT);
 const OUT_HALVES: u64 = 1 << 63 | 1 << (OUT_BYTES_SHIFT - 1) | 1 << (OUT_BLOCKS_SHIFT - 1);
 /// The slow paths do the full upkeep at least once per this many bytes
 /// handed out (and taken back): see "The slow paths' check".
-const MARK_BYTES: i64 = 128 << 10;
+const MARK_BYTES: i64 = 256 << 10;
 /// The slow paths pack blocks below this size too (1 MiB: a field half
 /// full plus [`MARK_BYTES`] plus the fast path's 2.1 MiB plus this stays in
 /// bounds; see "The slow paths' check").
@@ -232,6 +232,9 @@ pub(crate) struct Counters {
     /// sizes (a free of a 1-byte block adds 1). Only the debug check of the
     /// free word's byte field uses it.
     min_block: u64,
+    /// The static empty heap's counters: see [`Counters::count_free_unit`].
+    /// Never drained, flushed or given marks, so `in_mark` stays 0.
+    stand_in: bool,
 }
 
 /// A consistent reading of one heap's counters.
@@ -295,6 +298,13 @@ impl Counters {
         Counters::with_min_block(0)
     }
 
+    /// The static empty heap's counters (see [`Counters::count_free_unit`]).
+    pub(crate) const fn stand_in() -> Counters {
+        let mut c = Counters::new();
+        c.stand_in = true;
+        c
+    }
+
     const fn with_min_block(min_block: u64) -> Counters {
         Counters {
             out: AtomicU64::new(0),
@@ -319,6 +329,7 @@ impl Counters {
             thread: AtomicU32::new(0),
             base: [const { AtomicU64::new(0) }; 7],
             min_block,
+            stand_in: false,
         }
     }
 
@@ -395,7 +406,14 @@ impl Counters {
     }
 
     /// [`Counters::count_free`] of a block of a page (at most 2 MiB), whose
-    /// [`free_unit`] is `unit` (the page keeps it). Owner thread only.
+    /// [`free_unit`] is `unit` (the page keeps it). Owner thread only
+    /// (any thread without a heap for the stand-in below).
+    ///
+    /// The static empty heap's counters are a stand-in ([`Counters::stand_in`]):
+    /// their `in_mark` stays 0, so every free lands in
+    /// [`Counters::free_mark_reached`], which counts it into [`ORPHAN`]
+    /// (its threads have no heap of their own), and the slow free path
+    /// needs no test for the empty heap.
     #[inline(always)]
     pub(crate) fn count_free_unit(&self, unit: u64) {
         if ENABLED {
@@ -403,8 +421,21 @@ impl Counters {
             let inn = self.inn.load(r).wrapping_add(unit);
             self.inn.store(inn, r);
             if inn >= self.in_mark.load(r) {
-                self.upkeep();
+                self.free_mark_reached(unit);
             }
+        }
+    }
+
+    /// A slow path's `inn` reached `in_mark` after adding `unit`: the full
+    /// upkeep, or for the stand-in an orphan's free (the stand-in's own
+    /// words are written by any heapless thread and never read).
+    #[cold]
+    #[inline(never)]
+    fn free_mark_reached(&self, unit: u64) {
+        if self.stand_in {
+            ORPHAN.orphan_free((unit >> IN_BYTES_SHIFT) as usize);
+        } else {
+            self.upkeep();
         }
     }
 
@@ -415,7 +446,7 @@ impl Counters {
     #[cold]
     #[inline(never)]
     pub(crate) fn upkeep(&self) {
-        if !ENABLED {
+        if !ENABLED || self.stand_in {
             return;
         }
         let r = Ordering::Relaxed;
@@ -539,7 +570,7 @@ impl Counters {
     #[cold]
     #[inline(never)]
     pub(crate) fn flush(&self) {
-        if ENABLED {
+        if ENABLED && !self.stand_in {
             let net = self.net();
             self.publish(net);
             self.set_marks(net);

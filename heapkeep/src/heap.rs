@@ -167,7 +167,11 @@ impl Heap {
             color: 0,
             all_next: ptr::null_mut(),
             pool_next: ptr::null_mut(),
-            counters: Counters::new(),
+            counters: if state == STATE_EMPTY {
+                Counters::stand_in()
+            } else {
+                Counters::new()
+            },
             sample_left: 0,
             profile_due: 0,
             profile_at: usize::MAX,
@@ -419,12 +423,9 @@ unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
             huge::free(seg);
             return;
         }
-        if (*heap).remote.state.load(Ordering::Relaxed) == STATE_EMPTY {
-            ORPHAN.orphan_free((*page).block_size);
-        } else {
-            // A page's block: its precomputed word (see `count_free`).
-            (*heap).counters.count_free_unit((*page).free_unit);
-        }
+        // A page's block: its precomputed word; the empty heap's counters
+        // pass it on to `ORPHAN` (see `Counters::count_free_unit`).
+        (*heap).counters.count_free_unit((*page).free_unit);
     }
     // SAFETY: our own (full) page, or another heap's page whose block we give
     // up; heaps are never destroyed, so `target` is valid memory.
