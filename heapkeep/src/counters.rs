@@ -56,6 +56,13 @@
 //!   is `hi - net_base`), with the full upkeep only when the new high is
 //!   [`FLUSH_BYTES`] above `flushed` (`up_rel`). So `hi` is exactly as
 //!   up to date as when every slow path did the full upkeep.
+//! - both tests are skipped below `alloc_mark`: the lower of `out_mark`
+//!   and the `out` that would top `hi` given the frees counted when the
+//!   mark was set. Frees only raise `inn`, so no `out` below it is a new
+//!   high; a slow path past it that finds no new high (only frees since)
+//!   sets it again from the current `inn` (at a new high it stays below
+//!   `out`, so a climbing net figure is checked on every slow path). So a slow path that is neither at a
+//!   new high nor at `out_mark` costs the add and one compare.
 //! - a free compares `inn` with `in_mark`: the point where the net figure
 //!   would fall [`FLUSH_BYTES`] below `flushed` (at most 256 KiB on, and at
 //!   most the 4 GiB drain point).
@@ -182,6 +189,10 @@ pub(crate) struct Counters {
     /// docs), owner only. [`Counters::count_alloc`] does the full upkeep
     /// once `out` reaches `out_mark` (0 when the next slow path must).
     out_mark: AtomicU64,
+    /// The lower of `out_mark` and the `out` at which a slow path would
+    /// reach a new high ([`Counters::set_alloc_mark`]): below it a slow
+    /// path's count is one compare. Owner only.
+    alloc_mark: AtomicU64,
     /// [`Counters::count_free`] does it once `inn` reaches `in_mark`.
     in_mark: AtomicU64,
     /// The wide totals' net figure (`bytes_out - bytes_in`), so that the net
@@ -310,6 +321,7 @@ impl Counters {
             out: AtomicU64::new(0),
             inn: AtomicU64::new(0),
             out_mark: AtomicU64::new(0),
+            alloc_mark: AtomicU64::new(0),
             in_mark: AtomicU64::new(0),
             net_base: AtomicI64::new(0),
             hi_rel: AtomicI64::new(0),
@@ -369,14 +381,20 @@ impl Counters {
     }
 
     /// [`Counters::count_alloc`] of a block below 1 MiB whose
-    /// [`alloc_unit`] is `unit` (a page keeps it). Owner thread only.
+    /// [`alloc_unit`] is `unit` (a page keeps it): one compare with
+    /// `alloc_mark` unless the net figure may be at a new high or
+    /// `out_mark` is reached. Owner thread only.
     #[inline(always)]
     pub(crate) fn count_alloc_unit(&self, unit: u64, size: usize) {
         if ENABLED {
             let r = Ordering::Relaxed;
             let out = self.out.load(r).wrapping_add(unit + size as u64);
             self.out.store(out, r);
-            let rel = (out >> OUT_BYTES_SHIFT) as i64 - (self.inn.load(r) >> IN_BYTES_SHIFT) as i64;
+            if out < self.alloc_mark.load(r) {
+                return;
+            }
+            let inn_b = (self.inn.load(r) >> IN_BYTES_SHIFT) as i64;
+            let rel = (out >> OUT_BYTES_SHIFT) as i64 - inn_b;
             if rel > self.hi_rel.load(r) {
                 // A new high: `net_base + rel` is the net figure.
                 self.hi_rel.store(rel, r);
@@ -385,11 +403,39 @@ impl Counters {
                     self.upkeep();
                     return;
                 }
+                // `alloc_mark` stays below `out`: while the net figure
+                // climbs, the next slow path checks again.
+                if out >= self.out_mark.load(r) {
+                    self.upkeep();
+                }
+                return;
             }
             if out >= self.out_mark.load(r) {
                 self.upkeep();
+                return;
             }
+            // Only frees since the mark was set: move it up.
+            self.set_alloc_mark(inn_b);
         }
+    }
+
+    /// Sets `alloc_mark` to the lower of `out_mark` and the smallest `out`
+    /// whose usable bytes, less the `inn_b` bytes taken back so far, top
+    /// `hi_rel`. Frees only raise `inn`, so until this is called again no
+    /// `out` below the mark is a new high. Owner thread only.
+    #[inline(always)]
+    fn set_alloc_mark(&self, inn_b: i64) {
+        let r = Ordering::Relaxed;
+        // At least 1: `hi_rel` is at least the packed net figure, `out`'s
+        // bytes less `inn_b`.
+        let high = (self.hi_rel.load(r) + inn_b + 1) as u64;
+        let high_mark = if high < 1 << (64 - OUT_BYTES_SHIFT) {
+            high << OUT_BYTES_SHIFT
+        } else {
+            u64::MAX
+        };
+        self.alloc_mark
+            .store(high_mark.min(self.out_mark.load(r)), r);
     }
 
     /// Counts a free of the slow paths (any size); the full upkeep only
@@ -477,6 +523,7 @@ impl Counters {
             // Blocks of 0 bytes: the byte fields do not bound the block
             // fields, so every call does the full upkeep (check mode).
             self.out_mark.store(0, r);
+            self.alloc_mark.store(0, r);
             self.in_mark.store(0, r);
             return;
         }
@@ -486,6 +533,7 @@ impl Counters {
         let in_b = ((inn >> IN_BYTES_SHIFT) + fall).min(IN_DRAIN_AT >> IN_BYTES_SHIFT);
         self.out_mark.store(out_b << OUT_BYTES_SHIFT, r);
         self.in_mark.store(in_b << IN_BYTES_SHIFT, r);
+        self.set_alloc_mark((inn >> IN_BYTES_SHIFT) as i64);
     }
 
     /// Drains when the free word holds 4 GiB or more (see the module docs):
