@@ -21,7 +21,8 @@
 //!   blocks in bits 0-29, bytes in bits 30-63.
 //!
 //! The slow paths *drain* a word into the wide totals once one of its
-//! fields is half full ([`Counters::upkeep`]). Between two slow paths the
+//! fields is half full (the block count of `out`: a quarter full)
+//! ([`Counters::upkeep`]). Between two slow paths the
 //! allocation fast path can only hand out what the free lists of the
 //! direct table's pages hold: at most one 64 KiB page per size class up to
 //! 1 KiB (33 classes), so at most 2.1 MiB and 23,000 blocks. Frees need no
@@ -29,7 +30,7 @@
 //! drained from 4 GiB, also when an empty page is given back: it stays
 //! exact while a thread frees less than 8 GiB of its own blocks (16 GiB
 //! when none is smaller than 16 bytes) with neither a full upkeep (below:
-//! at least one per 256 KiB allocated) nor a page given back in between
+//! at least one per 512 KiB allocated) nor a page given back in between
 //! (a run of frees that empties no page other than one kept per size
 //! class). A longer run of frees would drop multiples of 16 GiB from the
 //! counts; no program seen has come near it, and a debug assertion in the
@@ -41,15 +42,15 @@
 //! path adds its word and does the full upkeep only when needed:
 //!
 //! - an allocation compares `out` with `out_mark`, which the last upkeep
-//!   set [`MARK_BYTES`] (256 KiB) of usable bytes above `out`. Bound: at
-//!   a full upkeep no field is half full; until the next one each slow
-//!   path found fewer than 256 KiB handed out since (so fewer than 32 Ki
+//!   set [`MARK_BYTES`] (512 KiB) of usable bytes above `out`. Bound: at
+//!   a full upkeep no field is half full (no block count a quarter full); until the next one each slow
+//!   path found fewer than 512 KiB handed out since (so fewer than 64 Ki
 //!   blocks of at least 8 bytes), then the fast path added at most 23,000
 //!   blocks and 2.1 MiB, and one slow path one block below 1 MiB (larger
 //!   ones are counted wide, with a full upkeep). So `out` stays below
-//!   64 Ki + 32 Ki + 23,000 + 1 blocks (of 128 Ki), 4 + 0.25 + 2.1 + 1 MiB
+//!   32 Ki + 64 Ki + 23,000 + 1 blocks (of 128 Ki), 4 + 0.5 + 2.1 + 1 MiB
 //!   requested (of 8: a request is never more than its block) and
-//!   8 + 0.25 + 2.1 + 1 MiB usable (of 16). Check mode's counters, whose
+//!   8 + 0.5 + 2.1 + 1 MiB usable (of 16). Check mode's counters, whose
 //!   blocks may have 0 bytes, keep `out_mark` at 0 (every call does it).
 //! - it also computes its net figure as `net_base + out's bytes - inn's
 //!   bytes` and, when that tops `hi`, raises `hi` on the spot (`hi_rel`
@@ -64,14 +65,14 @@
 //!   `out`, so a climbing net figure is checked on every slow path). So a slow path that is neither at a
 //!   new high nor at `out_mark` costs the add and one compare.
 //! - a free compares `inn` with `in_mark`: the point where the net figure
-//!   would fall [`FLUSH_BYTES`] below `flushed` (at most 256 KiB on, and at
+//!   would fall [`FLUSH_BYTES`] below `flushed` (at most 512 KiB on, and at
 //!   most the 4 GiB drain point).
 //!
 //! Every full upkeep (the only place a drain happens) and every flush (one
 //! from `measure` too) sets the marks again, so they never lag behind
 //! `net_base`, `hi` or `flushed`. What is left for
 //! the next full upkeep: a flush of a net figure that fell through fast
-//! frees (at most 256 KiB of allocations later; before, the next slow path).
+//! frees (at most 512 KiB of allocations later; before, the next slow path).
 //!
 //! Readers take the wide totals and the packed words under a sequence
 //! number (`seq`, odd while the owner drains), so a drain is never seen half
@@ -124,12 +125,13 @@ const OUT_BYTES_SHIFT: u32 = 40;
 const IN_BYTES_SHIFT: u32 = 30;
 /// [`Counters::upkeep`] and [`Counters::check_frees`] drain `inn` from 4 GiB.
 const IN_DRAIN_AT: u64 = 4 << (30 + IN_BYTES_SHIFT);
-/// The top bit of each field of `out`: [`Counters::upkeep`] drains it when
-/// one is set (a field half full).
-const OUT_HALVES: u64 = 1 << 63 | 1 << (OUT_BYTES_SHIFT - 1) | 1 << (OUT_BLOCKS_SHIFT - 1);
+/// The top bit of each byte field of `out` and the top two of its block
+/// count: [`Counters::upkeep`] drains it when one is set (a byte field half
+/// full, the block count a quarter full).
+const OUT_HALVES: u64 = 1 << 63 | 3 << (OUT_BYTES_SHIFT - 2) | 1 << (OUT_BLOCKS_SHIFT - 1);
 /// The slow paths do the full upkeep at least once per this many bytes
 /// handed out (and taken back): see "The slow paths' check".
-const MARK_BYTES: i64 = 256 << 10;
+const MARK_BYTES: i64 = 512 << 10;
 /// The slow paths pack blocks below this size too (1 MiB: a field half
 /// full plus [`MARK_BYTES`] plus the fast path's 2.1 MiB plus this stays in
 /// bounds; see "The slow paths' check").
