@@ -21,7 +21,7 @@ fn counts_program() -> &'static Path {
             "cc",
             "counts.c",
             &out,
-            &["-O1", "-fno-builtin", &include],
+            &["-O1", "-g", "-fno-builtin", &include],
             &[&libs, "-lheapkeep_preload", &rpath],
         );
         out
@@ -278,4 +278,55 @@ fn profiling_allocates_nothing_through_the_programs_heap() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "ok 2000\n", "{err}");
         assert!(path.exists(), "{name}: no profile\n{err}");
     }
+}
+
+/// Writing the profile at exit (its stacks symbolized to file:line by a
+/// forked `addr2line`) allocates nothing through the program's heap: the
+/// exit report, which the C front writes after the profile, counts the
+/// same calls with and without a profile that records every allocation.
+#[test]
+fn writing_the_profile_at_exit_allocates_nothing_through_the_programs_heap() {
+    let dir = tempdir();
+    let run = |name: &str, profile: bool| -> serde_json::Value {
+        let prefix = dir.join(format!("exit-{name}"));
+        let lib = heapkeep_cmd().with_file_name("libheapkeep_preload.so");
+        let mut cmd = Command::new(counts_program());
+        // Preloaded, so that no other copy on LD_LIBRARY_PATH (cargo's
+        // target/debug) serves the program.
+        cmd.args(["2000", "0"])
+            .env("LD_PRELOAD", lib)
+            .env_remove("HEAPKEEP_CHECK")
+            .env_remove("HEAPKEEP_PROFILE")
+            .env("HEAPKEEP_REPORT", &prefix)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if profile {
+            cmd.env("HEAPKEEP_PROFILE", "1")
+                .env("HEAPKEEP_PROFILE_RATE", "1")
+                .env("HEAPKEEP_PROFILE_OUT", dir.join(format!("exit-{name}.json")));
+        }
+        let child = cmd.spawn().expect("run counts");
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {err}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok 2000\n", "{err}");
+        json(&dir.join(format!("exit-{name}.{pid}")))
+    };
+    let plain = run("plain", false);
+    let profiled = run("profiled", true);
+    // (Usable sizes differ: sampled blocks come from the profile's heap.)
+    for key in [
+        "allocs",
+        "frees",
+        "reallocs",
+        "bytes_requested",
+        "live_blocks_at_exit",
+    ] {
+        assert_eq!(plain[key], profiled[key], "{key}: {plain} / {profiled}");
+    }
+    assert!(plain["allocs"].as_u64().unwrap() >= 2000, "{plain}");
+    // The profile was written, its frames symbolized to the program's source.
+    let text = std::fs::read_to_string(dir.join("exit-profiled.json")).unwrap();
+    assert!(text.contains("counts.c:"), "no symbolized frame of counts.c");
 }
