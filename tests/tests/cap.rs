@@ -1,5 +1,6 @@
 //! The memory cap (`heapkeep::set_memory_cap`) with heapkeep as the global
-//! allocator: one test, since the cap is process-wide.
+//! allocator: one test, since the cap is process-wide (and its
+//! environment option in a child process).
 
 use heapkeep::{memory_cap, os_mapped_bytes, set_memory_cap};
 
@@ -16,8 +17,41 @@ fn try_block(n: usize) -> Option<Vec<u8>> {
     Some(v)
 }
 
+/// The environment option, in a child process (this test again, with
+/// `HEAPKEEP_MEMORY_CAP=256M`): the cap is set before `main`, a request
+/// beyond it gets null and a small one still works.
+fn the_environment_option_caps_a_rust_program() {
+    if std::env::var_os("HEAPKEEP_MEMORY_CAP").is_some() {
+        assert_eq!(memory_cap(), 256 * MIB);
+        assert!(try_block(512 * MIB).is_none());
+        let small = try_block(MIB).expect("1 MiB under a 256 MiB cap");
+        assert!(os_mapped_bytes() <= 256 * MIB, "{}", os_mapped_bytes());
+        drop(small);
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "allocations_beyond_the_cap_fail_and_work_again_below_it",
+            "--nocapture",
+        ])
+        .env("HEAPKEEP_MEMORY_CAP", "256M")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "child: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn allocations_beyond_the_cap_fail_and_work_again_below_it() {
+    the_environment_option_caps_a_rust_program();
+    if std::env::var_os("HEAPKEEP_MEMORY_CAP").is_some() {
+        return;
+    }
     let base = os_mapped_bytes();
     let cap = base + 64 * MIB;
     set_memory_cap(cap);
