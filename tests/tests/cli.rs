@@ -303,7 +303,10 @@ fn writing_the_profile_at_exit_allocates_nothing_through_the_programs_heap() {
         if profile {
             cmd.env("HEAPKEEP_PROFILE", "1")
                 .env("HEAPKEEP_PROFILE_RATE", "1")
-                .env("HEAPKEEP_PROFILE_OUT", dir.join(format!("exit-{name}.json")));
+                .env(
+                    "HEAPKEEP_PROFILE_OUT",
+                    dir.join(format!("exit-{name}.json")),
+                );
         }
         let child = cmd.spawn().expect("run counts");
         let pid = child.id();
@@ -328,5 +331,8 @@ fn writing_the_profile_at_exit_allocates_nothing_through_the_programs_heap() {
     assert!(plain["allocs"].as_u64().unwrap() >= 2000, "{plain}");
     // The profile was written, its frames symbolized to the program's source.
     let text = std::fs::read_to_string(dir.join("exit-profiled.json")).unwrap();
-    assert!(text.contains("counts.c:"), "no symbolized frame of counts.c");
+    assert!(
+        text.contains("counts.c:"),
+        "no symbolized frame of counts.c"
+    );
 }
