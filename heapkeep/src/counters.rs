@@ -21,8 +21,8 @@
 //!   blocks in bits 0-29, bytes in bits 30-63.
 //!
 //! The slow paths *drain* a word into the wide totals once one of its
-//! fields is half full (the block count of `out`: a quarter full)
-//! ([`Counters::upkeep`]). Between two slow paths the
+//! fields is half full (the block count of `out`: a quarter full;
+//! [`Counters::upkeep`]). Between two slow paths the
 //! allocation fast path can only hand out what the free lists of the
 //! direct table's pages hold: at most one 64 KiB page per size class up to
 //! 1 KiB (33 classes), so at most 2.1 MiB and 23,000 blocks. Frees need no
@@ -43,8 +43,9 @@
 //!
 //! - an allocation compares `out` with `out_mark`, which the last upkeep
 //!   set [`MARK_BYTES`] (512 KiB) of usable bytes above `out`. Bound: at
-//!   a full upkeep no field is half full (no block count a quarter full); until the next one each slow
-//!   path found fewer than 512 KiB handed out since (so fewer than 64 Ki
+//!   a full upkeep no field is half full (the block count not a quarter
+//!   full); until the next one each slow path found fewer than 512 KiB
+//!   handed out since (so fewer than 64 Ki
 //!   blocks of at least 8 bytes), then the fast path added at most 23,000
 //!   blocks and 2.1 MiB, and one slow path one block below 1 MiB (larger
 //!   ones are counted wide, with a full upkeep). So `out` stays below
@@ -62,8 +63,9 @@
 //!   mark was set. Frees only raise `inn`, so no `out` below it is a new
 //!   high; a slow path past it that finds no new high (only frees since)
 //!   sets it again from the current `inn` (at a new high it stays below
-//!   `out`, so a climbing net figure is checked on every slow path). So a slow path that is neither at a
-//!   new high nor at `out_mark` costs the add and one compare.
+//!   `out`, so a climbing net figure is checked on every slow path). So
+//!   a slow path that is neither at a new high nor at `out_mark` costs
+//!   the add and one compare.
 //! - a free compares `inn` with `in_mark`: the point where the net figure
 //!   would fall [`FLUSH_BYTES`] below `flushed` (at most 512 KiB on, and at
 //!   most the 4 GiB drain point).
