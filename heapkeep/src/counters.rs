@@ -443,12 +443,18 @@ impl Counters {
     }
 
     /// Counts a free of the slow paths (any size); the full upkeep only
-    /// once `inn` reaches `in_mark`. Owner thread only.
+    /// once `inn` reaches `in_mark`. Owner thread only (any thread without
+    /// a heap for the empty heap's stand-in, which passes it on to
+    /// [`ORPHAN`]: see [`Counters::count_free_unit`]).
     #[inline(always)]
     pub(crate) fn count_free(&self, bytes: usize) {
         if bytes < SLOW_PACK_MAX {
             self.count_free_unit(free_unit(bytes));
         } else if ENABLED {
+            if self.stand_in {
+                ORPHAN.orphan_free(bytes);
+                return;
+            }
             bump(&self.frees, 1);
             bump(&self.bytes_in, bytes as u64);
             self.upkeep();

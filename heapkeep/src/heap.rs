@@ -30,7 +30,7 @@
 use core::ptr;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use crate::counters::{Counters, ORPHAN};
+use crate::counters::Counters;
 use crate::forbid;
 use crate::guard;
 use crate::huge;
@@ -393,7 +393,7 @@ unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
     if owner == guard::OWNER_GUARD {
         // SAFETY: a sampled block's page entry; the block is freed here.
         unsafe {
-            count_free(heap, (*page).block_size);
+            (*heap).counters.count_free((*page).block_size);
             guard::free(page, block.cast());
         }
         return;
@@ -405,7 +405,9 @@ unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
     if target != heap && profile::on() && profile::is_heap(target) {
         // SAFETY: a live block of the profile heap, freed here once.
         unsafe {
-            count_free(heap, page_usable(page, owner, block.cast()));
+            (*heap)
+                .counters
+                .count_free(page_usable(page, owner, block.cast()));
             profile::free_sampled(heap, block.cast());
         }
         return;
@@ -414,7 +416,7 @@ unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
     unsafe {
         if owner == OWNER_HUGE {
             let seg = segment_of(block.cast());
-            count_free(heap, huge::usable(&*seg));
+            (*heap).counters.count_free(huge::usable(&*seg));
             if (*seg).sampled {
                 (*seg).sampled = false;
                 profile::forget_in_place(block.cast());
@@ -436,23 +438,6 @@ unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
             push_remote(target, block);
         } else {
             push_page_remote(target, page, block);
-        }
-    }
-}
-
-/// Counts a free of a block of `bytes` usable bytes on the calling thread,
-/// whose heap is `heap` (possibly the static empty heap).
-///
-/// # Safety
-/// `heap` is the calling thread's current heap.
-unsafe fn count_free(heap: *mut Heap, bytes: usize) {
-    // SAFETY: the calling thread runs `heap`, or it is the empty heap, whose
-    // counters are never written (`ORPHAN` stands in for it).
-    unsafe {
-        if (*heap).remote.state.load(Ordering::Relaxed) == STATE_EMPTY {
-            ORPHAN.orphan_free(bytes);
-        } else {
-            (*heap).counters.count_free(bytes);
         }
     }
 }
