@@ -48,7 +48,7 @@
 //! its last word; in a block of one granule the two size words are the same.
 //!
 //! ## Classes
-//! Sizes below `LINEAR_LIMIT` (32 granules: 1 KiB on 64-bit) have one
+//! Sizes below `LINEAR_LIMIT` (128 granules: 4 KiB on 64-bit) have one
 //! class per granule. Above, each power of two is cut into `SL_COUNT` (16)
 //! classes of equal width; sizes past the last level share the top class.
 //! A class `c` is first level `c >> SL_BITS`, second level the low bits
@@ -90,16 +90,18 @@ pub const HEAD_TABLE_BYTES: usize = CLASS_COUNT * W;
 const SL_BITS: u32 = 4;
 const SL_COUNT: usize = 1 << SL_BITS;
 /// Classes one granule wide, below `LINEAR_LIMIT` (a whole number of
-/// first levels).
-const LINEAR_CLASSES: usize = 32;
-/// Below this (1 KiB on 64-bit, 512 bytes on 32-bit), one class per
-/// granule.
+/// first levels). 128: a request below 4 KiB finds its class with a
+/// shift, and the branch that picks the formula is one-sided for every
+/// size range of the region benchmark up to 4 KiB (with 32, a coin toss
+/// at 4 KiB cost 3-5% of throughput there; see BENCHMARKS.md).
+const LINEAR_CLASSES: usize = 128;
+/// Below this (4 KiB on 64-bit, 2 KiB on 32-bit), one class per granule.
 const LINEAR_LIMIT: usize = LINEAR_CLASSES * GRANULE;
 const LINEAR_SHIFT: u32 = LINEAR_LIMIT.trailing_zeros();
 /// First-level classes: the linear ones, then one per power of two from
-/// `LINEAR_LIMIT` (22 of them, up to 4 GiB on 64-bit and 2 GiB on 32-bit);
+/// `LINEAR_LIMIT` (20 of them, up to 4 GiB on 64-bit and 2 GiB on 32-bit);
 /// larger sizes share the top class.
-const FL_COUNT: usize = LINEAR_CLASSES / SL_COUNT + 22;
+const FL_COUNT: usize = LINEAR_CLASSES / SL_COUNT + 20;
 /// Number of free lists; a class is `fl << SL_BITS | sl`.
 const CLASS_COUNT: usize = FL_COUNT * SL_COUNT;
 const TOP_CLASS: usize = CLASS_COUNT - 1;
@@ -333,7 +335,7 @@ impl RegionHeap {
     }
 
     /// A heap over `memory`. The first region also holds the table of list
-    /// heads (`CLASS_COUNT` words: 3 KiB on 64-bit, 1.5 KiB on 32-bit); a
+    /// heads (`CLASS_COUNT` words: 3.5 KiB on 64-bit, 1.75 KiB on 32-bit); a
     /// slice too small for it, a region header and one block gives an empty
     /// heap.
     pub fn new(memory: &'static mut [u8]) -> Self {
