@@ -482,6 +482,46 @@ fn realloc_in_place_and_alignments() {
     assert_eq!(o.heap.largest_free(), o.heap.capacity());
 }
 
+/// Placement: a request whose first fitting class is far above it (here the rest of the region)
+/// takes a free block of its own class that is big enough (the closer fit), so the big block
+/// stays whole; one that fits no block of its own class is carved from the big block's bottom.
+#[test]
+fn a_free_block_of_the_requests_own_class_keeps_the_big_block_whole() {
+    let mut o = owned(MIB);
+    let hole = Layout::from_size_align(5000, 8).unwrap();
+    let sep = Layout::from_size_align(100, 8).unwrap();
+    let a = o.heap.alloc(hole).unwrap();
+    let b = o.heap.alloc(sep).unwrap();
+    // SAFETY: `a` is live, freed once.
+    unsafe { o.heap.dealloc(a, hole) };
+    check(&o.heap, "hole made");
+    let largest = o.heap.largest_free();
+    assert!(largest > 900 * KIB, "{largest}");
+    // 4900 bytes take a smaller block than the hole's (5008 bytes rounded up), in the same
+    // class; every class above holds blocks of at least 4900 bytes, and the only one with a
+    // free block is the rest of the region's, many powers of two up.
+    let near = Layout::from_size_align(4900, 8).unwrap();
+    let p = o.heap.alloc(near).unwrap();
+    assert_eq!(p, a, "the closer fit takes the hole");
+    assert_eq!(o.heap.largest_free(), largest, "the big block stays whole");
+    check(&o.heap, "closer fit");
+    // Too big for the hole's class: from the big block, just above the separator.
+    let big = Layout::from_size_align(6000, 8).unwrap();
+    let q = o.heap.alloc(big).unwrap();
+    assert_eq!(
+        q.as_ptr() as usize,
+        b.as_ptr() as usize + 128,
+        "carved from the bottom"
+    );
+    // SAFETY: live blocks, each freed once.
+    unsafe {
+        o.heap.dealloc(p, near);
+        o.heap.dealloc(q, big);
+        o.heap.dealloc(b, sep);
+    }
+    assert_eq!(o.heap.largest_free(), o.heap.capacity());
+}
+
 #[test]
 fn map_fragmentation_and_picture() {
     let mut o = owned(16 * KIB);
