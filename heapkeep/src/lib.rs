@@ -103,7 +103,9 @@ pub use measure::{measure, Measured};
 #[cfg(feature = "os")]
 pub use stacks::{stack_peaks, StackPeak, StackPeaks};
 #[cfg(feature = "os")]
-pub use stats::{for_each_thread, stats, stats_into, thread_stats, Stats, ThreadStats};
+pub use stats::{
+    for_each_thread, stats, stats_into, thread_stats, thread_stats_into, Stats, ThreadStats,
+};
 #[cfg(feature = "os")]
 pub use walk::{class_stats, ClassStats};
 

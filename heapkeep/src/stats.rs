@@ -107,13 +107,33 @@ impl Sums {
 /// `out` is valid for writes of `size` bytes (or null with `size` 0).
 #[doc(hidden)]
 pub unsafe extern "C" fn stats_into(out: *mut Stats, size: usize) -> usize {
-    let s = stats();
-    let full = core::mem::size_of::<Stats>();
+    // SAFETY: forwarded from the caller.
+    unsafe { copy_prefix(&stats(), out, size) }
+}
+
+/// [`thread_stats`] in C's way, as [`stats_into`] does for [`stats`]:
+/// behind C's `heapkeep_thread_stats`.
+///
+/// # Safety
+/// `out` is valid for writes of `size` bytes (or null with `size` 0).
+#[doc(hidden)]
+pub unsafe fn thread_stats_into(out: *mut ThreadStats, size: usize) -> usize {
+    // SAFETY: forwarded from the caller.
+    unsafe { copy_prefix(&thread_stats(), out, size) }
+}
+
+/// Copies the first `size` bytes of `*value` (at most all of it) to `out`
+/// and returns the size of `T`.
+///
+/// # Safety
+/// `out` is valid for writes of `size` bytes (or null with `size` 0).
+unsafe fn copy_prefix<T: Copy>(value: &T, out: *mut T, size: usize) -> usize {
+    let full = core::mem::size_of::<T>();
     // SAFETY: `out` has room for `size` bytes (caller); we copy no more than
     // the struct holds.
     unsafe {
         core::ptr::copy_nonoverlapping(
-            (&s as *const Stats).cast::<u8>(),
+            (value as *const T).cast::<u8>(),
             out.cast::<u8>(),
             size.min(full),
         )

@@ -276,18 +276,8 @@ pub unsafe extern "C" fn heapkeep_thread_stats(
     out: *mut heapkeep::ThreadStats,
     size: usize,
 ) -> usize {
-    let s = heapkeep::thread_stats();
-    let full = core::mem::size_of::<heapkeep::ThreadStats>();
-    // SAFETY: `out` has room for `size` bytes (caller); we copy no more than
-    // the struct holds.
-    unsafe {
-        core::ptr::copy_nonoverlapping(
-            (&s as *const heapkeep::ThreadStats).cast::<u8>(),
-            out.cast::<u8>(),
-            size.min(full),
-        )
-    };
-    full
+    // SAFETY: forwarded from the caller.
+    unsafe { heapkeep::thread_stats_into(out, size) }
 }
 
 /// Copies the figures of the first `n` size classes (`heapkeep_class_stats_t`,
