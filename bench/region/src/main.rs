@@ -1073,7 +1073,7 @@ fn main() {
         let _ = writeln!(r, "| {} |", cells.join(" | "));
     };
     eff_table(
-        "Heap efficiency (bytes live at the first failure / region size, higher is better)".into(),
+        "Heap efficiency (our workload to the first failed allocation or reallocation; bytes live / region size, higher is better)".into(),
         &eff,
     );
     eff_table(
@@ -1246,8 +1246,8 @@ fn main() {
     .unwrap();
     let eff_series: Vec<(&str, Vec<f64>)> = NAMES
         .iter()
-        .zip(eff.iter().zip(&ref_eff).zip(&v4_eff))
-        .map(|(n, ((e, r), v))| (*n, vec![*e, *r, *v]))
+        .enumerate()
+        .map(|(k, n)| (*n, vec![eff[k], alloc_eff[k], ref_eff[k], v4_eff[k]]))
         .collect();
     std::fs::write(
         format!("{out}/efficiency.svg"),
@@ -1256,6 +1256,7 @@ fn main() {
             "% of the region",
             &[
                 "ours (16 MiB, fresh heap per seed)".to_string(),
+                "ours to the first failed allocation".to_string(),
                 format!("talc's method ({} MiB, one heap)", REF_REGION >> 20),
                 format!("talc 4's published method ({} MiB)", V4_REGION >> 20),
             ],
