@@ -429,6 +429,15 @@ struct Stop {
     largest: Option<usize>,
 }
 
+/// Per allocator (a row of `stops`, one stop per run over a heap of `size` bytes): the bytes
+/// live at the stops, summed, over runs x `size`, in percent.
+fn efficiency_pct(stops: &[Vec<Stop>], size: usize) -> Vec<f64> {
+    stops
+        .iter()
+        .map(|e| e.iter().map(|s| s.live).sum::<usize>() as f64 / (e.len() * size) as f64 * 100.0)
+        .collect()
+}
+
 /// The operation mix of an efficiency run: half allocations, a tenth frees, four tenths
 /// reallocations, with sizes and an end that differ by method.
 #[derive(Clone, Copy)]
@@ -910,16 +919,10 @@ fn main() {
             alloc_stops[k].push(for_heap!(k, efficiency(region, seed, false)));
         }
     }
-    let mean_live = |stops: &[Vec<Stop>]| -> Vec<f64> {
-        stops
-            .iter()
-            .map(|e| {
-                e.iter().map(|s| s.live as f64 / REGION as f64).sum::<f64>() / e.len() as f64
-                    * 100.0
-            })
-            .collect()
-    };
-    let (eff, alloc_eff) = (mean_live(&stops), mean_live(&alloc_stops));
+    let (eff, alloc_eff) = (
+        efficiency_pct(&stops, REGION),
+        efficiency_pct(&alloc_stops, REGION),
+    );
     // Talc's method, on a region of its size.
     let ref_layout = Layout::from_size_align(REF_REGION, 4096).unwrap();
     // SAFETY: a non-zero layout; the region is never freed.
@@ -944,12 +947,7 @@ fn main() {
             )
         })
         .collect();
-    let ref_eff: Vec<f64> = ref_stops
-        .iter()
-        .map(|e| {
-            e.iter().map(|s| s.live).sum::<usize>() as f64 / (e.len() * REF_REGION) as f64 * 100.0
-        })
-        .collect();
+    let ref_eff = efficiency_pct(&ref_stops, REF_REGION);
     // Talc 4's published method, on a region of its size.
     let v4_layout = Layout::from_size_align(V4_REGION, 4096).unwrap();
     // SAFETY: a non-zero layout; the region is never freed.
@@ -966,12 +964,7 @@ fn main() {
             )
         })
         .collect();
-    let v4_eff: Vec<f64> = v4_stops
-        .iter()
-        .map(|e| {
-            e.iter().map(|s| s.live).sum::<usize>() as f64 / (e.len() * V4_REGION) as f64 * 100.0
-        })
-        .collect();
+    let v4_eff = efficiency_pct(&v4_stops, V4_REGION);
     let med = |v: &mut Vec<Vec<Vec<f64>>>| -> Vec<Vec<f64>> {
         v.iter_mut()
             .map(|row| row.iter_mut().map(|r| median(r)).collect())
