@@ -20,7 +20,7 @@ const ALLOC_BOUND: usize = 2 + 2 + (EXACT_SCAN + 1) + 3;
 /// linked.
 const FREE_BOUND: usize = 3;
 /// `realloc`: a move is an `alloc` plus a `dealloc`'s list changes (growing
-/// in place or sliding down does fewer: at most four).
+/// in place does fewer: at most two).
 const REALLOC_BOUND: usize = ALLOC_BOUND + FREE_BOUND;
 
 /// A heap over a buffer the test owns.
@@ -132,7 +132,7 @@ fn too_small_blocks(n: usize) -> Worst {
     let (p, s) = steps(heap, |h| h.alloc(exactly(big, 4 * GRANULE)));
     worst.alloc = worst.alloc.max(s);
     found.extend(p.map(|p| (p, exactly(big, 4 * GRANULE))));
-    // `realloc` that can neither grow in place nor slide down: a new block.
+    // `realloc` that cannot grow in place: a new block.
     // SAFETY: `pinned` is live with layout `sep`; on success it moved.
     let (moved, s) = steps(heap, |h| unsafe { h.realloc(pinned, sep, big - W) });
     assert!(s > EXACT_SCAN, "the move's search ran: {s} steps");
@@ -329,7 +329,7 @@ fn many_populated_classes_cost_bounded_operations() {
     }
     assert!(!live.is_empty());
     check(heap, "after the requests");
-    // Grow each live block a little (in place, sliding, or moving), then
+    // Grow each live block a little (in place or moving), then
     // free everything.
     for (p, l) in live.iter_mut() {
         let new_size = l.size() + 2 * GRANULE;

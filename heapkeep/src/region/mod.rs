@@ -533,9 +533,8 @@ impl RegionHeap {
 
     /// Resizes a live block to `new_size` bytes, keeping its contents up to
     /// the smaller size and its alignment. In place when shrinking or when
-    /// the next block is free and big enough; then into a free block just
-    /// below (sliding the contents down); otherwise allocates, copies and
-    /// frees. `None` when out of memory: the block is then untouched.
+    /// the next block is free and big enough; otherwise allocates, copies
+    /// and frees. `None` when out of memory: the block is then untouched.
     ///
     /// # Safety
     /// `ptr` is a live block of this heap allocated with `layout`, and
@@ -580,14 +579,6 @@ impl RegionHeap {
                     return Some(ptr);
                 }
             }
-            let below = *word_below(base);
-            if below & USED == 0 {
-                if let Some(moved) =
-                    self.slide_down(base, size, below, above_free, need, layout, new_size)
-                {
-                    return Some(moved);
-                }
-            }
             let new = self.alloc(Layout::from_size_align_unchecked(new_size, layout.align()))?;
             ptr::copy_nonoverlapping(base, new.as_ptr(), layout.size().min(new_size));
             // Read again: the new block may have come out of the free block
@@ -596,65 +587,6 @@ impl RegionHeap {
             self.used -= size;
             self.free_range(base, end, above_free);
             Some(new)
-        }
-    }
-
-    /// `realloc`'s third choice: the block `base..base + size` moves down
-    /// into the free block of `below` bytes just under it (with the free
-    /// block above, if any), at the lowest address there aligned to
-    /// `layout.align()`, if `need` bytes fit: no search, and it fills a hole.
-    ///
-    /// # Safety
-    /// `base..base + size` is a live block of ours allocated with `layout`,
-    /// the block below it is free and `below` bytes long, `above_free` tells
-    /// the truth about the block above, and `need > size`.
-    #[cold]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn slide_down(
-        &mut self,
-        base: *mut u8,
-        size: usize,
-        below: usize,
-        above_free: bool,
-        need: usize,
-        layout: Layout,
-        new_size: usize,
-    ) -> Option<NonNull<u8>> {
-        // SAFETY: the caller's promises; every address written lies in the
-        // free blocks around the block or in the block itself.
-        unsafe {
-            let low = base.sub(below);
-            let above = if above_free {
-                (*base.add(size).cast::<Gap>()).size
-            } else {
-                0
-            };
-            let high = base.add(size + above);
-            let to = low.add(align_gap(low, layout.align()));
-            if (high as usize - to as usize) < need {
-                return None;
-            }
-            // Unlink both free neighbours before the copy may overwrite
-            // their fields.
-            self.unlink(low.cast());
-            if above_free {
-                self.unlink(base.add(size).cast());
-            }
-            ptr::copy(base, to, layout.size().min(new_size));
-            if to != low {
-                // A free block stays in front; the block below it is used.
-                let front = to as usize - low as usize;
-                self.link(low, front, class_of(front));
-            } else {
-                *word_below(low) &= !ABOVE_FREE;
-            }
-            let rest = high as usize - to as usize - need;
-            if rest != 0 {
-                self.link(to.add(need), rest, class_of(rest));
-            }
-            set_tag(to, need, rest != 0);
-            self.used += need - size;
-            Some(NonNull::new_unchecked(to))
         }
     }
 
