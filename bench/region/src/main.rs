@@ -666,6 +666,23 @@ fn bumpalo_vecs(n: usize, rounds: usize) -> f64 {
 // Driver, report, charts
 // -------------------------------------------------------------------------------------------
 
+/// The median over `rounds` rounds of `run(1) / run(0)`, the two taking turns at going
+/// first (so neither always finds the other's lines in cache or runs in the same phase of
+/// the machine's load).
+fn ab_median(rounds: usize, mut run: impl FnMut(usize) -> f64) -> f64 {
+    let mut r: Vec<f64> = (0..rounds)
+        .map(|round| {
+            let mut t = [0.0; 2];
+            for j in 0..2 {
+                let k = (j + round) % 2;
+                t[k] = run(k);
+            }
+            t[1] / t[0]
+        })
+        .collect();
+    median(&mut r)
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -815,7 +832,9 @@ fn main() {
             // For judging a change: only the throughput streams, heapkeep and talc taking
             // turns run by run (as in the report, so neither finds the region's lines its
             // own run left in cache), REGION_BENCH_ROUNDS rounds (default 15); prints the
-            // median heapkeep/talc ratio per size.
+            // median heapkeep/talc throughput ratio per size, then the same for the p99
+            // latency against rlsf and for the arena against bumpalo (times: lower is
+            // better for those two).
             "--ab" => ab = true,
             "--out" => out = args.next().expect("--out DIR"),
             _ => {
@@ -848,24 +867,48 @@ fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(15);
-        let ratios: Vec<f64> = streams
-            .iter()
-            .map(|(slots, ops)| {
-                let mut r: Vec<f64> = (0..rounds)
-                    .map(|round| {
-                        let mut t = [0.0; 2];
-                        for j in 0..2 {
-                            let k = (j + round) % 2;
-                            t[k] = for_heap!(k, throughput(region, ops, *slots));
-                        }
-                        t[1] / t[0]
+        let mut times = Vec::with_capacity(n_ops * 2);
+        let show = |what: &str, ratios: Vec<f64>| {
+            let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+            println!("{what} {}", shown.join(" "));
+        };
+        // Heapkeep is run 0 (talc run 1): the ratio of times is talc/heapkeep, which is
+        // heapkeep/talc in operations per second.
+        show(
+            "heapkeep/talc throughput",
+            streams
+                .iter()
+                .map(|(slots, ops)| {
+                    ab_median(rounds, |k| for_heap!(k, throughput(region, ops, *slots)))
+                })
+                .collect(),
+        );
+        // Rlsf is run 0 (index 2), heapkeep run 1: heapkeep/rlsf.
+        show(
+            "heapkeep/rlsf p99",
+            streams
+                .iter()
+                .map(|(slots, ops)| {
+                    ab_median(rounds, |k| {
+                        for_heap!(2 - 2 * k, latency(region, ops, *slots, &mut times)).1 as f64
                     })
-                    .collect();
-                median(&mut r)
-            })
-            .collect();
-        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
-        println!("heapkeep/talc throughput {}", shown.join(" "));
+                })
+                .collect(),
+        );
+        let (an, ar, vn, vr) = (100_000, 20, 2_000, 20);
+        show(
+            "arena/bumpalo small, vecs",
+            vec![
+                ab_median(rounds, |k| match k {
+                    0 => bumpalo_small(an, ar),
+                    _ => arena_small(an, ar),
+                }),
+                ab_median(rounds, |k| match k {
+                    0 => bumpalo_vecs(vn, vr),
+                    _ => arena_vecs(vn, vr),
+                }),
+            ],
+        );
         return;
     }
     if profile {
