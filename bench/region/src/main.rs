@@ -843,7 +843,7 @@ fn main() {
             }
         }
     }
-    let rounds = if quick { 3 } else { 5 };
+    let rounds = if quick { 3 } else { 21 };
     let n_ops = if quick { 100_000 } else { 300_000 };
     let eff_seeds = if quick { 8 } else { 24 };
     let ref_trials = if quick { 4 } else { 30 };
