@@ -940,7 +940,16 @@ fn main() {
         eprintln!("round {} of {rounds}", round + 1);
         for (s, (slots, ops)) in streams.iter().enumerate() {
             for j in 0..5 {
-                let k = (j + round) % 5;
+                // The order rotates every round and runs backwards every
+                // other round, so each allocator follows each of its two
+                // neighbours in the cycle equally often: one whose layout
+                // is close (talc after heapkeep) starts with the region's
+                // pages warm in the TLB, which the L2 eviction leaves.
+                let k = if round % 2 == 0 {
+                    (j + round) % 5
+                } else {
+                    (round + 5 - j) % 5
+                };
                 let secs = by_index(k, &mut |k| for_heap!(k, throughput(region, ops, *slots)));
                 tput[s][k].push(ops.len() as f64 / secs / 1e6);
                 let (_, p, m) = by_index(k, &mut |k| {
@@ -1013,6 +1022,22 @@ fn main() {
             .map(|row| row.iter_mut().map(|r| median(r)).collect())
             .collect()
     };
+    // heapkeep against a peer, per size: the median over rounds of the ratio
+    // of the two runs in that round, so a drift in the machine's speed over
+    // the minutes of the report cancels out (the medians of each column
+    // alone do not pair the runs). Taken before `med` sorts the rounds.
+    let vs = |v: &Vec<Vec<Vec<f64>>>, peer: usize| -> Vec<f64> {
+        v.iter()
+            .map(|row| {
+                let mut r: Vec<f64> = row[0].iter().zip(&row[peer]).map(|(a, b)| a / b).collect();
+                median(&mut r)
+            })
+            .collect()
+    };
+    // [talc, rlsf] for each metric.
+    let tput_vs = [vs(&tput, 1), vs(&tput, 2)];
+    let p99_vs = [vs(&p99, 1), vs(&p99, 2)];
+    let worst_vs = [vs(&worst, 1), vs(&worst, 2)];
     let (tput, p99, worst) = (med(&mut tput), med(&mut p99), med(&mut worst));
 
     // Arena against bumpalo, interleaved.
@@ -1056,7 +1081,7 @@ fn main() {
     // The report.
     let labels: Vec<String> = MAX_SIZES.iter().map(|&m| size_label(m)).collect();
     let mut r = String::new();
-    let _ = writeln!(r, "Region {} MiB; {} ops per stream; {rounds} rounds (medians); efficiency over {eff_seeds} seeds.\n", REGION >> 20, n_ops);
+    let _ = writeln!(r, "Region {} MiB; {} ops per stream; {rounds} rounds (medians; a ratio to a peer is the median of the rounds' ratios); efficiency over {eff_seeds} seeds.\n", REGION >> 20, n_ops);
     let _ = writeln!(
         r,
         "### Throughput (million operations per second, higher is better)\n"
@@ -1073,13 +1098,13 @@ fn main() {
             r,
             "| {label} | {} | {:.2} | {:.2} |",
             cells.join(" | "),
-            tput[s][0] / tput[s][1],
-            tput[s][0] / tput[s][2]
+            tput_vs[0][s],
+            tput_vs[1][s]
         );
     }
-    for (title, data) in [
-        ("99th-percentile time of one operation (ns)", &p99),
-        ("Worst time of one operation (ns)", &worst),
+    for (title, data, ratios) in [
+        ("99th-percentile time of one operation (ns)", &p99, &p99_vs),
+        ("Worst time of one operation (ns)", &worst, &worst_vs),
     ] {
         let _ = writeln!(r, "\n### {title}, lower is better\n");
         let _ = writeln!(
@@ -1094,8 +1119,8 @@ fn main() {
                 r,
                 "| {label} | {} | {:.2} | {:.2} |",
                 cells.join(" | "),
-                data[s][0] / data[s][2],
-                data[s][0] / data[s][1]
+                ratios[1][s],
+                ratios[0][s]
             );
         }
     }
@@ -1180,12 +1205,8 @@ fn main() {
         "| 100 Vecs pushed to {vn}, reset; x{vr} | {a_vec:.4} | {b_vec:.4} | {ratio_vec:.3} |"
     );
 
-    let min_tput = (0..MAX_SIZES.len())
-        .map(|s| tput[s][0] / tput[s][1])
-        .fold(f64::MAX, f64::min);
-    let max_p99 = (0..MAX_SIZES.len())
-        .map(|s| p99[s][0] / p99[s][2])
-        .fold(0.0, f64::max);
+    let min_tput = tput_vs[0].iter().copied().fold(f64::MAX, f64::min);
+    let max_p99 = p99_vs[1].iter().copied().fold(0.0, f64::max);
     let arena_worst = ratio_small.max(ratio_vec);
     let pass = |ok: bool| if ok { "**PASS**" } else { "**FAIL**" };
     let _ = writeln!(r, "\n### Bar check\n");
