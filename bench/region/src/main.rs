@@ -942,9 +942,11 @@ fn main() {
             for j in 0..5 {
                 // The order rotates every round and runs backwards every
                 // other round, so each allocator follows each of its two
-                // neighbours in the cycle equally often: one whose layout
-                // is close (talc after heapkeep) starts with the region's
-                // pages warm in the TLB, which the L2 eviction leaves.
+                // neighbours in the cycle equally often. Forwards only,
+                // talc always ran right after heapkeep, whose layout is
+                // close, and may have found the region's pages still in
+                // the TLB (which the L2 eviction leaves): the report then
+                // put heapkeep 3-6% below `--ab` at some sizes.
                 let k = if round % 2 == 0 {
                     (j + round) % 5
                 } else {

@@ -859,11 +859,12 @@ impl RegionHeap {
             });
             *word_below(b.add(size)) = size;
             // No branch on whether the list was empty: above 4 KiB lists are
-            // short and that was a coin toss (mispredicted 46% of the time on
-            // the 32 KiB region benchmark). The bits are set every time
-            // (again, if the list had blocks), and the old head's back-link
-            // goes to `sink` when there is no old head (a select: `cmov` in
-            // the x86_64 code).
+            // short and that was a coin toss (46% mispredicted on the 32 KiB
+            // region benchmark, under cachegrind's branch model). The bits
+            // are set every time (again, if the list had blocks), and the old
+            // head's back-link goes to `sink` when there is no old head (a
+            // select: `cmov` in the x86_64 code). `c == class_of(size) <
+            // CLASS_COUNT`, so both indexes are in bounds.
             let bits = *CLASS_BITS.get_unchecked(c);
             *self.sl_bitmap.get_unchecked_mut(c >> SL_BITS) |= bits as u32;
             self.fl_bitmap |= (bits >> 32) as u32;
