@@ -651,20 +651,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_ratio_pairs_the_runs_of_each_round() {
-        let meta = Meta {
+    /// A quick-scale, three-round run of these workloads and allocators.
+    fn meta(workloads: &[&str], allocators: &[&str]) -> Meta {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        Meta {
             scale: "quick".into(),
             rounds: 3,
-            workloads: vec!["small".into()],
-            allocators: vec!["heapkeep".into(), "system".into()],
+            workloads: names(workloads),
+            allocators: names(allocators),
             started_unix: 0,
             duration_seconds: 1.0,
             cpu: "test".into(),
             cpus: 2,
             kernel: "x".into(),
             git: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_ratio_pairs_the_runs_of_each_round() {
+        let meta = meta(&["small"], &["heapkeep", "system"]);
         // The machine slows down round by round; heapkeep is 9% and 10%
         // faster in rounds 1 and 2 and 3% slower in round 3.
         let samples = vec![
@@ -689,18 +695,7 @@ mod tests {
 
     #[test]
     fn medians_ratios_and_bar() {
-        let meta = Meta {
-            scale: "quick".into(),
-            rounds: 3,
-            workloads: vec!["small".into(), "large".into()],
-            allocators: vec!["heapkeep".into(), "system".into(), "mimalloc".into()],
-            started_unix: 0,
-            duration_seconds: 1.0,
-            cpu: "test".into(),
-            cpus: 2,
-            kernel: "x".into(),
-            git: None,
-        };
+        let meta = meta(&["small", "large"], &["heapkeep", "system", "mimalloc"]);
         let mut samples = Vec::new();
         for r in 1..=3 {
             samples.push(sample("small", "heapkeep", 1.0 + r as f64 * 0.01, r));
