@@ -180,7 +180,10 @@ pub struct RegionHeap {
     /// `fl << SL_BITS | sl` is not empty.
     sl_bitmap: [u32; FL_COUNT],
     /// `CLASS_COUNT` list heads (null: empty list), in the first region;
-    /// null while the heap has no region (the bitmaps are then all zero).
+    /// while the heap has no region, the static all-null [`NO_HEADS`]
+    /// (never written: every list stays empty and the bitmaps all zero),
+    /// so the exact-fit test in `alloc` may read a head without a test of
+    /// its own.
     /// Every block on list `c` (linked by `next`, each `next_of_prev`
     /// pointing at the field that points at it) is free, has `class == c ==
     /// class_of(size)`; every free block is on exactly one list.
@@ -259,6 +262,10 @@ static CLASS_BITS: [u64; CLASS_COUNT] = {
     t
 };
 
+/// The list heads of a heap with no region: all empty. Only ever read
+/// (see [`RegionHeap::heads`]).
+static NO_HEADS: [usize; CLASS_COUNT] = [0; CLASS_COUNT];
+
 /// The smallest block size of class `c` (`c < CLASS_COUNT`).
 #[cfg(test)]
 const fn class_lower(c: usize) -> usize {
@@ -329,7 +336,7 @@ impl RegionHeap {
         Self {
             fl_bitmap: 0,
             sl_bitmap: [0; FL_COUNT],
-            heads: ptr::null_mut(),
+            heads: ptr::addr_of!(NO_HEADS).cast::<*mut Gap>().cast_mut(),
             regions: ptr::null_mut(),
             used: 0,
             capacity: 0,
@@ -391,7 +398,7 @@ impl RegionHeap {
             }
             r = region.next;
         }
-        let table = if self.heads.is_null() {
+        let table = if !self.has_table() {
             HEAD_TABLE_BYTES
         } else {
             0
@@ -458,6 +465,12 @@ impl RegionHeap {
         size
     }
 
+    /// Whether the head table exists (in the first region), rather than
+    /// the static [`NO_HEADS`].
+    fn has_table(&self) -> bool {
+        !ptr::eq(self.heads.cast_const().cast::<usize>(), NO_HEADS.as_ptr())
+    }
+
     /// Total bytes of block space (free and used) in all regions.
     pub fn capacity(&self) -> usize {
         self.capacity
@@ -469,14 +482,42 @@ impl RegionHeap {
     pub fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         let need = block_size_for(layout.size())?;
         if layout.align() <= GRANULE {
+            // Below `LINEAR_LIMIT` a class holds one size: a block on the
+            // request's own list fits exactly, with no bitmap search and
+            // nothing to split (most requests on the region benchmark up
+            // to 4 KiB).
+            if need < LINEAR_LIMIT {
+                let c = need >> GRANULE_SHIFT;
+                // SAFETY: `c < LINEAR_CLASSES <= CLASS_COUNT` indexes the
+                // head table (or `NO_HEADS`, all null).
+                unsafe {
+                    let slot = self.heads.add(c);
+                    let g = *slot;
+                    if !g.is_null() {
+                        // `g` heads list `c`: a free block of ours of
+                        // exactly `need` bytes.
+                        return Some(self.take_head(slot, g, c, need));
+                    }
+                }
+            }
+        }
+        // Out of line (and a tail call), so the exact fit above saves no
+        // registers.
+        self.alloc_fit(need, layout.align())
+    }
+
+    /// [`RegionHeap::alloc`] past the exact fit: a search of the bitmaps
+    /// and a split, or an aligned block.
+    #[inline(never)]
+    fn alloc_fit(&mut self, need: usize, align: usize) -> Option<NonNull<u8>> {
+        if align <= GRANULE {
             if let Some(g) = self.take_free_fast(need) {
                 // SAFETY: `g` is a free block of ours of at least `need` bytes.
                 return Some(unsafe { self.carve(g, need) });
             }
         }
-        // Out of line (and a tail call), so the fast path above saves no
-        // registers.
-        self.alloc_aligned(need, layout.align().max(GRANULE))
+        // Out of line (and a tail call).
+        self.alloc_aligned(need, align.max(GRANULE))
     }
 
     /// Allocates `need` block bytes at an address aligned to `align` (at
@@ -522,6 +563,49 @@ impl RegionHeap {
             set_tag(block, need, rest != 0);
             self.used += need;
             Some(NonNull::new_unchecked(block))
+        }
+    }
+
+    /// Makes `g`, the head of list `c` (whose slot is `slot`), a used
+    /// block of its whole size: the exact fit of [`RegionHeap::alloc`].
+    /// A pop from the front, so unlike `unlink` it reads neither `g`'s
+    /// back-link nor its class.
+    ///
+    /// # Safety
+    /// `slot` is list `c`'s slot in the head table, `g` its (non-null)
+    /// head and `size` its size.
+    #[inline(always)]
+    unsafe fn take_head(
+        &mut self,
+        slot: *mut *mut Gap,
+        g: *mut Gap,
+        c: usize,
+        size: usize,
+    ) -> NonNull<u8> {
+        self.step();
+        // SAFETY: the caller's promise; `g` is free, so the blocks on both
+        // sides are used (no two free blocks are adjacent): the word below
+        // it is a tag, and the block above needs no ABOVE_FREE bit.
+        unsafe {
+            debug_assert_eq!((*g).size, size);
+            let next = (*g).next;
+            *slot = next;
+            if next.is_null() {
+                let (fl, sl) = (c >> SL_BITS, c & (SL_COUNT - 1));
+                // `c < CLASS_COUNT`, so `fl < FL_COUNT`.
+                let bits = self.sl_bitmap.get_unchecked_mut(fl);
+                *bits &= !(1 << sl);
+                if *bits == 0 {
+                    self.fl_bitmap &= !(1 << fl);
+                }
+            } else {
+                (*next).next_of_prev = slot;
+            }
+            let base = g.cast::<u8>();
+            *word_below(base) &= !ABOVE_FREE;
+            set_tag(base, size, false);
+            self.used += size;
+            NonNull::new_unchecked(base)
         }
     }
 
@@ -918,6 +1002,38 @@ impl RegionHeap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A heap with no region reads its (static, all-null) head table on
+    /// every small request and fails them all, at every size and
+    /// alignment; once extended it serves them, and the table it then
+    /// uses is the region's.
+    #[test]
+    fn a_heap_without_regions_fails_every_request_then_serves_once_extended() {
+        let mut heap = RegionHeap::empty();
+        assert!(!heap.has_table());
+        for size in (0..LINEAR_LIMIT + 64).step_by(8) {
+            for align in [1, 16, GRANULE, 64, 4096] {
+                let layout = Layout::from_size_align(size, align).unwrap();
+                assert!(heap.alloc(layout).is_none(), "{size}/{align}");
+            }
+        }
+        heap.check().unwrap();
+        let memory: &'static mut [u8] = Box::leak(vec![0u8; 64 * 1024].into_boxed_slice());
+        let range = memory.as_ptr_range();
+        assert!(heap.extend(memory) > 0);
+        assert!(heap.has_table());
+        assert!(range.contains(&heap.heads.cast_const().cast::<u8>()));
+        let layout = Layout::from_size_align(100, 8).unwrap();
+        let p = heap.alloc(layout).unwrap();
+        let q = heap.alloc(layout).unwrap();
+        // SAFETY: `p` is live and was allocated with `layout`.
+        unsafe { heap.dealloc(p, layout) };
+        // `q` above it is used: `p` is alone on its own list, and the next
+        // request of its size takes it whole (the exact fit).
+        assert_eq!(heap.alloc(layout), Some(p));
+        assert_ne!(p, q);
+        heap.check().unwrap();
+    }
 
     #[test]
     fn classes_bound_their_sizes() {

@@ -195,7 +195,7 @@ impl RegionHeap {
         if free != self.free_bytes() {
             return fail("free byte count differs from the free blocks", free);
         }
-        if self.heads.is_null() {
+        if !self.has_table() {
             return if self.fl_bitmap == 0 && self.sl_bitmap.iter().all(|&m| m == 0) {
                 Ok(())
             } else {
