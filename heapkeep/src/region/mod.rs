@@ -296,6 +296,17 @@ fn class_at_least(size: usize) -> usize {
     class_of(size - 1) + 1
 }
 
+/// Whether a request for `need` bytes, whose first fitting class is
+/// `at_least` and first non-empty one of those `found`, should look at its
+/// own class first (`RegionHeap::closer_fit`): when `found` is a power of
+/// two or more above it, or there is none. Below `LINEAR_LIMIT` a class
+/// holds one size, so the class under `at_least` holds only blocks too
+/// small: no closer fit to try.
+#[inline(always)]
+fn wants_closer_fit(need: usize, at_least: usize, found: Option<usize>) -> bool {
+    need > LINEAR_LIMIT && found.is_none_or(|f| f >> SL_BITS > at_least >> SL_BITS)
+}
+
 /// The block size serving a request of `size` bytes: the size plus the tag,
 /// rounded up to the granule; `None` if that overflows.
 #[inline(always)]
@@ -508,16 +519,40 @@ impl RegionHeap {
 
     /// [`RegionHeap::alloc`] past the exact fit: a search of the bitmaps
     /// and a split, or an aligned block.
+    /// Its only calls are tail calls, so it saves no registers.
     #[inline(never)]
     fn alloc_fit(&mut self, need: usize, align: usize) -> Option<NonNull<u8>> {
         if align <= GRANULE {
-            if let Some(g) = self.take_free_fast(need) {
-                // SAFETY: `g` is a free block of ours of at least `need` bytes.
-                return Some(unsafe { self.carve(g, need) });
+            // `take_free_fast`, with the closer fit out of line.
+            let at_least = class_at_least(need);
+            let found = self.first_class_from(at_least);
+            if wants_closer_fit(need, at_least, found) {
+                return self.alloc_closer(need, at_least, found);
+            }
+            if let Some(c) = found {
+                self.step();
+                // SAFETY: list `c` is not empty and all its blocks have at
+                // least `need` bytes.
+                return Some(unsafe { self.carve_head(c, need) });
             }
         }
-        // Out of line (and a tail call).
         self.alloc_aligned(need, align.max(GRANULE))
+    }
+
+    /// [`RegionHeap::alloc_fit`] when the closer fit is worth a look.
+    #[inline(never)]
+    fn alloc_closer(
+        &mut self,
+        need: usize,
+        at_least: usize,
+        found: Option<usize>,
+    ) -> Option<NonNull<u8>> {
+        match self.closer_fit(need, at_least, found) {
+            // SAFETY: list `c` is not empty and its head has at least
+            // `need` bytes.
+            Some(c) => Some(unsafe { self.carve_head(c, need) }),
+            None => self.alloc_aligned(need, GRANULE),
+        }
     }
 
     /// Allocates `need` block bytes at an address aligned to `align` (at
@@ -532,7 +567,8 @@ impl RegionHeap {
             .checked_add(align - GRANULE)
             .and_then(|search| self.take_free_fast(search))
         {
-            Some(g) => g,
+            // SAFETY: the list of class `c` is not empty.
+            Some(c) => unsafe { *self.heads.add(c) },
             None => self.scan_own_class(need, align)?,
         };
         // SAFETY: `g` is a free block of ours, linked, in which an
@@ -582,25 +618,12 @@ impl RegionHeap {
         c: usize,
         size: usize,
     ) -> NonNull<u8> {
-        self.step();
         // SAFETY: the caller's promise; `g` is free, so the blocks on both
         // sides are used (no two free blocks are adjacent): the word below
         // it is a tag, and the block above needs no ABOVE_FREE bit.
         unsafe {
             debug_assert_eq!((*g).size, size);
-            let next = (*g).next;
-            *slot = next;
-            if next.is_null() {
-                let (fl, sl) = (c >> SL_BITS, c & (SL_COUNT - 1));
-                // `c < CLASS_COUNT`, so `fl < FL_COUNT`.
-                let bits = self.sl_bitmap.get_unchecked_mut(fl);
-                *bits &= !(1 << sl);
-                if *bits == 0 {
-                    self.fl_bitmap &= !(1 << fl);
-                }
-            } else {
-                (*next).next_of_prev = slot;
-            }
+            self.pop_head(slot, g, c);
             let base = g.cast::<u8>();
             *word_below(base) &= !ABOVE_FREE;
             set_tag(base, size, false);
@@ -692,41 +715,34 @@ impl RegionHeap {
         }
     }
 
-    /// The O(1) search for a free block of at least `need` bytes (still
-    /// linked: `carve` unlinks it): the head of the first non-empty class
-    /// whose every block fits; but when that class is a power of two or
-    /// more above the request, the head of the request's own class if it is
-    /// big enough (a closer fit, which keeps big blocks whole). Testing the
-    /// own class first on every request cost more in mispredicted branches
-    /// than it saved.
+    /// The O(1) search for a free block of at least `need` bytes: the class
+    /// whose list head to take (still linked: `carve_head` takes it off).
+    /// The first non-empty class whose every block fits; but when that
+    /// class is a power of two or more above the request, the request's own
+    /// class if its head is big enough (a closer fit, which keeps big
+    /// blocks whole). Testing the own class first on every request cost
+    /// more in mispredicted branches than it saved. Only a class comes
+    /// back, in a register (a block and its class came back through the
+    /// stack).
     #[inline(always)]
-    fn take_free_fast(&mut self, need: usize) -> Option<*mut Gap> {
+    fn take_free_fast(&mut self, need: usize) -> Option<usize> {
         let at_least = class_at_least(need);
         let found = self.first_class_from(at_least);
-        // Below `LINEAR_LIMIT` a class holds one size, so the class under
-        // `at_least` holds only blocks too small: no closer fit to try.
-        if need > LINEAR_LIMIT && found.is_none_or(|f| f >> SL_BITS > at_least >> SL_BITS) {
+        if wants_closer_fit(need, at_least, found) {
             return self.closer_fit(need, at_least, found);
         }
-        let found = found?;
         self.step();
-        // SAFETY: the bitmap says this list is not empty.
-        Some(unsafe { *self.heads.add(found) })
+        found
     }
 
     /// [`RegionHeap::take_free_fast`] when the first class that fits
     /// (`found`) is a power of two or more above `need` (or there is none):
-    /// the head of `need`'s own class if it is big enough, else `found`'s
-    /// head. Out of line, so the common case keeps a small body (inlined
-    /// into `alloc`, this cost 2-3% of the region benchmark's throughput
-    /// even at sizes that never reach it).
-    #[inline(never)]
-    fn closer_fit(
-        &mut self,
-        need: usize,
-        at_least: usize,
-        found: Option<usize>,
-    ) -> Option<*mut Gap> {
+    /// `need`'s own class if its head is big enough, else `found`. Only on
+    /// out-of-line paths (`alloc_closer`, `alloc_aligned`): inlined into
+    /// `alloc`, this cost 2-3% of the region benchmark's throughput even at
+    /// sizes that never reach it.
+    #[inline(always)]
+    fn closer_fit(&mut self, need: usize, at_least: usize, found: Option<usize>) -> Option<usize> {
         // `need`'s own class (see `class_at_least`; `at_least >= 1`
         // because `need >= GRANULE`).
         let c = at_least - 1;
@@ -737,14 +753,12 @@ impl RegionHeap {
                 let head = *self.heads.add(c);
                 self.step();
                 if (*head).size >= need {
-                    return Some(head);
+                    return Some(c);
                 }
             }
         }
-        let found = found?;
         self.step();
-        // SAFETY: the bitmap says this list is not empty.
-        Some(unsafe { *self.heads.add(found) })
+        found
     }
 
     /// The last resort before failing: the head of the request's own class
@@ -819,6 +833,68 @@ impl RegionHeap {
             set_tag(base, need, rest != 0);
             self.used += need;
             NonNull::new_unchecked(base)
+        }
+    }
+
+    /// [`RegionHeap::carve`] of the head of list `c`: it leaves its list
+    /// by a pop from the front (see [`RegionHeap::pop_head`]).
+    ///
+    /// # Safety
+    /// List `c` is not empty and its head has at least `need` bytes.
+    #[inline(always)]
+    unsafe fn carve_head(&mut self, c: usize, need: usize) -> NonNull<u8> {
+        // SAFETY: as `carve`; `c`'s slot is in the head table (`c` is a
+        // list's class).
+        unsafe {
+            let slot = self.heads.add(c);
+            let g = *slot;
+            let base = g.cast::<u8>();
+            let rest = (*g).size - need;
+            if rest == 0 {
+                self.pop_head(slot, g, c);
+            } else {
+                let rc = class_of(rest);
+                let to = base.add(need);
+                if rc == c {
+                    self.move_gap(g, to, rest, c);
+                } else {
+                    self.pop_head(slot, g, c);
+                    self.link(to, rest, rc);
+                }
+            }
+            *word_below(base) &= !ABOVE_FREE;
+            set_tag(base, need, rest != 0);
+            self.used += need;
+            NonNull::new_unchecked(base)
+        }
+    }
+
+    /// Takes `g`, the head of list `c` whose slot is `slot`, off its list:
+    /// unlike `unlink`, it reads neither `g`'s back-link (the slot) nor its
+    /// class.
+    ///
+    /// # Safety
+    /// `slot` is list `c`'s slot in the head table and `g` its (non-null)
+    /// head.
+    #[inline(always)]
+    unsafe fn pop_head(&mut self, slot: *mut *mut Gap, g: *mut Gap, c: usize) {
+        self.step();
+        // SAFETY: the caller's promise; the next block, if any, is free
+        // and on the same list.
+        unsafe {
+            let next = (*g).next;
+            *slot = next;
+            if next.is_null() {
+                let (fl, sl) = (c >> SL_BITS, c & (SL_COUNT - 1));
+                // `c < CLASS_COUNT`, so `fl < FL_COUNT`.
+                let bits = self.sl_bitmap.get_unchecked_mut(fl);
+                *bits &= !(1 << sl);
+                if *bits == 0 {
+                    self.fl_bitmap &= !(1 << fl);
+                }
+            } else {
+                (*next).next_of_prev = slot;
+            }
         }
     }
 
@@ -897,26 +973,40 @@ impl RegionHeap {
         // the head table.
         unsafe {
             if c == (*g).class {
-                self.step();
-                let Gap {
-                    next, next_of_prev, ..
-                } = g.read();
-                let to = to.cast::<Gap>();
-                to.write(Gap {
-                    next,
-                    next_of_prev,
-                    class: c,
-                    size,
-                });
-                *next_of_prev = to;
-                if !next.is_null() {
-                    (*next).next_of_prev = ptr::addr_of_mut!((*to).next);
-                }
-                *word_below(to.cast::<u8>().add(size)) = size;
+                self.move_gap(g, to, size, c);
             } else {
                 self.unlink(g);
                 self.link(to, size, c);
             }
+        }
+    }
+
+    /// Moves the linked free block `g` of class `c` to `to` with `size`
+    /// bytes, in its place on its list.
+    ///
+    /// # Safety
+    /// As [`RegionHeap::shift_gap`], and `class_of(size) == c == g`'s class.
+    #[inline(always)]
+    unsafe fn move_gap(&mut self, g: *mut Gap, to: *mut u8, size: usize, c: usize) {
+        self.step();
+        // SAFETY: the caller's promise; list neighbours are free blocks or
+        // the head table.
+        unsafe {
+            let Gap {
+                next, next_of_prev, ..
+            } = g.read();
+            let to = to.cast::<Gap>();
+            to.write(Gap {
+                next,
+                next_of_prev,
+                class: c,
+                size,
+            });
+            *next_of_prev = to;
+            if !next.is_null() {
+                (*next).next_of_prev = ptr::addr_of_mut!((*to).next);
+            }
+            *word_below(to.cast::<u8>().add(size)) = size;
         }
     }
 
