@@ -397,26 +397,44 @@ fn ns_per_tick() -> f64 {
 
 /// The `q` quantile of `sorted` (ascending clock readings), read between the clock's steps.
 ///
-/// The time stamp counter here moves in steps of 52 ticks (about 18 ns), so a raw quantile of
-/// 600 ns resolves only 3%, and two allocators a fraction of a step apart read either equal or
-/// one whole step apart. A reading `v` stands for true times spread over one step centred on
-/// it (the difference of two readings rounds the true time to a neighbouring step); so the
-/// quantile is read as grouped data: from the bottom of the step holding it, the fraction of
-/// that step's readings lying below the quantile's rank, times the step. The step is the
-/// smallest gap between two distinct readings (1 on a clock with no steps, where this is the
+/// The time stamp counter here moves in steps of about 26 ticks (9 ns), each step read as
+/// one of two neighbouring values (25 or 26, 51 or 52, ...). So a raw quantile of 600 ns
+/// resolves only 1.5%, and two allocators a fraction of a step apart read either equal or a
+/// whole step apart. A reading stands for true times spread over one step around it (the
+/// difference of two readings rounds the true time to a neighbouring step), so the quantile
+/// is read as grouped data: readings closer than a quarter step form one step (a *cluster*);
+/// from the bottom of the cluster holding the quantile's rank, the share of that cluster's
+/// readings below the rank, times the step. The step is the median gap between clusters of
+/// distinct readings more than 2 ticks apart (1 on a clock with no steps, where this is the
 /// plain quantile to within a tick).
 fn quantile_between_steps(sorted: &[u64], q: f64) -> f64 {
-    let step = sorted
+    let mut gaps: Vec<u64> = sorted
         .windows(2)
         .map(|w| w[1] - w[0])
-        .filter(|&d| d > 0)
-        .min()
-        .unwrap_or(1) as f64;
+        .filter(|&d| d > 2)
+        .collect();
+    let step = if gaps.is_empty() {
+        1
+    } else {
+        let mid = gaps.len() / 2;
+        *gaps.select_nth_unstable(mid).1
+    };
+    let near = (step / 4).max(1);
     let rank = (sorted.len() - 1) as f64 * q;
-    let v = sorted[rank as usize];
-    let below = sorted.partition_point(|&t| t < v) as f64;
-    let at = sorted.partition_point(|&t| t <= v) as f64 - below;
-    v as f64 - step / 2.0 + step * ((rank + 0.5 - below) / at).clamp(0.0, 1.0)
+    let at = rank as usize;
+    // The cluster around `sorted[at]`: neighbours closer than `near` to the next one.
+    let mut lo = at;
+    while lo > 0 && sorted[lo] - sorted[lo - 1] < near {
+        lo -= 1;
+    }
+    let mut hi = at + 1;
+    while hi < sorted.len() && sorted[hi] - sorted[hi - 1] < near {
+        hi += 1;
+    }
+    let count = (hi - lo) as f64;
+    let centre = sorted[lo..hi].iter().map(|&t| t as f64).sum::<f64>() / count;
+    let step = step as f64;
+    centre - step / 2.0 + step * ((rank + 0.5 - lo as f64) / count).clamp(0.0, 1.0)
 }
 
 /// Every operation timed on its own: (p50, p99, max) in ticks, the p99 read between the
@@ -1367,26 +1385,32 @@ mod tests {
         assert!((q - 989.0).abs() <= 1.0, "{q}");
     }
 
-    /// Readings in steps of 52 ticks: the quantile moves with the share of the readings on
-    /// the step that holds it, so two distributions a fraction of a step apart (more readings
-    /// on the upper step) read apart, in the right order and by about that fraction.
+    /// Readings in steps of 26 ticks, each step read as one of two neighbouring values (as
+    /// this machine's counter does): the quantile moves with the share of the readings on the
+    /// step that holds it, so two distributions a fraction of a step apart (more readings on
+    /// the upper step) read apart, in the right order and by about that fraction.
     #[test]
     fn between_steps_the_quantile_follows_the_share_on_each_step() {
-        // 1000 readings: `low` of them at 520 (ten steps), the rest at 572 (eleven).
+        // 1000 readings: `low` of them on the step at 520 (as 519 or 520), the rest on the
+        // one at 546 (as 545 or 546); a few far below, so the clusters have neighbours.
         let at = |low: usize| {
-            let mut t = vec![520u64; low];
-            t.resize(1000, 572);
+            let mut t: Vec<u64> = (0..1000)
+                .map(|i| if i < low { 519 } else { 545 } + (i % 2) as u64)
+                .collect();
+            t[0] = 26;
+            t[1] = 52;
+            t.sort_unstable();
             quantile_between_steps(&t, 0.99)
         };
-        // The 99% rank (989.01) among readings at 572 in both, but higher when more of the
-        // readings are on the upper step (the distribution sits higher).
+        // The 99% rank (989.01) on the upper step in both, but higher when more of the
+        // readings are on it (the distribution sits higher).
         let (few, many) = (at(985), at(900));
         assert!(many > few, "{few} {many}");
-        assert!(few >= 572.0 - 26.0 && many <= 572.0 + 26.0, "{few} {many}");
-        // 990 at the lower step: the rank falls among them, near their top.
+        assert!(few >= 545.5 - 13.0 && many <= 545.5 + 13.0, "{few} {many}");
+        // The plain quantile would read 545 or 546 for both.
+        assert!((many - few) > 5.0, "{few} {many}");
+        // 995 on the lower step: the rank falls among them, near their top.
         let low = at(995);
-        assert!(low < 520.0 + 26.0 && low > 520.0, "{low}");
-        // The plain quantile would read 572 for both of the first two.
-        assert!((many - few) > 10.0, "{few} {many}");
+        assert!(low < 519.5 + 13.0 && low > 519.5, "{low}");
     }
 }
