@@ -52,13 +52,15 @@
 //! class per granule. Above, each power of two is cut into `SL_COUNT` (16)
 //! classes of equal width; sizes past the last level share the top class.
 //! A class `c` is first level `c >> SL_BITS`, second level the low bits
-//! (the linear classes fill the first eight levels). A request takes
-//! the head of the first non-empty class whose every block fits (found with
-//! the bitmaps); when that class is a power of two or more above the request
-//! (or there is none) and the request is above `LINEAR_LIMIT` (below it a
-//! class holds one size), it first tries the head of its own class (a closer
-//! fit); and only before failing looks a few steps down its own class's
-//! list.
+//! (the linear classes fill the first eight levels). A request below
+//! `LINEAR_LIMIT` first takes the head of its own class if there is one
+//! (an exact fit). Otherwise it takes the head of the first non-empty
+//! class whose every block fits (found with the bitmaps); when that class
+//! is a power of two or more above the request (or there is none) and the
+//! request is above `LINEAR_LIMIT` (below it a class holds one size), it
+//! first tries the head of its own class (a closer fit); and only before
+//! failing looks a few steps down its own class's list. A block taken
+//! from a list's head leaves it by a pop from the front.
 
 use crate::hint::prefetch;
 use core::alloc::Layout;
