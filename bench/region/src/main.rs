@@ -416,16 +416,18 @@ fn ns_per_tick() -> f64 {
 /// difference of two readings rounds the true time to a neighbouring step), so the quantile
 /// is read as grouped data: readings closer than a quarter step form one step (a *cluster*);
 /// from the bottom of the cluster holding the quantile's rank, the share of that cluster's
-/// readings below the rank, times the step. The step is the median gap between clusters of
-/// distinct readings more than 2 ticks apart (1 on a clock with no steps, where this is the
-/// plain quantile to within a tick).
+/// readings below the rank, times the step. The step is the median of the gaps of more than
+/// 2 ticks between neighbouring distinct readings, when at least a quarter of those gaps are
+/// that wide (half of them here); otherwise the clock has no steps (only the sparse tail has
+/// wide gaps) and the step is 1, which gives the plain quantile to within a tick.
 fn quantile_between_steps(sorted: &[u64], q: f64) -> f64 {
+    let distinct = sorted.windows(2).filter(|w| w[1] > w[0]).count();
     let mut gaps: Vec<u64> = sorted
         .windows(2)
         .map(|w| w[1] - w[0])
         .filter(|&d| d > 2)
         .collect();
-    let step = if gaps.is_empty() {
+    let step = if gaps.is_empty() || gaps.len() * 4 < distinct {
         1
     } else {
         let mid = gaps.len() / 2;
