@@ -359,7 +359,7 @@ fn evict() {
 /// whoever ran before. [`evict`] alone left the previous run's traces in the TLB (8 MiB of
 /// scratch replaces only part of the region's 4,096 page entries) and in L3: the report's
 /// rotation put heapkeep after buddy or talc and talc after heapkeep or rlsf, and it read
-/// heapkeep/talc 2-7% below the adjacent pairs of `--ab` at 1 KiB and 4 KiB.
+/// heapkeep/talc 2-9% below the adjacent pairs of `--ab` at every size up to 4 KiB.
 fn prime(region: *mut u8) {
     // SAFETY: the region is ours and no heap is over it between runs.
     unsafe { std::ptr::write_bytes(region, 0, REGION) };
