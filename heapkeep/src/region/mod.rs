@@ -626,11 +626,7 @@ impl RegionHeap {
         unsafe {
             debug_assert_eq!((*g).size, size);
             self.pop_head(slot, g, c);
-            let base = g.cast::<u8>();
-            *word_below(base) &= !ABOVE_FREE;
-            set_tag(base, size, false);
-            self.used += size;
-            NonNull::new_unchecked(base)
+            self.mark_used(g.cast(), size, false)
         }
     }
 
@@ -831,10 +827,7 @@ impl RegionHeap {
             } else {
                 self.shift_gap(g, base.add(need), rest);
             }
-            *word_below(base) &= !ABOVE_FREE;
-            set_tag(base, need, rest != 0);
-            self.used += need;
-            NonNull::new_unchecked(base)
+            self.mark_used(base, need, rest != 0)
         }
     }
 
@@ -864,9 +857,25 @@ impl RegionHeap {
                     self.link(to, rest, rc);
                 }
             }
+            self.mark_used(base, need, rest != 0)
+        }
+    }
+
+    /// Makes `base..base + size`, the front of a free block just taken off
+    /// its list, a used block (the rest of that free block, if any, free
+    /// above it iff `above_free`), and counts it. Returns the block.
+    ///
+    /// # Safety
+    /// `base` was a free block of ours, so the word below it is the tag of
+    /// a used block (no two free blocks are adjacent); `base..base + size`
+    /// lies in it.
+    #[inline(always)]
+    unsafe fn mark_used(&mut self, base: *mut u8, size: usize, above_free: bool) -> NonNull<u8> {
+        // SAFETY: the caller's promise.
+        unsafe {
             *word_below(base) &= !ABOVE_FREE;
-            set_tag(base, need, rest != 0);
-            self.used += need;
+            set_tag(base, size, above_free);
+            self.used += size;
             NonNull::new_unchecked(base)
         }
     }
@@ -887,13 +896,7 @@ impl RegionHeap {
             let next = (*g).next;
             *slot = next;
             if next.is_null() {
-                let (fl, sl) = (c >> SL_BITS, c & (SL_COUNT - 1));
-                // `c < CLASS_COUNT`, so `fl < FL_COUNT`.
-                let bits = self.sl_bitmap.get_unchecked_mut(fl);
-                *bits &= !(1 << sl);
-                if *bits == 0 {
-                    self.fl_bitmap &= !(1 << fl);
-                }
+                self.clear_class_bit(c);
             } else {
                 (*next).next_of_prev = slot;
             }
@@ -1078,15 +1081,24 @@ impl RegionHeap {
                 (*next).next_of_prev = next_of_prev;
             } else if next_of_prev == self.heads.add(class) {
                 // It was alone on its list.
-                let (fl, sl) = (class >> SL_BITS, class & (SL_COUNT - 1));
-                // `class < CLASS_COUNT` (the lists' invariant), so `fl <
-                // FL_COUNT`.
-                let bits = self.sl_bitmap.get_unchecked_mut(fl);
-                *bits &= !(1 << sl);
-                if *bits == 0 {
-                    self.fl_bitmap &= !(1 << fl);
-                }
+                self.clear_class_bit(class);
             }
+        }
+    }
+
+    /// List `c` has just become empty: clears its bit, and its first
+    /// level's when that was the level's last non-empty list.
+    ///
+    /// # Safety
+    /// `c < CLASS_COUNT` (every list's class is).
+    #[inline(always)]
+    unsafe fn clear_class_bit(&mut self, c: usize) {
+        let (fl, sl) = (c >> SL_BITS, c & (SL_COUNT - 1));
+        // SAFETY: `c < CLASS_COUNT` (caller), so `fl < FL_COUNT`.
+        let bits = unsafe { self.sl_bitmap.get_unchecked_mut(fl) };
+        *bits &= !(1 << sl);
+        if *bits == 0 {
+            self.fl_bitmap &= !(1 << fl);
         }
     }
 }
