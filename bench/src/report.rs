@@ -143,6 +143,7 @@ impl Metric {
         }
     }
 
+    /// One run's value (none for a failed run).
     fn of_sample(self, s: &Sample) -> Option<f64> {
         if !s.ok {
             return None;
@@ -186,23 +187,17 @@ impl Report {
                     .iter()
                     .filter(|s| &s.workload == w && &s.allocator == a)
                     .collect();
-                let ok: Vec<&&Sample> = cell.iter().filter(|s| s.ok).collect();
+                let ok_runs = cell.iter().filter(|s| s.ok).count();
+                // Over the runs that succeeded (`of_sample` skips the others).
+                let of = |m: Metric| median(cell.iter().filter_map(|s| m.of_sample(s)).collect());
                 medians.push(Median {
                     workload: w.clone(),
                     allocator: a.clone(),
-                    ok_runs: ok.len(),
-                    failed_runs: cell.len() - ok.len(),
-                    seconds: median(ok.iter().filter_map(|s| s.seconds).collect()),
-                    peak_rss_kib: median(
-                        ok.iter()
-                            .filter_map(|s| s.peak_rss_kib.map(|v| v as f64))
-                            .collect(),
-                    ),
-                    rss_after_kib: median(
-                        ok.iter()
-                            .filter_map(|s| s.rss_after_kib.map(|v| v as f64))
-                            .collect(),
-                    ),
+                    ok_runs,
+                    failed_runs: cell.len() - ok_runs,
+                    seconds: of(Metric::Time),
+                    peak_rss_kib: of(Metric::PeakRss),
+                    rss_after_kib: of(Metric::RssAfter),
                 });
             }
         }
