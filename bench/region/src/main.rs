@@ -480,6 +480,100 @@ fn latency<H: Heap>(
     )
 }
 
+/// What the operations at and above the p99 of one latency run are ([`tail_of`]).
+#[derive(Default)]
+struct Tail {
+    /// Allocations, frees, reallocations in place, moved down over their old
+    /// place (the two overlap), moved elsewhere.
+    kinds: [usize; 5],
+    /// Bytes the moves among them copied, in all.
+    copied: usize,
+    /// Moves in the whole run (overlapping, elsewhere).
+    moves: [usize; 2],
+    ops: usize,
+    /// Median ticks of the moves (overlapping, elsewhere) that copied 20-22 KiB.
+    band: [u64; 2],
+}
+
+impl std::fmt::Display for Tail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, fr, inplace, down, away] = self.kinds;
+        let moved = (down + away).max(1);
+        write!(
+            f,
+            "above p99: {a} alloc, {fr} free, {inplace} realloc in place, {down} moved down over \
+             itself, {away} moved away (mean copy {} B); in the run: {} of {} ops moved down, {} \
+             moved away; median ticks of the 20-22 KiB moves: down {}, away {}",
+            self.copied / moved,
+            self.moves[0],
+            self.ops,
+            self.moves[1],
+            self.band[0],
+            self.band[1]
+        )
+    }
+}
+
+/// A latency run of `ops` that also notes what each operation did, and sums that up for the
+/// operations at or above the p99 (`--tail`).
+#[inline(never)]
+fn tail_of<H: Heap>(region: *mut u8, ops: &[Op], slots: usize) -> Tail {
+    prime(region);
+    // SAFETY: as `throughput`.
+    let mut h = unsafe { H::over(region, REGION) };
+    let mut table: Vec<Slot> = vec![None; slots];
+    // (ticks, kind, bytes copied)
+    let mut seen: Vec<(u64, usize, usize)> = Vec::with_capacity(ops.len());
+    let mut t = Tail {
+        ops: ops.len(),
+        ..Tail::default()
+    };
+    for &op in ops {
+        let before = match op {
+            Op::Realloc { slot, .. } => table[slot as usize],
+            _ => None,
+        };
+        let t0 = ticks();
+        step(&mut h, &mut table, op);
+        let dt = ticks() - t0;
+        let (kind, copied) = match (op, before) {
+            (Op::Alloc { .. }, _) => (0, 0),
+            (Op::Free { .. }, _) | (Op::Realloc { .. }, None) => (1, 0),
+            (Op::Realloc { slot, size }, Some((p, l))) => {
+                let q = table[slot as usize].map_or(p, |s| s.0);
+                let (p, q) = (p.as_ptr() as usize, q.as_ptr() as usize);
+                let copy = l.size().min(size as usize);
+                if p == q {
+                    (2, 0)
+                } else if q < p && p - q < l.size() {
+                    t.moves[0] += 1;
+                    (3, copy)
+                } else {
+                    t.moves[1] += 1;
+                    (4, copy)
+                }
+            }
+        };
+        seen.push((dt, kind, copied));
+    }
+    black_box(&h);
+    for (k, band) in t.band.iter_mut().enumerate() {
+        let mut b: Vec<u64> = seen
+            .iter()
+            .filter(|s| s.1 == 3 + k && (20 << 10..22 << 10).contains(&s.2))
+            .map(|s| s.0)
+            .collect();
+        b.sort_unstable();
+        *band = b.get(b.len() / 2).copied().unwrap_or(0);
+    }
+    seen.sort_unstable_by_key(|s| s.0);
+    for &(_, kind, copied) in &seen[seen.len() * 99 / 100..] {
+        t.kinds[kind] += 1;
+        t.copied += copied;
+    }
+    t
+}
+
 /// Where one efficiency run stopped: the bytes live (as requested), and the request that failed.
 /// `free` and `largest` (free bytes, largest free block) only for allocators that can tell.
 #[derive(Clone, Copy, Default)]
@@ -881,6 +975,7 @@ fn main() {
     let mut quick = false;
     let mut profile = false;
     let mut ab = false;
+    let mut tail = false;
     let mut out = String::from("results/region");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -897,9 +992,14 @@ fn main() {
             // latency against rlsf and for the arena against bumpalo (times: lower is
             // better for those two).
             "--ab" => ab = true,
+            // For explaining a p99: what the operations at and above each allocator's p99
+            // are (allocations, frees, reallocations in place, moved down over themselves,
+            // moved elsewhere) and how many bytes the moves copied, per size (one size with
+            // REGION_BENCH_SIZE), for heapkeep, talc and rlsf; one run each, printed.
+            "--tail" => tail = true,
             "--out" => out = args.next().expect("--out DIR"),
             _ => {
-                eprintln!("usage: heapkeep-bench-region [--quick] [--out DIR] | --ab | --profile");
+                eprintln!("usage: heapkeep-bench-region [--quick] [--out DIR] | --ab | --profile | --tail");
                 std::process::exit(2);
             }
         }
@@ -970,6 +1070,21 @@ fn main() {
                 }),
             ],
         );
+        return;
+    }
+    if tail {
+        let only: Option<usize> = std::env::var("REGION_BENCH_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        for (i, (slots, ops)) in streams.iter().enumerate() {
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
+            for (k, name) in NAMES.iter().enumerate().take(3) {
+                let t = for_heap!(k, tail_of(region, ops, *slots));
+                println!("{} {name}: {t}", size_label(MAX_SIZES[i]));
+            }
+        }
         return;
     }
     if profile {
