@@ -482,6 +482,103 @@ fn realloc_in_place_and_alignments() {
     assert_eq!(o.heap.largest_free(), o.heap.capacity());
 }
 
+/// A block of 4 KiB or more that cannot grow into the block above moves down into the free block
+/// below it (and the free block above, when there is one), copying its contents over its own old
+/// place; when the block below would break the alignment, it moves elsewhere instead.
+#[test]
+fn realloc_grows_into_the_free_block_below() {
+    let mut o = owned(256 * KIB);
+    // 5,024-byte blocks.
+    let l = Layout::from_size_align(5000, 8).unwrap();
+    let fill = |p: NonNull<u8>, n: usize| {
+        // SAFETY: `p` is live with at least `n` bytes.
+        unsafe { (0..n).for_each(|i| *p.as_ptr().add(i) = (i % 251) as u8) }
+    };
+    let kept = |p: NonNull<u8>, n: usize| {
+        // SAFETY: as `fill`.
+        (0..n).all(|i| unsafe { *p.as_ptr().add(i) } == (i % 251) as u8)
+    };
+    // SAFETY: live blocks throughout; sizes and alignments as allocated.
+    unsafe {
+        let [a, b, c, d, e] = [(); 5].map(|_| o.heap.alloc(l).unwrap());
+        fill(c, 5000);
+        o.heap.dealloc(b, l);
+        let free = o.heap.free_bytes();
+        // d is used: c moves down over b's space and its own, and 1,024 bytes stay free above.
+        let c2 = o.heap.realloc(c, l, 9000).unwrap();
+        assert_eq!(c2, b, "moved into the block below");
+        assert!(kept(c2, 5000), "contents kept across the overlapping move");
+        assert_eq!(
+            o.heap.free_bytes(),
+            free - (9024 - 5024),
+            "a 9,024-byte block for 5,024"
+        );
+        check(&o.heap, "grown down");
+        // With a and d free too: above c2 (9,024 B) are 1,024 + 5,024 bytes free, too few for
+        // 16,032; with a's 5,024 below, enough.
+        let l2 = Layout::from_size_align(9000, 8).unwrap();
+        fill(c2, 9000);
+        o.heap.dealloc(d, l);
+        o.heap.dealloc(a, l);
+        let c3 = o.heap.realloc(c2, l2, 16000).unwrap();
+        assert_eq!(c3, a);
+        assert!(kept(c3, 9000));
+        check(&o.heap, "grown into both neighbours");
+        o.heap
+            .dealloc(c3, Layout::from_size_align(16000, 8).unwrap());
+        o.heap.dealloc(e, l);
+    }
+    check(&o.heap, "empty");
+    assert_eq!(o.heap.largest_free(), o.heap.capacity());
+    // A block whose free neighbours together fit, but whose block below starts off its
+    // alignment, moves elsewhere.
+    // SAFETY: as above.
+    unsafe {
+        let small = Layout::from_size_align(100, 8).unwrap();
+        let wide = Layout::from_size_align(5000, 256).unwrap();
+        // The heap is one free block again, carved from the bottom: a probe finds where, and a
+        // pad puts x (128 B) at 128 mod 256, so y (256-aligned) follows it with no gap.
+        let probe = o
+            .heap
+            .alloc(Layout::from_size_align(24, 8).unwrap())
+            .unwrap();
+        let next = probe.as_ptr() as usize + 32;
+        let mut at = (next + 127) / 256 * 256 + 128;
+        if at < next + 32 && at != next {
+            at += 256;
+        }
+        let pad = (at != next).then(|| {
+            let pl = Layout::from_size_align(at - next - 8, 8).unwrap();
+            (o.heap.alloc(pl).unwrap(), pl)
+        });
+        let x = o.heap.alloc(small).unwrap();
+        let y = o.heap.alloc(wide).unwrap();
+        assert_eq!((x.as_ptr() as usize, y.as_ptr() as usize), (at, at + 128));
+        // z (256 B) above y: y (5,024 B) with z alone is 5,280 B, with x too 5,408 B.
+        let lz = Layout::from_size_align(248, 8).unwrap();
+        let z = o.heap.alloc(lz).unwrap();
+        let guard = o.heap.alloc(l).unwrap();
+        fill(y, 5000);
+        o.heap.dealloc(x, small);
+        o.heap.dealloc(z, lz);
+        let y2 = o.heap.realloc(y, wide, 5390).unwrap();
+        assert_ne!(y2, x, "the block below is off the alignment");
+        assert_eq!(y2.as_ptr() as usize % 256, 0);
+        assert!(kept(y2, 5000));
+        check(&o.heap, "moved elsewhere for its alignment");
+        o.heap
+            .dealloc(y2, Layout::from_size_align(5390, 256).unwrap());
+        o.heap.dealloc(guard, l);
+        o.heap
+            .dealloc(probe, Layout::from_size_align(24, 8).unwrap());
+        if let Some((p, pl)) = pad {
+            o.heap.dealloc(p, pl);
+        }
+    }
+    check(&o.heap, "empty again");
+    assert_eq!(o.heap.largest_free(), o.heap.capacity());
+}
+
 /// Placement: a request whose first fitting class is far above it (here the rest of the region)
 /// takes a free block of its own class that is big enough (the closer fit), so the big block
 /// stays whole; one that fits no block of its own class is carved from the big block's bottom.
