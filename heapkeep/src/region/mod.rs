@@ -730,7 +730,8 @@ impl RegionHeap {
     /// lines it has just read as its source) and what is left above stays
     /// free. `None` (nothing changed) otherwise. Out of line: inlined,
     /// it cost `realloc` registers on every call (the region benchmark's
-    /// p99 at 1 KiB rose 5-8%).
+    /// p99 at 1 KiB read 0.933-0.975 of rlsf's, against 0.809-0.896 in
+    /// the paired runs without it).
     ///
     /// # Safety
     /// `base..end` is a live block of ours allocated with `layout`, `need >
