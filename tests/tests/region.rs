@@ -504,25 +504,26 @@ fn realloc_grows_into_the_free_block_below() {
         fill(c, 5000);
         o.heap.dealloc(b, l);
         let free = o.heap.free_bytes();
-        // d is used: c moves down over b's space and its own, and 1,024 bytes stay free above.
-        let c2 = o.heap.realloc(c, l, 9000).unwrap();
+        // d is used: c moves down over b's space and its own, which it fills exactly
+        // (10,048 bytes: nothing is left free).
+        let c2 = o.heap.realloc(c, l, 10040).unwrap();
         assert_eq!(c2, b, "moved into the block below");
         assert!(kept(c2, 5000), "contents kept across the overlapping move");
         assert_eq!(
             o.heap.free_bytes(),
-            free - (9024 - 5024),
-            "a 9,024-byte block for 5,024"
+            free - 5024,
+            "a 10,048-byte block for 5,024"
         );
-        check(&o.heap, "grown down");
-        // With a and d free too: above c2 (9,024 B) are 1,024 + 5,024 bytes free, too few for
-        // 16,032; with a's 5,024 below, enough.
-        let l2 = Layout::from_size_align(9000, 8).unwrap();
-        fill(c2, 9000);
+        check(&o.heap, "grown down, exactly");
+        // With a and d free too: above c2 (10,048 B) are d's 5,024 bytes, too few for 16,032;
+        // with a's 5,024 below, enough (4,064 stay free above).
+        let l2 = Layout::from_size_align(10040, 8).unwrap();
+        fill(c2, 10040);
         o.heap.dealloc(d, l);
         o.heap.dealloc(a, l);
         let c3 = o.heap.realloc(c2, l2, 16000).unwrap();
         assert_eq!(c3, a);
-        assert!(kept(c3, 9000));
+        assert!(kept(c3, 10040));
         check(&o.heap, "grown into both neighbours");
         o.heap
             .dealloc(c3, Layout::from_size_align(16000, 8).unwrap());
@@ -543,10 +544,9 @@ fn realloc_grows_into_the_free_block_below() {
             .alloc(Layout::from_size_align(24, 8).unwrap())
             .unwrap();
         let next = probe.as_ptr() as usize + 32;
-        let mut at = (next + 127) / 256 * 256 + 128;
-        if at < next + 32 && at != next {
-            at += 256;
-        }
+        // The first address at 128 mod 256 from `next` on (both multiples of 32, so a pad is
+        // 32 bytes or more).
+        let at = (next + 127) / 256 * 256 + 128;
         let pad = (at != next).then(|| {
             let pl = Layout::from_size_align(at - next - 8, 8).unwrap();
             (o.heap.alloc(pl).unwrap(), pl)

@@ -484,8 +484,9 @@ fn latency<H: Heap>(
 #[derive(Default)]
 struct Tail {
     /// Allocations, frees, reallocations in place, moved down over their old
-    /// place (the two overlap), moved elsewhere.
-    kinds: [usize; 5],
+    /// place (the new block overlaps the old one), moved elsewhere, and
+    /// operations that failed or found their slot empty (they did nothing).
+    kinds: [usize; 6],
     /// Bytes the moves among them copied, in all.
     copied: usize,
     /// Moves in the whole run (overlapping, elsewhere).
@@ -497,12 +498,12 @@ struct Tail {
 
 impl std::fmt::Display for Tail {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let [a, fr, inplace, down, away] = self.kinds;
+        let [a, fr, inplace, down, away, idle] = self.kinds;
         let moved = (down + away).max(1);
         write!(
             f,
             "above p99: {a} alloc, {fr} free, {inplace} realloc in place, {down} moved down over \
-             itself, {away} moved away (mean copy {} B); in the run: {} of {} ops moved down, {} \
+             itself, {away} moved away (mean copy {} B), {idle} failed or idle; in the run: {} of {} ops moved down, {} \
              moved away; median ticks of the 20-22 KiB moves: down {}, away {}",
             self.copied / moved,
             self.moves[0],
@@ -515,7 +516,8 @@ impl std::fmt::Display for Tail {
 }
 
 /// A latency run of `ops` that also notes what each operation did, and sums that up for the
-/// operations at or above the p99 (`--tail`).
+/// top 1% of the operations by time (`--tail`; ties at the edge fall either way: the clock
+/// moves in steps).
 #[inline(never)]
 fn tail_of<H: Heap>(region: *mut u8, ops: &[Op], slots: usize) -> Tail {
     prime(region);
@@ -533,19 +535,25 @@ fn tail_of<H: Heap>(region: *mut u8, ops: &[Op], slots: usize) -> Tail {
             Op::Realloc { slot, .. } => table[slot as usize],
             _ => None,
         };
+        let held = match op {
+            Op::Free { slot } => table[slot as usize].is_some(),
+            _ => true,
+        };
         let t0 = ticks();
-        step(&mut h, &mut table, op);
+        let ok = step(&mut h, &mut table, op);
         let dt = ticks() - t0;
         let (kind, copied) = match (op, before) {
+            _ if !ok || !held => (5, 0),
             (Op::Alloc { .. }, _) => (0, 0),
-            (Op::Free { .. }, _) | (Op::Realloc { .. }, None) => (1, 0),
+            (Op::Free { .. }, _) => (1, 0),
+            (Op::Realloc { .. }, None) => (5, 0),
             (Op::Realloc { slot, size }, Some((p, l))) => {
                 let q = table[slot as usize].map_or(p, |s| s.0);
                 let (p, q) = (p.as_ptr() as usize, q.as_ptr() as usize);
                 let copy = l.size().min(size as usize);
                 if p == q {
                     (2, 0)
-                } else if q < p && p - q < l.size() {
+                } else if q < p && p < q + size as usize {
                     t.moves[0] += 1;
                     (3, copy)
                 } else {
@@ -994,7 +1002,7 @@ fn main() {
             "--ab" => ab = true,
             // For explaining a p99: what the operations at and above each allocator's p99
             // are (allocations, frees, reallocations in place, moved down over themselves,
-            // moved elsewhere) and how many bytes the moves copied, per size (one size with
+            // moved elsewhere, failed or idle) and how many bytes the moves copied, per size (one size with
             // REGION_BENCH_SIZE), for heapkeep, talc and rlsf; one run each, printed.
             "--tail" => tail = true,
             "--out" => out = args.next().expect("--out DIR"),

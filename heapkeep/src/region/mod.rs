@@ -656,9 +656,10 @@ impl RegionHeap {
 
     /// Resizes a live block to `new_size` bytes, keeping its contents up to
     /// the smaller size and its alignment. In place when shrinking or when
-    /// the next block is free and big enough; for a block of 4 KiB or more,
-    /// next down into the free block below (see [`RegionHeap::grow_down`]);
-    /// otherwise allocates, copies and frees. `None` when out of memory: the
+    /// the next block is free and big enough; for a block of `LINEAR_LIMIT`
+    /// (4 KiB; 2 KiB on 32-bit) or more, next, down into the free block
+    /// below (see [`RegionHeap::grow_down`]); otherwise allocates, copies
+    /// and frees. `None` when out of memory: the
     /// block is then untouched.
     ///
     /// # Safety
@@ -726,17 +727,17 @@ impl RegionHeap {
     /// `realloc`'s second try: when the free block below (with the free
     /// block above, if any) and the block itself together hold `need`
     /// bytes at an address of the layout's alignment, the contents move
-    /// down into them (an overlapping copy, whose destination is mostly
-    /// lines it has just read as its source) and what is left above stays
-    /// free. `None` (nothing changed) otherwise. Out of line: inlined,
+    /// down into them (a copy that overlaps its source unless the block
+    /// below alone holds them: its destination is then mostly lines it has
+    /// just read) and what is left above stays free. `None` (nothing changed) otherwise. Out of line: inlined,
     /// it cost `realloc` registers on every call (the region benchmark's
     /// p99 at 1 KiB read 0.933-0.975 of rlsf's, against 0.809-0.896 in
     /// the paired runs without it).
     ///
     /// # Safety
     /// `base..end` is a live block of ours allocated with `layout`, `need >
-    /// end - base` is a valid block size, and a free block starts at `end`
-    /// iff `above_free`.
+    /// end - base` is a block size (a multiple of `GRANULE`), and a free
+    /// block starts at `end` iff `above_free`.
     #[inline(never)]
     unsafe fn grow_down(
         &mut self,
@@ -776,6 +777,11 @@ impl RegionHeap {
                 self.link(low.add(need), rest, class_of(rest));
             }
             self.used -= end as usize - base as usize;
+            // `low..low + need` spans the old free block below, the old
+            // block and part of the free block above, not one free block as
+            // `mark_used` describes; what it needs holds: the word below
+            // `low` is a used block's tag (`low` was a free block), and the
+            // range is ours and holds nothing live but the moved contents.
             Some(self.mark_used(low, need, rest != 0))
         }
     }
