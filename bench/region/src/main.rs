@@ -979,6 +979,21 @@ fn bar_chart(
     s
 }
 
+/// A number from the environment (`--ab`'s rounds, `--profile`'s allocator), if set and valid.
+fn env_number(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// The streams `--profile` and `--tail` run, with their size index: the one REGION_BENCH_SIZE
+/// names, or all.
+fn chosen(streams: &[(usize, Vec<Op>)]) -> impl Iterator<Item = (usize, &(usize, Vec<Op>))> {
+    let only = env_number("REGION_BENCH_SIZE");
+    streams
+        .iter()
+        .enumerate()
+        .filter(move |(i, _)| only.is_none_or(|o| o == *i))
+}
+
 fn main() {
     let mut quick = false;
     let mut profile = false;
@@ -1032,10 +1047,7 @@ fn main() {
         .collect();
 
     if ab {
-        let rounds: usize = std::env::var("REGION_BENCH_ROUNDS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(15);
+        let rounds = env_number("REGION_BENCH_ROUNDS").unwrap_or(15);
         let mut times = Vec::with_capacity(n_ops * 2);
         let show = |what: &str, ratios: Vec<f64>| {
             let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
@@ -1081,13 +1093,7 @@ fn main() {
         return;
     }
     if tail {
-        let only: Option<usize> = std::env::var("REGION_BENCH_SIZE")
-            .ok()
-            .and_then(|v| v.parse().ok());
-        for (i, (slots, ops)) in streams.iter().enumerate() {
-            if only.is_some_and(|o| o != i) {
-                continue;
-            }
+        for (i, (slots, ops)) in chosen(&streams) {
             for (k, name) in NAMES.iter().enumerate().take(3) {
                 let t = for_heap!(k, tail_of(region, ops, *slots));
                 println!("{} {name}: {t}", size_label(MAX_SIZES[i]));
@@ -1096,17 +1102,8 @@ fn main() {
         return;
     }
     if profile {
-        let which: usize = std::env::var("REGION_BENCH_HEAP")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let only: Option<usize> = std::env::var("REGION_BENCH_SIZE")
-            .ok()
-            .and_then(|v| v.parse().ok());
-        for (i, (slots, ops)) in streams.iter().enumerate() {
-            if only.is_some_and(|o| o != i) {
-                continue;
-            }
+        let which = env_number("REGION_BENCH_HEAP").unwrap_or(0);
+        for (_, (slots, ops)) in chosen(&streams) {
             let secs: f64 = (0..10)
                 .map(|_| for_heap!(which, throughput(region, ops, *slots)))
                 .sum();
