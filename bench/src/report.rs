@@ -177,6 +177,26 @@ pub fn geomean(v: &[f64]) -> Option<f64> {
     Some((v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp())
 }
 
+/// For `n` values, the largest rank `k` (1-based) such that the `k`-th
+/// smallest and the `k`-th largest bracket the population median with at
+/// least 95% probability: P(Binomial(n, 1/2) < k) <= 2.5%. `None` when
+/// even `k = 1` (the extremes) falls short, below 6 values.
+fn median_interval_rank(n: usize) -> Option<usize> {
+    // Binomial(n, 1/2) probabilities in logs (0.5^n underflows past 1074).
+    let mut ln_p = n as f64 * 0.5f64.ln();
+    let mut below = 0.0;
+    let mut k = 0;
+    for i in 0..n / 2 {
+        below += ln_p.exp();
+        if below > 0.025 {
+            break;
+        }
+        k = i + 1;
+        ln_p += ((n - i) as f64).ln() - ((i + 1) as f64).ln();
+    }
+    (k > 0).then_some(k)
+}
+
 impl Report {
     /// Builds the report from raw samples.
     pub fn new(meta: Meta, samples: Vec<Sample>) -> Report {
@@ -258,19 +278,37 @@ impl Report {
     /// machine's speed over the minutes of the run cancels out, which a
     /// ratio of the two columns' medians does not do.
     pub fn ratio(&self, workload: &str, peer: &str, metric: Metric) -> Option<f64> {
+        median(self.per_round_ratios(workload, peer, metric))
+    }
+
+    /// A 95% confidence interval for [`Report::ratio`]: the order
+    /// statistics of the rounds' ratios that bracket their median with at
+    /// least 95% probability, whatever the noise's distribution, as long
+    /// as the rounds are independent (the sign test's interval). `None`
+    /// with fewer than 6 paired rounds, where even the lowest and highest
+    /// ratio bracket the median with less than 95%.
+    pub fn ratio_interval(&self, workload: &str, peer: &str, metric: Metric) -> Option<(f64, f64)> {
+        let mut v = self.per_round_ratios(workload, peer, metric);
+        v.sort_by(f64::total_cmp);
+        let k = median_interval_rank(v.len())?;
+        Some((v[k - 1], v[v.len() - k]))
+    }
+
+    /// heapkeep's value divided by `peer`'s, for each round in which both
+    /// ran.
+    fn per_round_ratios(&self, workload: &str, peer: &str, metric: Metric) -> Vec<f64> {
         let of = |allocator: &str, round: usize| {
             self.samples
                 .iter()
                 .find(|s| s.round == round && s.workload == workload && s.allocator == allocator)
                 .and_then(|s| metric.of_sample(s))
         };
-        let per_round: Vec<f64> = (1..=self.meta.rounds)
+        (1..=self.meta.rounds)
             .filter_map(|r| {
                 let (hk, p) = (of(UNDER_TEST, r)?, of(peer, r)?);
                 (p > 0.0).then(|| hk / p)
             })
-            .collect();
-        median(per_round)
+            .collect()
     }
 
     /// Geomean over `workloads` of heapkeep/peer ratios, with the number of
@@ -455,6 +493,7 @@ impl Report {
             let _ = writeln!(s, "{}\n", ratio_note.trim());
         }
         self.table(&mut s, Metric::Time, &m.workloads);
+        self.intervals(&mut s, &m.workloads);
         let _ = writeln!(s, "\n### Peak RSS (MiB, VmHWM, lower is better)\n");
         self.table(&mut s, Metric::PeakRss, &m.workloads);
         if m.workloads.iter().any(|w| w == "memreturn") {
@@ -503,6 +542,43 @@ impl Report {
             );
         }
         s
+    }
+
+    /// The time ratios' 95% intervals ([`Report::ratio_interval`]), when
+    /// there are peers and enough rounds.
+    fn intervals(&self, s: &mut String, workloads: &[String]) {
+        let peers = if self.has_under_test() {
+            self.peers()
+        } else {
+            Vec::new()
+        };
+        if peers.is_empty() || median_interval_rank(self.meta.rounds).is_none() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "\n95% intervals of the time ratios (sign test over the rounds' ratios; \
+             a bar is shown met on a workload only when the whole interval is within it):\n"
+        );
+        let _ = write!(s, "| workload |");
+        for p in &peers {
+            let _ = write!(s, " hk/{p} |");
+        }
+        let _ = write!(s, "\n|---|");
+        for _ in &peers {
+            let _ = write!(s, "---:|");
+        }
+        s.push('\n');
+        for w in workloads {
+            let _ = write!(s, "| {w} |");
+            for p in &peers {
+                let cell = self
+                    .ratio_interval(w, p, Metric::Time)
+                    .map_or("–".to_string(), |(lo, hi)| format!("{lo:.3} – {hi:.3}"));
+                let _ = write!(s, " {cell} |");
+            }
+            s.push('\n');
+        }
     }
 
     fn table(&self, s: &mut String, metric: Metric, workloads: &[String]) {
@@ -686,6 +762,58 @@ mod tests {
         let hk = rep.value("small", "heapkeep", Metric::Time).unwrap();
         let sys = rep.value("small", "system", Metric::Time).unwrap();
         assert!((hk / sys - 0.9).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_median_interval_ranks_follow_the_binomial() {
+        // P(Bin(5, 1/2) = 0) = 1/32 > 2.5%: not even the extremes.
+        assert_eq!(median_interval_rank(5), None);
+        // 1/64 <= 2.5% < 7/64.
+        assert_eq!(median_interval_rank(6), Some(1));
+        // 12/2048 <= 2.5% < 67/2048.
+        assert_eq!(median_interval_rank(11), Some(2));
+        // Sign-test tables: n = 20 gives the 6th order statistics, n = 100
+        // the 40th.
+        assert_eq!(median_interval_rank(20), Some(6));
+        assert_eq!(median_interval_rank(100), Some(40));
+        // No underflow for long runs: about n/2 - 0.98 sqrt(n).
+        let k = median_interval_rank(2000).unwrap();
+        assert!((955..=957).contains(&k), "{k}");
+    }
+
+    #[test]
+    fn a_ratio_interval_brackets_the_rounds_median() {
+        let mut meta = meta(&["random"], &["heapkeep", "heapkeep-nostats"]);
+        meta.rounds = 11;
+        let mut samples = Vec::new();
+        // Ratios 1.00, 1.01, ..., 1.10 in a shuffled round order, on a
+        // machine whose speed changes from round to round.
+        for (r, step) in [3, 9, 0, 6, 10, 1, 4, 8, 2, 7, 5].into_iter().enumerate() {
+            let base = 1.0 + r as f64 * 0.3;
+            samples.push(sample("random", "heapkeep-nostats", base, r + 1));
+            samples.push(sample(
+                "random",
+                "heapkeep",
+                base * (1.0 + step as f64 * 0.01),
+                r + 1,
+            ));
+        }
+        let rep = Report::new(meta, samples);
+        let (lo, hi) = rep
+            .ratio_interval("random", "heapkeep-nostats", Metric::Time)
+            .unwrap();
+        assert!(
+            (lo - 1.01).abs() < 1e-9 && (hi - 1.09).abs() < 1e-9,
+            "{lo} {hi}"
+        );
+        assert!(
+            (rep.ratio("random", "heapkeep-nostats", Metric::Time)
+                .unwrap()
+                - 1.05)
+                .abs()
+                < 1e-9
+        );
+        assert!(rep.markdown().contains("| random | 1.010 – 1.090 |"));
     }
 
     #[test]
