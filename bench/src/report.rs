@@ -558,7 +558,7 @@ impl Report {
         let _ = writeln!(
             s,
             "\n95% intervals of the time ratios (sign test over the rounds' ratios; \
-             a bar is shown met on a workload only when the whole interval is within it):\n"
+             read a bar as met on a workload only when the whole interval lies within it):\n"
         );
         let _ = write!(s, "| workload |");
         for p in &peers {
