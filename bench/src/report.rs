@@ -272,6 +272,16 @@ impl Report {
             .collect()
     }
 
+    /// The peers the tables give `hk/X` ratios for: none when heapkeep
+    /// itself was not run.
+    fn ratio_columns(&self) -> Vec<&str> {
+        if self.has_under_test() {
+            self.peers()
+        } else {
+            Vec::new()
+        }
+    }
+
     /// heapkeep/peer ratio of `metric` on a workload: the median over
     /// rounds of heapkeep's value divided by the peer's in the same round.
     /// The two runs of a round are seconds apart, so a drift in the
@@ -547,11 +557,7 @@ impl Report {
     /// The time ratios' 95% intervals ([`Report::ratio_interval`]), when
     /// there are peers and enough rounds.
     fn intervals(&self, s: &mut String, workloads: &[String]) {
-        let peers = if self.has_under_test() {
-            self.peers()
-        } else {
-            Vec::new()
-        };
+        let peers = self.ratio_columns();
         if peers.is_empty() || median_interval_rank(self.meta.rounds).is_none() {
             return;
         }
@@ -583,11 +589,7 @@ impl Report {
 
     fn table(&self, s: &mut String, metric: Metric, workloads: &[String]) {
         let allocs = &self.meta.allocators;
-        let peers = if self.has_under_test() {
-            self.peers()
-        } else {
-            Vec::new()
-        };
+        let peers = self.ratio_columns();
         let _ = write!(s, "| workload |");
         for a in allocs {
             let _ = write!(s, " {a} |");
