@@ -197,6 +197,17 @@ fn median_interval_rank(n: usize) -> Option<usize> {
     (k > 0).then_some(k)
 }
 
+/// A table's header: a `workload` column, then `columns`, right-aligned.
+fn header(s: &mut String, columns: impl Iterator<Item = String>) {
+    let mut rule = String::from("|---|");
+    let _ = write!(s, "| workload |");
+    for c in columns {
+        let _ = write!(s, " {c} |");
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(s, "\n{rule}");
+}
+
 impl Report {
     /// Builds the report from raw samples.
     pub fn new(meta: Meta, samples: Vec<Sample>) -> Report {
@@ -566,15 +577,7 @@ impl Report {
             "\n95% intervals of the time ratios (sign test over the rounds' ratios; \
              read a bar as met on a workload only when the whole interval lies within it):\n"
         );
-        let _ = write!(s, "| workload |");
-        for p in &peers {
-            let _ = write!(s, " hk/{p} |");
-        }
-        let _ = write!(s, "\n|---|");
-        for _ in &peers {
-            let _ = write!(s, "---:|");
-        }
-        s.push('\n');
+        header(s, peers.iter().map(|p| format!("hk/{p}")));
         for w in workloads {
             let _ = write!(s, "| {w} |");
             for p in &peers {
@@ -590,18 +593,13 @@ impl Report {
     fn table(&self, s: &mut String, metric: Metric, workloads: &[String]) {
         let allocs = &self.meta.allocators;
         let peers = self.ratio_columns();
-        let _ = write!(s, "| workload |");
-        for a in allocs {
-            let _ = write!(s, " {a} |");
-        }
-        for p in &peers {
-            let _ = write!(s, " hk/{p} |");
-        }
-        let _ = write!(s, "\n|---|");
-        for _ in 0..allocs.len() + peers.len() {
-            let _ = write!(s, "---:|");
-        }
-        s.push('\n');
+        header(
+            s,
+            allocs
+                .iter()
+                .cloned()
+                .chain(peers.iter().map(|p| format!("hk/{p}"))),
+        );
         for w in workloads {
             let label = if metric == Metric::RssAfter {
                 format!("{w} (after)")
