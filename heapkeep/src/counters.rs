@@ -54,18 +54,19 @@
 //!   8 + 0.5 + 2.1 + 1 MiB usable (of 16). Check mode's counters, whose
 //!   blocks may have 0 bytes, keep `out_mark` at 0 (every call does it).
 //! - it also computes its net figure as `net_base + out's bytes - inn's
-//!   bytes` and, when that tops `hi`, raises `hi` on the spot (`hi_rel`
-//!   is `hi - net_base`), with the full upkeep only when the new high is
-//!   [`FLUSH_BYTES`] above `flushed` (`up_rel`). So `hi` is exactly as
-//!   up to date as when every slow path did the full upkeep.
-//! - both tests are skipped below `alloc_mark`: the lower of `out_mark`
-//!   and the `out` that would top `hi` given the frees counted when the
-//!   mark was set. Frees only raise `inn`, so no `out` below it is a new
-//!   high; a slow path past it that finds no new high (only frees since)
-//!   sets it again from the current `inn` (at a new high it stays below
-//!   `out`, so a climbing net figure is checked on every slow path). So
-//!   a slow path that is neither at a new high nor at `out_mark` costs
-//!   the add and one compare.
+//!   bytes` and, when that tops the least high worth keeping (`hi_rel`,
+//!   relative to `net_base`: see "The peak"), raises `hi` on the spot,
+//!   with the full upkeep only when the net figure is [`FLUSH_BYTES`]
+//!   above `flushed` (`up_rel`). So `hi` is exactly as up to date, where
+//!   it is kept, as when every slow path did the full upkeep.
+//! - these tests are skipped below `alloc_mark`: the lowest of `out_mark`
+//!   and the `out`s that would top `hi_rel` or `up_rel` given the frees
+//!   counted when the mark was set. Frees only raise `inn`, so no `out`
+//!   below it is a high to keep or due a flush; a slow path past it sets
+//!   it again from the current `inn` (just above `out` after a new high,
+//!   so a climbing net figure is checked on every slow path). So a slow
+//!   path that is neither at a kept high nor at a mark costs the add and
+//!   one compare.
 //! - a free compares `inn` with `in_mark`: the point where the net figure
 //!   would fall [`FLUSH_BYTES`] below `flushed` (at most 512 KiB on, and at
 //!   most the 4 GiB drain point).
@@ -96,10 +97,26 @@
 //! at most the free lists of the direct table's pages (the 2.1 MiB above;
 //! a few KiB in practice, since a page refill carves 4 KiB at a time).
 //!
+//! A high only matters if it could raise `PEAK`: a net figure `n` adds
+//! `LIVE - flushed + n` at a flush, so no `n` at or below
+//! `PEAK - (LIVE - flushed)` does while the others' flushed figures stay
+//! put. The marks are set against that floor (read at every full upkeep,
+//! at least once per [`MARK_BYTES`] allocated, and when a thread adopts
+//! the heap), so once a program has passed its peak the slow paths keep
+//! no high; the test that did, on every slow path near `hi` (which every
+//! flush resets), was a coin toss for the branch predictor (`random` lost
+//! about 1% to it). Inside a `measure` scope (`exact_hi`) every high is
+//! kept, for the scope's own peak.
+//!
 //! Consequences (documented on `Stats`): counts and bytes in use are exact
 //! whenever read (all heaps' sums are added); the peak is exact up to that
-//! fast-path slack for a program whose allocations come from one thread at
-//! a time, and otherwise may be low by up to `FLUSH_BYTES` per other thread.
+//! fast-path slack for a single-threaded program. With several threads it
+//! may be low by up to `FLUSH_BYTES` per allocating thread: at a flush
+//! each other heap may be that far from its flushed figure, and a thread's
+//! own high is not kept if the others' flushed figures rose after its
+//! floor was read (so also for threads that ran one at a time: the first
+//! upkeep after the others' rise, at most [`MARK_BYTES`] on, reads the
+//! floor again).
 //!
 //! Threads without a heap (the static empty heap) count into [`ORPHAN`] with
 //! atomic read-modify-writes on the wide totals, since several such threads
@@ -202,10 +219,12 @@ pub(crate) struct Counters {
     /// The wide totals' net figure (`bytes_out - bytes_in`), so that the net
     /// figure is `net_base + (out's bytes) - (inn's bytes)`.
     net_base: AtomicI64,
-    /// `hi - net_base`: a slow path whose packed net figure tops it has
-    /// reached a new high.
+    /// The least net figure worth keeping as `hi`, less `net_base`: `hi`,
+    /// or outside a `measure` scope the process peak less the other heaps'
+    /// flushed figures if that is higher (set by [`Counters::set_marks`]).
+    /// A slow path whose packed net figure tops it raises `hi` and it.
     hi_rel: AtomicI64,
-    /// `flushed + FLUSH_BYTES - net_base`: a new high above it flushes.
+    /// `flushed + FLUSH_BYTES - net_base`: a slow path above it flushes.
     up_rel: AtomicI64,
     /// Odd while the owner moves packed counts into the wide totals.
     seq: AtomicU64,
@@ -227,7 +246,9 @@ pub(crate) struct Counters {
     realloc_moves: AtomicU64,
     /// Net figure (`bytes out - bytes in`) at the last flush.
     pub(crate) flushed: AtomicI64,
-    /// Highest net figure seen by slow paths since the last flush.
+    /// Highest net figure seen by slow paths since the last flush, where
+    /// it could raise the process peak (everywhere inside a `measure`
+    /// scope); at least the net figure at the last flush or upkeep.
     pub(crate) hi: AtomicI64,
     /// Highest net figure seen at flushes since a `measure` scope began
     /// (flushes reset `hi`; this keeps the scope's high point).
@@ -236,6 +257,10 @@ pub(crate) struct Counters {
     /// blocks carry redzones): never flushed into [`LIVE`]/[`PEAK`], left
     /// out of `stats()`.
     pub(crate) private: AtomicBool,
+    /// Set while a `measure` scope runs on the heap's thread: the slow
+    /// paths then keep `hi` exact, not only above the process peak (see
+    /// "The peak"). Owner only; read when the marks are set.
+    pub(crate) exact_hi: AtomicBool,
     /// Kernel id of the thread running the heap (0: none; set by the owner
     /// when it adopts the heap, cleared when it retires it).
     thread: AtomicU32,
@@ -342,6 +367,7 @@ impl Counters {
             hi: AtomicI64::new(0),
             scope_hi: AtomicI64::new(i64::MIN),
             private: AtomicBool::new(false),
+            exact_hi: AtomicBool::new(false),
             thread: AtomicU32::new(0),
             base: [const { AtomicU64::new(0) }; 7],
             min_block,
@@ -400,39 +426,32 @@ impl Counters {
             let inn_b = (self.inn.load(r) >> IN_BYTES_SHIFT) as i64;
             let rel = (out >> OUT_BYTES_SHIFT) as i64 - inn_b;
             if rel > self.hi_rel.load(r) {
-                // A new high: `net_base + rel` is the net figure.
+                // A high worth keeping: `net_base + rel` is the net figure.
                 self.hi_rel.store(rel, r);
                 self.hi.store(self.net_base.load(r) + rel, r);
-                if rel > self.up_rel.load(r) {
-                    self.upkeep();
-                    return;
-                }
-                // `alloc_mark` stays below `out`: while the net figure
-                // climbs, the next slow path checks again.
-                if out >= self.out_mark.load(r) {
-                    self.upkeep();
-                }
-                return;
             }
-            if out >= self.out_mark.load(r) {
+            if rel > self.up_rel.load(r) || out >= self.out_mark.load(r) {
                 self.upkeep();
                 return;
             }
-            // Only frees since the mark was set: move it up.
+            // The mark again from here: just above `out` after a new high
+            // (while the net figure climbs, every slow path checks), else
+            // moved up by the frees since it was set.
             self.set_alloc_mark(inn_b);
         }
     }
 
     /// Sets `alloc_mark` to the lower of `out_mark` and the smallest `out`
     /// whose usable bytes, less the `inn_b` bytes taken back so far, top
-    /// `hi_rel`. Frees only raise `inn`, so until this is called again no
-    /// `out` below the mark is a new high. Owner thread only.
+    /// `hi_rel` or `up_rel`. Frees only raise `inn`, so until this is
+    /// called again no `out` below the mark is a high to keep or due a
+    /// flush. Owner thread only.
     #[inline(always)]
     fn set_alloc_mark(&self, inn_b: i64) {
         let r = Ordering::Relaxed;
-        // At least 1: `hi_rel` is at least the packed net figure, `out`'s
-        // bytes less `inn_b`.
-        let high = (self.hi_rel.load(r) + inn_b + 1) as u64;
+        // At least 1: `hi_rel` and `up_rel` are at least the packed net
+        // figure, `out`'s bytes less `inn_b`.
+        let high = (self.hi_rel.load(r).min(self.up_rel.load(r)) + inn_b + 1) as u64;
         let high_mark = if high < 1 << (64 - OUT_BYTES_SHIFT) {
             high << OUT_BYTES_SHIFT
         } else {
@@ -526,8 +545,17 @@ impl Counters {
         let r = Ordering::Relaxed;
         let base = self.wide_net();
         let flushed = self.flushed.load(r);
+        let hi = self.hi.load(r);
+        // Outside a `measure` scope a high only matters if it could raise
+        // the process peak: above `PEAK` less the others' flushed figures
+        // (see "The peak").
+        let keep = if self.exact_hi.load(r) || self.private.load(r) {
+            hi
+        } else {
+            hi.max(PEAK.load(r) - (LIVE.load(r) - flushed))
+        };
         self.net_base.store(base, r);
-        self.hi_rel.store(self.hi.load(r) - base, r);
+        self.hi_rel.store(keep - base, r);
         self.up_rel.store(flushed + FLUSH_BYTES - base, r);
         if self.min_block == 0 {
             // Blocks of 0 bytes: the byte fields do not bound the block
@@ -686,6 +714,9 @@ impl Counters {
             b.store(v, r);
         }
         self.thread.store(tid, Ordering::Release);
+        // A heap adopted after a rest: its marks were set against an
+        // older process peak.
+        self.upkeep();
     }
 
     /// The heap's thread stopped running it (thread exit; other threads'

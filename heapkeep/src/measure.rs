@@ -5,7 +5,9 @@
 //! `counters.rs`); a scope reads its counters before and after. The high
 //! point inside the scope comes from the counters' `hi` (the highest net
 //! figure the slow paths saw since the last flush) and `scope_hi` (the highest `hi` seen at
-//! flushes since the scope began), so the fast paths do nothing extra.
+//! flushes since the scope began), so the fast paths do nothing extra. A
+//! scope sets the counters' `exact_hi`: outside one, `hi` follows only highs
+//! that could raise the process peak.
 
 use core::sync::atomic::Ordering;
 
@@ -96,8 +98,10 @@ pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measured) {
     // thread runs the heap, so it may flush them.
     let c = unsafe { &(*heap).counters };
     let r = Ordering::Relaxed;
-    // Fold the high point so far into `scope_hi` for an enclosing scope,
-    // then start this one at the current figure.
+    // Keep `hi` exact inside the scope (the flush sets the marks so), fold
+    // the high point so far into `scope_hi` for an enclosing scope, then
+    // start this one at the current figure.
+    let was_exact = c.exact_hi.swap(true, r);
     c.flush();
     let outer = c.scope_hi.load(r);
     let before = snap(c);
@@ -106,6 +110,8 @@ pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measured) {
     let after = snap(c);
     let high = c.scope_hi.load(r).max(c.hi.load(r)).max(after.net);
     c.scope_hi.store(outer.max(high), r);
+    // The marks follow at the next upkeep (an enclosing scope keeps them).
+    c.exact_hi.store(was_exact, r);
     let m = Measured {
         allocs: (after.allocs - before.allocs) - (after.moves - before.moves),
         frees: (after.frees - before.frees) - (after.moves - before.moves),

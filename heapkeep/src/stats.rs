@@ -19,8 +19,9 @@ use crate::{os, thread};
 /// read; `peak_live_bytes` is seen by the allocation slow paths, so a high
 /// point the fast path reached and left again before the thread's next
 /// slow path can be missed by up to the blocks the thread's pages had
-/// ready (a few KiB in practice; at most 2.1 MiB), and by up to 256 KiB
-/// more per other allocating thread (see `counters.rs`).
+/// ready (a few KiB in practice; at most 2.1 MiB), and in a program with
+/// several threads by up to 256 KiB more per allocating thread (see
+/// `counters.rs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stats {

@@ -608,6 +608,63 @@ fn stats_count_every_call_exactly() {
     }
 }
 
+/// Outside `measure`, a thread's slow paths keep only highs that could
+/// raise the process peak: above `PEAK` less the other heaps' flushed
+/// bytes (`counters.rs`, "The peak"). A climb of medium blocks to a new
+/// process high, made while another (finished) thread's blocks are live,
+/// must still give the exact peak; a floor that left out the other heap's
+/// bytes would skip it.
+#[cfg(feature = "stats")]
+#[test]
+fn a_new_process_high_is_kept_with_another_heaps_bytes_live() {
+    if !in_child(
+        "tests_internal::a_new_process_high_is_kept_with_another_heaps_bytes_live",
+        "HEAPKEEP_TEST_PEAK_FLOOR_CHILD",
+    ) {
+        return;
+    }
+    const CLIMB: usize = 60;
+    let medium = lay(3000, 8);
+    let mut ps: Vec<*mut u8> = Vec::with_capacity(CLIMB);
+    // This thread's heap first (the other's, retired, would be adopted).
+    // SAFETY: a block we own, freed once with its layout.
+    unsafe { HeapKeep.dealloc(HeapKeep.alloc(medium), medium) };
+    // Another thread leaves 2.5 MiB live and ends: its heap's flushes put
+    // it in `LIVE`, so it is part of the floor's "others".
+    let kept: Vec<usize> = std::thread::spawn(|| {
+        // SAFETY: blocks kept live to the end of the test, then freed.
+        (0..40)
+            .map(|_| unsafe { HeapKeep.alloc(lay(64 << 10, 8)) } as usize)
+            .collect()
+    })
+    .join()
+    .unwrap();
+    // SAFETY: blocks we own, each freed once with its layout.
+    unsafe {
+        // 1.2 MB of allocations and frees, one block live at a time: full
+        // upkeeps (one per 512 KiB) read the floor with that heap counted.
+        for _ in 0..400 {
+            let p = HeapKeep.alloc(medium);
+            HeapKeep.dealloc(p, medium);
+        }
+        let s1 = crate::stats();
+        for _ in 0..CLIMB {
+            ps.push(HeapKeep.alloc(medium));
+        }
+        let climb = (CLIMB * crate::usable_size(ps[0])) as u64;
+        for p in ps.drain(..) {
+            HeapKeep.dealloc(p, medium);
+        }
+        let s2 = crate::stats();
+        assert!(s1.live_bytes + climb > s1.peak_live_bytes, "{s1:?}");
+        assert_eq!(s2.live_bytes, s1.live_bytes);
+        assert_eq!(s2.peak_live_bytes, s1.live_bytes + climb, "{s1:?} {s2:?}");
+        for p in kept {
+            HeapKeep.dealloc(p as *mut u8, lay(64 << 10, 8));
+        }
+    }
+}
+
 #[test]
 fn purge_delay_grows_when_purged_memory_comes_back_and_relaxes() {
     use crate::segment::{self, note_purged_reuse, purge_delay};
