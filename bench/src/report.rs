@@ -315,9 +315,46 @@ impl Report {
         Some((v[k - 1], v[v.len() - k]))
     }
 
+    /// The geomean over `workloads` of heapkeep/peer, taken round by round
+    /// (in rounds where every workload has both values), with its median
+    /// and 95% interval over the rounds as [`Report::ratio_interval`]
+    /// gives them for one workload: `(median, low, high)`. Rounds are
+    /// independent, so this brackets the typical geomean of a round;
+    /// the time table's geomean of the workloads' medians is close to its
+    /// median, not the same figure. `None` below 6 complete rounds.
+    pub fn geomean_interval(
+        &self,
+        workloads: &[String],
+        peer: &str,
+        metric: Metric,
+    ) -> Option<(f64, f64, f64)> {
+        let per_workload: Vec<Vec<Option<f64>>> = workloads
+            .iter()
+            .map(|w| self.round_ratios(w, peer, metric))
+            .collect();
+        let mut v: Vec<f64> = (0..self.meta.rounds)
+            .filter_map(|r| {
+                let round: Option<Vec<f64>> = per_workload.iter().map(|rs| rs[r]).collect();
+                geomean(&round?)
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        let k = median_interval_rank(v.len())?;
+        Some((median(v.clone())?, v[k - 1], v[v.len() - k]))
+    }
+
     /// heapkeep's value divided by `peer`'s, for each round in which both
     /// ran.
     fn per_round_ratios(&self, workload: &str, peer: &str, metric: Metric) -> Vec<f64> {
+        self.round_ratios(workload, peer, metric)
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// heapkeep's value divided by `peer`'s in each round (index 0 is
+    /// round 1), `None` where one of them is missing.
+    fn round_ratios(&self, workload: &str, peer: &str, metric: Metric) -> Vec<Option<f64>> {
         let of = |allocator: &str, round: usize| {
             self.samples
                 .iter()
@@ -325,7 +362,7 @@ impl Report {
                 .and_then(|s| metric.of_sample(s))
         };
         (1..=self.meta.rounds)
-            .filter_map(|r| {
+            .map(|r| {
                 let (hk, p) = (of(UNDER_TEST, r)?, of(peer, r)?);
                 (p > 0.0).then(|| hk / p)
             })
@@ -588,6 +625,18 @@ impl Report {
             }
             s.push('\n');
         }
+        if workloads.len() > 1 {
+            let _ = write!(s, "| **geomean** (per round) |");
+            for p in &peers {
+                let cell = self
+                    .geomean_interval(workloads, p, Metric::Time)
+                    .map_or("–".to_string(), |(m, lo, hi)| {
+                        format!("{lo:.3} – {hi:.3} (median {m:.3})")
+                    });
+                let _ = write!(s, " {cell} |");
+            }
+            s.push('\n');
+        }
     }
 
     fn table(&self, s: &mut String, metric: Metric, workloads: &[String]) {
@@ -814,6 +863,45 @@ mod tests {
                 < 1e-9
         );
         assert!(rep.markdown().contains("| random | 1.010 – 1.090 |"));
+    }
+
+    #[test]
+    fn the_geomean_interval_is_taken_round_by_round() {
+        let mut meta = meta(&["small", "random"], &["heapkeep", "heapkeep-nostats"]);
+        meta.rounds = 12;
+        let mut samples = Vec::new();
+        // In a round (shuffled) with g = 1.0 + step%, `small`'s ratio is
+        // g squared and `random`'s 1, so the round's geomean is g. Round
+        // 12 misses `random` and is left out.
+        for (r, step) in [3, 9, 0, 6, 10, 1, 4, 8, 2, 7, 5, 40]
+            .into_iter()
+            .enumerate()
+        {
+            let g = 1.0 + step as f64 * 0.01;
+            let base = 1.0 + r as f64 * 0.3;
+            for (w, ratio) in [("small", g * g), ("random", 1.0)] {
+                if w == "random" && r == 11 {
+                    continue;
+                }
+                samples.push(sample(w, "heapkeep-nostats", base, r + 1));
+                samples.push(sample(w, "heapkeep", base * ratio, r + 1));
+            }
+        }
+        let rep = Report::new(meta, samples);
+        let ws = ["small".to_string(), "random".to_string()];
+        let (m, lo, hi) = rep
+            .geomean_interval(&ws, "heapkeep-nostats", Metric::Time)
+            .unwrap();
+        assert!(
+            (m - 1.05).abs() < 1e-9 && (lo - 1.01).abs() < 1e-9 && (hi - 1.09).abs() < 1e-9,
+            "{m} {lo} {hi}"
+        );
+        assert!(
+            rep.markdown()
+                .contains("| **geomean** (per round) | 1.010 – 1.090 (median 1.050) |"),
+            "{}",
+            rep.markdown()
+        );
     }
 
     #[test]
