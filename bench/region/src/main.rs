@@ -531,22 +531,19 @@ fn tail_of<H: Heap>(region: *mut u8, ops: &[Op], slots: usize) -> Tail {
         ..Tail::default()
     };
     for &op in ops {
+        // The block a free or a reallocation finds in its slot (none: it does nothing).
         let before = match op {
-            Op::Realloc { slot, .. } => table[slot as usize],
-            _ => None,
-        };
-        let held = match op {
-            Op::Free { slot } => table[slot as usize].is_some(),
-            _ => true,
+            Op::Free { slot } | Op::Realloc { slot, .. } => table[slot as usize],
+            Op::Alloc { .. } => None,
         };
         let t0 = ticks();
         let ok = step(&mut h, &mut table, op);
         let dt = ticks() - t0;
         let (kind, copied) = match (op, before) {
-            _ if !ok || !held => (5, 0),
+            _ if !ok => (5, 0),
             (Op::Alloc { .. }, _) => (0, 0),
-            (Op::Free { .. }, _) => (1, 0),
-            (Op::Realloc { .. }, None) => (5, 0),
+            (Op::Free { .. }, Some(_)) => (1, 0),
+            (Op::Free { .. } | Op::Realloc { .. }, None) => (5, 0),
             (Op::Realloc { slot, size }, Some((p, l))) => {
                 let q = table[slot as usize].map_or(p, |s| s.0);
                 let (p, q) = (p.as_ptr() as usize, q.as_ptr() as usize);
