@@ -197,6 +197,15 @@ fn median_interval_rank(n: usize) -> Option<usize> {
     (k > 0).then_some(k)
 }
 
+/// The `k`-th smallest and `k`-th largest of `v` for the rank `k` of
+/// [`median_interval_rank`]: a 95% interval for the median of what `v`
+/// samples. `None` below 6 values.
+fn median_interval(mut v: Vec<f64>) -> Option<(f64, f64)> {
+    v.sort_by(f64::total_cmp);
+    let k = median_interval_rank(v.len())?;
+    Some((v[k - 1], v[v.len() - k]))
+}
+
 /// A table's header: a `workload` column, then `columns`, right-aligned.
 fn header(s: &mut String, columns: impl Iterator<Item = String>) {
     let mut rule = String::from("|---|");
@@ -309,10 +318,7 @@ impl Report {
     /// with fewer than 6 paired rounds, where even the lowest and highest
     /// ratio bracket the median with less than 95%.
     pub fn ratio_interval(&self, workload: &str, peer: &str, metric: Metric) -> Option<(f64, f64)> {
-        let mut v = self.per_round_ratios(workload, peer, metric);
-        v.sort_by(f64::total_cmp);
-        let k = median_interval_rank(v.len())?;
-        Some((v[k - 1], v[v.len() - k]))
+        median_interval(self.per_round_ratios(workload, peer, metric))
     }
 
     /// The geomean over `workloads` of heapkeep/peer, taken round by round
@@ -332,15 +338,14 @@ impl Report {
             .iter()
             .map(|w| self.round_ratios(w, peer, metric))
             .collect();
-        let mut v: Vec<f64> = (0..self.meta.rounds)
+        let v: Vec<f64> = (0..self.meta.rounds)
             .filter_map(|r| {
                 let round: Option<Vec<f64>> = per_workload.iter().map(|rs| rs[r]).collect();
                 geomean(&round?)
             })
             .collect();
-        v.sort_by(f64::total_cmp);
-        let k = median_interval_rank(v.len())?;
-        Some((median(v.clone())?, v[k - 1], v[v.len() - k]))
+        let (lo, hi) = median_interval(v.clone())?;
+        Some((median(v)?, lo, hi))
     }
 
     /// heapkeep's value divided by `peer`'s, for each round in which both
