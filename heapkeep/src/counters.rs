@@ -66,10 +66,26 @@
 //!   it again from the current `inn` (just above `out` after a new high,
 //!   so a climbing net figure is checked on every slow path). So a slow
 //!   path that is neither at a kept high nor at a mark costs the add and
-//!   one compare.
-//! - a free compares `inn` with `in_mark`: the point where the net figure
+//!   a sign test (see "The marks as biases").
+//! - a free tests `inn` against `in_mark`: the point where the net figure
 //!   would fall [`FLUSH_BYTES`] below `flushed` (at most 512 KiB on, and at
 //!   most the 4 GiB drain point).
+//!
+//! ## The marks as biases
+//! A slow path's test of its mark is the sign of its add: `out` holds the
+//! packed count less `alloc_mark`, `inn` the packed count less `in_mark`
+//! (both wrapping), so the add of a slow path's word leaves a negative
+//! word below the mark and a non-negative one at or past it, and the test
+//! is one `js`/`jns` on the add's result, with no load of the mark (a
+//! remote free's count went from 7 instructions to 5). The sign never
+//! lies while a packed count is less than 2^63 away from its mark: `out`
+//! lies at most [`MARK_BYTES`] below `alloc_mark` (which is at most
+//! `out_mark`) and, by the bounds above, a few MiB of the usable field
+//! (bit 40 on) above it; `in_mark` is at most the 4 GiB drain point and
+//! the free counts are exact only below 8 GiB (bit 63 of `inn`) anyway.
+//! The fast paths add to the same words and never look.
+//! Setting a mark rewrites its word too ([`Counters::rebias`]), under
+//! `seq` like a drain, since readers add word and mark back together.
 //!
 //! Every full upkeep (the only place a drain happens) and every flush (one
 //! from `measure` too) sets the marks again, so they never lag behind
@@ -77,9 +93,10 @@
 //! the next full upkeep: a flush of a net figure that fell through fast
 //! frees (at most 512 KiB of allocations later; before, the next slow path).
 //!
-//! Readers take the wide totals and the packed words under a sequence
-//! number (`seq`, odd while the owner drains), so a drain is never seen half
-//! done; the fast paths do not touch `seq`.
+//! Readers take the wide totals, the packed words and their marks under a
+//! sequence number (`seq`, odd while the owner drains or sets marks), so a
+//! drain or a new mark is never seen half done; the fast paths do not
+//! touch `seq`.
 //!
 //! ## The peak
 //! The bytes in use over the whole process would need one shared counter
@@ -202,19 +219,23 @@ fn unpack_in(v: u64) -> (u64, u64) {
 #[repr(C)]
 pub(crate) struct Counters {
     /// Packed blocks, requested and usable bytes handed out by the fast
-    /// path since the last drain.
+    /// path since the last drain, less `alloc_mark` (wrapping: see "The
+    /// marks as biases").
     out: AtomicU64,
-    /// Packed blocks and bytes taken back by the fast path since the last drain.
+    /// Packed blocks and bytes taken back by the fast path since the last
+    /// drain, less `in_mark` (wrapping).
     inn: AtomicU64,
     /// The slow paths' marks (see "The slow paths' check" in the module
     /// docs), owner only. [`Counters::count_alloc`] does the full upkeep
     /// once `out` reaches `out_mark` (0 when the next slow path must).
     out_mark: AtomicU64,
     /// The lower of `out_mark` and the `out` at which a slow path would
-    /// reach a new high ([`Counters::set_alloc_mark`]): below it a slow
-    /// path's count is one compare. Owner only.
+    /// reach a new high ([`Counters::alloc_mark_for`]): below it a slow
+    /// path's count is an add and a sign test. `out`'s bias: written by
+    /// the owner under `seq`, read by anyone.
     alloc_mark: AtomicU64,
-    /// [`Counters::count_free`] does it once `inn` reaches `in_mark`.
+    /// [`Counters::count_free`] does the full upkeep once `inn` reaches
+    /// `in_mark`. `inn`'s bias, as `alloc_mark` is `out`'s.
     in_mark: AtomicU64,
     /// The wide totals' net figure (`bytes_out - bytes_in`), so that the net
     /// figure is `net_base + (out's bytes) - (inn's bytes)`.
@@ -411,43 +432,61 @@ impl Counters {
     }
 
     /// [`Counters::count_alloc`] of a block below 1 MiB whose
-    /// [`alloc_unit`] is `unit` (a page keeps it): one compare with
+    /// [`alloc_unit`] is `unit` (a page keeps it): an add and a sign test against
     /// `alloc_mark` unless the net figure may be at a new high or
     /// `out_mark` is reached. Owner thread only.
     #[inline(always)]
     pub(crate) fn count_alloc_unit(&self, unit: u64, size: usize) {
         if ENABLED {
             let r = Ordering::Relaxed;
-            let out = self.out.load(r).wrapping_add(unit + size as u64);
-            self.out.store(out, r);
-            if out < self.alloc_mark.load(r) {
-                return;
+            // The word is `out` less `alloc_mark`: negative below the mark
+            // (see "The marks as biases").
+            let biased = self.out.load(r).wrapping_add(unit + size as u64);
+            self.out.store(biased, r);
+            if (biased as i64) >= 0 {
+                self.alloc_mark_reached();
             }
-            let inn_b = (self.inn.load(r) >> IN_BYTES_SHIFT) as i64;
-            let rel = (out >> OUT_BYTES_SHIFT) as i64 - inn_b;
-            if rel > self.hi_rel.load(r) {
-                // A high worth keeping: `net_base + rel` is the net figure.
-                self.hi_rel.store(rel, r);
-                self.hi.store(self.net_base.load(r) + rel, r);
-            }
-            if rel > self.up_rel.load(r) || out >= self.out_mark.load(r) {
-                self.upkeep();
-                return;
-            }
-            // The mark again from here: just above `out` after a new high
-            // (while the net figure climbs, every slow path checks), else
-            // moved up by the frees since it was set.
-            self.set_alloc_mark(inn_b);
         }
     }
 
-    /// Sets `alloc_mark` to the lower of `out_mark` and the smallest `out`
-    /// whose usable bytes, less the `inn_b` bytes taken back so far, top
-    /// `hi_rel` or `up_rel`. Frees only raise `inn`, so until this is
-    /// called again no `out` below the mark is a high to keep or due a
-    /// flush. Owner thread only.
-    #[inline(always)]
-    fn set_alloc_mark(&self, inn_b: i64) {
+    /// A slow path's `out` reached `alloc_mark`: keeps the net figure's
+    /// high if it is one worth keeping, does the full upkeep if due, else
+    /// sets the mark again. Owner thread only.
+    #[cold]
+    #[inline(never)]
+    fn alloc_mark_reached(&self) {
+        let r = Ordering::Relaxed;
+        let out = self.out_packed();
+        let inn_b = (self.in_packed() >> IN_BYTES_SHIFT) as i64;
+        let rel = (out >> OUT_BYTES_SHIFT) as i64 - inn_b;
+        if rel > self.hi_rel.load(r) {
+            // A high worth keeping: `net_base + rel` is the net figure.
+            self.hi_rel.store(rel, r);
+            self.hi.store(self.net_base.load(r) + rel, r);
+        }
+        if rel > self.up_rel.load(r) || out >= self.out_mark.load(r) {
+            self.upkeep();
+            return;
+        }
+        // The mark again from here: just above `out` after a new high
+        // (while the net figure climbs, every slow path checks), else
+        // moved up by the frees since it was set.
+        let s = self.begin_write();
+        self.rebias(
+            out,
+            self.in_packed(),
+            self.alloc_mark_for(inn_b),
+            self.in_mark.load(r),
+        );
+        self.end_write(s);
+    }
+
+    /// The `alloc_mark` to set: the lower of `out_mark` and the smallest
+    /// `out` whose usable bytes, less the `inn_b` bytes taken back so far,
+    /// top `hi_rel` or `up_rel`. Frees only raise `inn`, so until the mark
+    /// is set again no `out` below it is a high to keep or due a flush.
+    /// Owner thread only.
+    fn alloc_mark_for(&self, inn_b: i64) -> u64 {
         let r = Ordering::Relaxed;
         // At least 1: `hi_rel` and `up_rel` are at least the packed net
         // figure, `out`'s bytes less `inn_b`.
@@ -457,8 +496,46 @@ impl Counters {
         } else {
             u64::MAX
         };
-        self.alloc_mark
-            .store(high_mark.min(self.out_mark.load(r)), r);
+        high_mark.min(self.out_mark.load(r))
+    }
+
+    /// `out`'s packed count: the word plus its bias. Owner's view.
+    fn out_packed(&self) -> u64 {
+        let r = Ordering::Relaxed;
+        self.out.load(r).wrapping_add(self.alloc_mark.load(r))
+    }
+
+    /// `inn`'s packed count: the word plus its bias. Owner's view.
+    fn in_packed(&self) -> u64 {
+        let r = Ordering::Relaxed;
+        self.inn.load(r).wrapping_add(self.in_mark.load(r))
+    }
+
+    /// Stores the packed counts `out` and `inn` under the marks
+    /// `alloc_mark` and `in_mark` (each word less its mark). Owner thread
+    /// only, between [`Counters::begin_write`] and [`Counters::end_write`]:
+    /// a reader adds a word and its mark, so it must not see one changed
+    /// without the other.
+    fn rebias(&self, out: u64, inn: u64, alloc_mark: u64, in_mark: u64) {
+        let r = Ordering::Relaxed;
+        self.alloc_mark.store(alloc_mark, r);
+        self.in_mark.store(in_mark, r);
+        self.out.store(out.wrapping_sub(alloc_mark), r);
+        self.inn.store(inn.wrapping_sub(in_mark), r);
+    }
+
+    /// Makes `seq` odd: readers retry until [`Counters::end_write`].
+    /// Returns the even value it had. Owner thread only.
+    fn begin_write(&self) -> u64 {
+        let s = self.seq.load(Ordering::Relaxed);
+        self.seq.store(s.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        s
+    }
+
+    /// Ends the write [`Counters::begin_write`] began (it returned `s`).
+    fn end_write(&self, s: u64) {
+        self.seq.store(s.wrapping_add(2), Ordering::Release);
     }
 
     /// Counts a free of the slow paths (any size); the full upkeep only
@@ -493,9 +570,10 @@ impl Counters {
     pub(crate) fn count_free_unit(&self, unit: u64) {
         if ENABLED {
             let r = Ordering::Relaxed;
-            let inn = self.inn.load(r).wrapping_add(unit);
-            self.inn.store(inn, r);
-            if inn >= self.in_mark.load(r) {
+            // The word is `inn` less `in_mark`: non-negative at the mark.
+            let biased = self.inn.load(r).wrapping_add(unit);
+            self.inn.store(biased, r);
+            if (biased as i64) >= 0 {
                 self.free_mark_reached(unit);
             }
         }
@@ -509,6 +587,10 @@ impl Counters {
     fn free_mark_reached(&self, unit: u64) {
         if self.stand_in {
             ORPHAN.orphan_free((unit >> IN_BYTES_SHIFT) as usize);
+            // Its mark is 0, so its word must stay small to stay
+            // non-negative (heapless threads race on it: any small value
+            // will do).
+            self.inn.store(0, Ordering::Relaxed);
         } else {
             self.upkeep();
         }
@@ -525,7 +607,7 @@ impl Counters {
             return;
         }
         let r = Ordering::Relaxed;
-        if self.out.load(r) & OUT_HALVES != 0 || self.inn.load(r) >= IN_DRAIN_AT {
+        if self.out_packed() & OUT_HALVES != 0 || self.in_packed() >= IN_DRAIN_AT {
             self.drain();
         }
         let net = self.net();
@@ -557,28 +639,29 @@ impl Counters {
         self.net_base.store(base, r);
         self.hi_rel.store(keep - base, r);
         self.up_rel.store(flushed + FLUSH_BYTES - base, r);
+        let (out, inn) = (self.out_packed(), self.in_packed());
+        let s = self.begin_write();
         if self.min_block == 0 {
             // Blocks of 0 bytes: the byte fields do not bound the block
             // fields, so every call does the full upkeep (check mode).
             self.out_mark.store(0, r);
-            self.alloc_mark.store(0, r);
-            self.in_mark.store(0, r);
-            return;
+            self.rebias(out, inn, 0, 0);
+        } else {
+            let fall = (net - flushed + FLUSH_BYTES + 1).min(MARK_BYTES) as u64;
+            let out_b = (out >> OUT_BYTES_SHIFT) + MARK_BYTES as u64;
+            let in_b = ((inn >> IN_BYTES_SHIFT) + fall).min(IN_DRAIN_AT >> IN_BYTES_SHIFT);
+            self.out_mark.store(out_b << OUT_BYTES_SHIFT, r);
+            let alloc_mark = self.alloc_mark_for((inn >> IN_BYTES_SHIFT) as i64);
+            self.rebias(out, inn, alloc_mark, in_b << IN_BYTES_SHIFT);
         }
-        let (out, inn) = (self.out.load(r), self.inn.load(r));
-        let fall = (net - flushed + FLUSH_BYTES + 1).min(MARK_BYTES) as u64;
-        let out_b = (out >> OUT_BYTES_SHIFT) + MARK_BYTES as u64;
-        let in_b = ((inn >> IN_BYTES_SHIFT) + fall).min(IN_DRAIN_AT >> IN_BYTES_SHIFT);
-        self.out_mark.store(out_b << OUT_BYTES_SHIFT, r);
-        self.in_mark.store(in_b << IN_BYTES_SHIFT, r);
-        self.set_alloc_mark((inn >> IN_BYTES_SHIFT) as i64);
+        self.end_write(s);
     }
 
     /// Drains when the free word holds 4 GiB or more (see the module docs):
     /// for a page given back, so it costs one compare. Owner thread only.
     #[inline]
     pub(crate) fn check_frees(&self) {
-        if ENABLED && self.inn.load(Ordering::Relaxed) >= IN_DRAIN_AT {
+        if ENABLED && self.in_packed() >= IN_DRAIN_AT {
             self.upkeep();
         }
     }
@@ -589,14 +672,12 @@ impl Counters {
     #[inline(never)]
     fn drain(&self) {
         let r = Ordering::Relaxed;
-        let s = self.seq.load(r);
-        self.seq.store(s.wrapping_add(1), r);
-        fence(Ordering::Release);
-        let (n, req, b) = unpack_out(self.out.load(r));
+        let s = self.begin_write();
+        let (n, req, b) = unpack_out(self.out_packed());
         bump(&self.allocs, n);
         bump(&self.requested, req);
         bump(&self.bytes_out, b);
-        let (n, b) = unpack_in(self.inn.load(r));
+        let (n, b) = unpack_in(self.in_packed());
         // A block is at least `min_block` bytes: fewer bytes than that per
         // block means the byte field wrapped (see the module docs).
         debug_assert!(
@@ -605,9 +686,8 @@ impl Counters {
         );
         bump(&self.frees, n);
         bump(&self.bytes_in, b);
-        self.out.store(0, r);
-        self.inn.store(0, r);
-        self.seq.store(s.wrapping_add(2), Ordering::Release);
+        self.rebias(0, 0, self.alloc_mark.load(r), self.in_mark.load(r));
+        self.end_write(s);
     }
 
     /// Net usable bytes in the wide totals (up to the last drain).
@@ -618,9 +698,8 @@ impl Counters {
 
     /// Net usable bytes this heap handed out (owner's view: exact).
     pub(crate) fn net(&self) -> i64 {
-        let r = Ordering::Relaxed;
-        let (_, _, o) = unpack_out(self.out.load(r));
-        let (_, i) = unpack_in(self.inn.load(r));
+        let (_, _, o) = unpack_out(self.out_packed());
+        let (_, i) = unpack_in(self.in_packed());
         self.wide_net()
             .wrapping_add(o as i64)
             .wrapping_sub(i as i64)
@@ -686,8 +765,10 @@ impl Counters {
         let mut t = Totals::default();
         for _ in 0..64 {
             let s = self.seq.load(Ordering::Acquire);
-            let (on, oreq, ob) = unpack_out(self.out.load(r));
-            let (i_n, ib) = unpack_in(self.inn.load(r));
+            let out = self.out.load(r).wrapping_add(self.alloc_mark.load(r));
+            let inn = self.inn.load(r).wrapping_add(self.in_mark.load(r));
+            let (on, oreq, ob) = unpack_out(out);
+            let (i_n, ib) = unpack_in(inn);
             t = Totals {
                 allocs: self.allocs.load(r).wrapping_add(on),
                 frees: self.frees.load(r).wrapping_add(i_n),

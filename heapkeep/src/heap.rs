@@ -425,19 +425,25 @@ unsafe fn free_slow(heap: *mut Heap, page: *mut Page, block: *mut Block) {
             huge::free(seg);
             return;
         }
-        // A page's block: its precomputed word; the empty heap's counters
-        // pass it on to `ORPHAN` (see `Counters::count_free_unit`).
-        (*heap).counters.count_free_unit((*page).free_unit);
     }
     // SAFETY: our own (full) page, or another heap's page whose block we give
     // up; heaps are never destroyed, so `target` is valid memory.
     unsafe {
+        // A page's block counts its precomputed word; the empty heap's
+        // counters pass it on to `ORPHAN` (see `Counters::count_free_unit`).
+        // Read before a push: the page may be gone after it.
+        let unit = (*page).free_unit;
         if target == heap {
+            (*heap).counters.count_free_unit(unit);
             free_local(heap, page, block);
-        } else if (*page).class == LARGE_CLASS {
-            push_remote(target, block);
         } else {
-            push_page_remote(target, page, block);
+            if (*page).class == LARGE_CLASS {
+                push_remote(target, block);
+            } else {
+                push_page_remote(target, page, block);
+            }
+            // After the push, so the branch to it is taken before the count.
+            (*heap).counters.count_free_unit(unit);
         }
     }
 }
