@@ -499,13 +499,15 @@ impl Counters {
         high_mark.min(self.out_mark.load(r))
     }
 
-    /// `out`'s packed count: the word plus its bias. Owner's view.
+    /// `out`'s packed count: the word plus its bias. Exact for the owner;
+    /// another thread reads it under `seq` (see [`Counters::totals`]).
     fn out_packed(&self) -> u64 {
         let r = Ordering::Relaxed;
         self.out.load(r).wrapping_add(self.alloc_mark.load(r))
     }
 
-    /// `inn`'s packed count: the word plus its bias. Owner's view.
+    /// `inn`'s packed count: the word plus its bias (as
+    /// [`Counters::out_packed`]).
     fn in_packed(&self) -> u64 {
         let r = Ordering::Relaxed;
         self.inn.load(r).wrapping_add(self.in_mark.load(r))
@@ -765,10 +767,8 @@ impl Counters {
         let mut t = Totals::default();
         for _ in 0..64 {
             let s = self.seq.load(Ordering::Acquire);
-            let out = self.out.load(r).wrapping_add(self.alloc_mark.load(r));
-            let inn = self.inn.load(r).wrapping_add(self.in_mark.load(r));
-            let (on, oreq, ob) = unpack_out(out);
-            let (i_n, ib) = unpack_in(inn);
+            let (on, oreq, ob) = unpack_out(self.out_packed());
+            let (i_n, ib) = unpack_in(self.in_packed());
             t = Totals {
                 allocs: self.allocs.load(r).wrapping_add(on),
                 frees: self.frees.load(r).wrapping_add(i_n),
