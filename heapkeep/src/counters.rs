@@ -84,7 +84,7 @@
 //! (bit 40 on) above it; `in_mark` is at most the 4 GiB drain point and
 //! the free counts are exact only below 8 GiB (bit 63 of `inn`) anyway.
 //! The fast paths add to the same words and never look.
-//! Setting a mark rewrites its word too ([`Counters::rebias`]), under
+//! Setting a mark rewrites its word too ([`rebias`]), under
 //! `seq` like a drain, since readers add word and mark back together.
 //!
 //! Every full upkeep (the only place a drain happens) and every flush (one
@@ -342,6 +342,16 @@ impl Totals {
     }
 }
 
+/// Stores the packed count `packed` in `word` under the new mark `mark`
+/// (the word less its mark: see "The marks as biases"). The owner only,
+/// between [`Counters::begin_write`] and [`Counters::end_write`]: a reader
+/// adds a word and its mark, so it must not see one changed without the
+/// other.
+fn rebias(word: &AtomicU64, mark_word: &AtomicU64, packed: u64, mark: u64) {
+    mark_word.store(mark, Ordering::Relaxed);
+    word.store(packed.wrapping_sub(mark), Ordering::Relaxed);
+}
+
 /// Adds `n` to a counter that only the calling thread writes.
 #[inline(always)]
 fn bump(c: &AtomicU64, n: u64) {
@@ -472,12 +482,7 @@ impl Counters {
         // (while the net figure climbs, every slow path checks), else
         // moved up by the frees since it was set.
         let s = self.begin_write();
-        self.rebias(
-            out,
-            self.in_packed(),
-            self.alloc_mark_for(inn_b),
-            self.in_mark.load(r),
-        );
+        rebias(&self.out, &self.alloc_mark, out, self.alloc_mark_for(inn_b));
         self.end_write(s);
     }
 
@@ -511,19 +516,6 @@ impl Counters {
     fn in_packed(&self) -> u64 {
         let r = Ordering::Relaxed;
         self.inn.load(r).wrapping_add(self.in_mark.load(r))
-    }
-
-    /// Stores the packed counts `out` and `inn` under the marks
-    /// `alloc_mark` and `in_mark` (each word less its mark). Owner thread
-    /// only, between [`Counters::begin_write`] and [`Counters::end_write`]:
-    /// a reader adds a word and its mark, so it must not see one changed
-    /// without the other.
-    fn rebias(&self, out: u64, inn: u64, alloc_mark: u64, in_mark: u64) {
-        let r = Ordering::Relaxed;
-        self.alloc_mark.store(alloc_mark, r);
-        self.in_mark.store(in_mark, r);
-        self.out.store(out.wrapping_sub(alloc_mark), r);
-        self.inn.store(inn.wrapping_sub(in_mark), r);
     }
 
     /// Makes `seq` odd: readers retry until [`Counters::end_write`].
@@ -647,14 +639,16 @@ impl Counters {
             // Blocks of 0 bytes: the byte fields do not bound the block
             // fields, so every call does the full upkeep (check mode).
             self.out_mark.store(0, r);
-            self.rebias(out, inn, 0, 0);
+            rebias(&self.out, &self.alloc_mark, out, 0);
+            rebias(&self.inn, &self.in_mark, inn, 0);
         } else {
             let fall = (net - flushed + FLUSH_BYTES + 1).min(MARK_BYTES) as u64;
             let out_b = (out >> OUT_BYTES_SHIFT) + MARK_BYTES as u64;
             let in_b = ((inn >> IN_BYTES_SHIFT) + fall).min(IN_DRAIN_AT >> IN_BYTES_SHIFT);
             self.out_mark.store(out_b << OUT_BYTES_SHIFT, r);
             let alloc_mark = self.alloc_mark_for((inn >> IN_BYTES_SHIFT) as i64);
-            self.rebias(out, inn, alloc_mark, in_b << IN_BYTES_SHIFT);
+            rebias(&self.out, &self.alloc_mark, out, alloc_mark);
+            rebias(&self.inn, &self.in_mark, inn, in_b << IN_BYTES_SHIFT);
         }
         self.end_write(s);
     }
@@ -688,7 +682,8 @@ impl Counters {
         );
         bump(&self.frees, n);
         bump(&self.bytes_in, b);
-        self.rebias(0, 0, self.alloc_mark.load(r), self.in_mark.load(r));
+        rebias(&self.out, &self.alloc_mark, 0, self.alloc_mark.load(r));
+        rebias(&self.inn, &self.in_mark, 0, self.in_mark.load(r));
         self.end_write(s);
     }
 
