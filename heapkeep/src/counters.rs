@@ -91,7 +91,8 @@
 //! from `measure` too) sets the marks again, so they never lag behind
 //! `net_base`, `hi` or `flushed`. What is left for
 //! the next full upkeep: a flush of a net figure that fell through fast
-//! frees (at most 512 KiB of allocations later; before, the next slow path).
+//! frees (at most 512 KiB of allocations later, or at a page given back;
+//! before, the next slow path).
 //!
 //! Readers take the wide totals, the packed words and their marks under a
 //! sequence number (`seq`, odd while the owner drains or sets marks), so a
@@ -106,6 +107,17 @@
 //! [`PEAK`] to `LIVE - flushed + hi` (the highest point this heap reached on
 //! top of what the others had flushed). A heap flushes when its net figure
 //! has moved [`FLUSH_BYTES`] away from `flushed`.
+//!
+//! Frees through the fast path test no mark, so a heap's `flushed` can lie
+//! above its net figure by all it freed since its last slow path or page
+//! given back (a page given back tests the free mark:
+//! [`Counters::check_frees`]). Added to another heap's climb, that would
+//! put `PEAK` above anything the program ever held. So a flush that would
+//! raise `PEAK` takes off what the other heaps freed since their flushes
+//! (`stats::freed_since_flush`: a walk of the heaps' counters, only at a
+//! new process high). The peak is then never above the bytes in use,
+//! but for the heaps being read one after another rather than at one
+//! instant.
 //!
 //! `hi` is brought up to date by every allocation slow path, not by the
 //! fast path (a compare there would cost the inlining). So the peak misses
@@ -653,11 +665,15 @@ impl Counters {
         self.end_write(s);
     }
 
-    /// Drains when the free word holds 4 GiB or more (see the module docs):
-    /// for a page given back, so it costs one compare. Owner thread only.
+    /// For a page given back: the full upkeep once `inn` reached `in_mark`
+    /// (which is at most the 4 GiB drain point), as a slow free would do.
+    /// The fast-path frees that emptied the page do not test the mark, so
+    /// without this a thread could free megabytes page by page and keep
+    /// its old figure in `LIVE`, for another thread's flush to add to
+    /// `PEAK` (see "The peak"). One load and a sign test. Owner thread only.
     #[inline]
     pub(crate) fn check_frees(&self) {
-        if ENABLED && self.in_packed() >= IN_DRAIN_AT {
+        if ENABLED && (self.inn.load(Ordering::Relaxed) as i64) >= 0 {
             self.upkeep();
         }
     }
@@ -747,8 +763,14 @@ impl Counters {
         self.scope_hi.fetch_max(hi, r);
         if !self.private.load(r) {
             let base = LIVE.fetch_add(net - flushed, r);
-            PEAK.fetch_max(base - flushed + hi, r);
-            crate::map::on_peak(base - flushed + hi);
+            let mut peak = base - flushed + hi;
+            if peak > PEAK.load(r) {
+                // A new process high on top of the others' flushed
+                // figures: less what they freed since (see "The peak").
+                peak += crate::stats::freed_since_flush(self);
+            }
+            PEAK.fetch_max(peak, r);
+            crate::map::on_peak(peak);
         }
         self.flushed.store(net, r);
         self.hi.store(net, r);

@@ -21,7 +21,9 @@ use crate::{os, thread};
 /// slow path can be missed by up to the blocks the thread's pages had
 /// ready (a few KiB in practice; at most 2.1 MiB), and in a program with
 /// several threads by up to 256 KiB more per allocating thread (see
-/// `counters.rs`).
+/// `counters.rs`). It is never above the bytes in use at some point (up
+/// to the heaps being read one after another), and never falls: a
+/// reading's high is kept for the next.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stats {
@@ -99,6 +101,26 @@ impl Sums {
     }
 }
 
+/// What the heaps other than `own`'s have freed since their last flush
+/// and not allocated again: the sum of their net figures' falls below
+/// their flushed ones (0 or less). A flush that would raise `PEAK` takes
+/// it off `LIVE`'s figure for them, since frees through the fast path
+/// never flush (`counters.rs`, "The peak"). A heap read in the middle of
+/// its own flush can count twice (the peak is then low, by at most what
+/// that flush moved). Lock-free and allocation-free: called from the
+/// allocation slow paths.
+pub(crate) fn freed_since_flush(own: &Counters) -> i64 {
+    let mut fall = 0;
+    thread::for_each_heap(|h| {
+        // SAFETY: heaps are never freed; counters are atomics anyone may read.
+        let c = unsafe { &(*h).counters };
+        if !core::ptr::eq(c, own) && !c.private.load(Ordering::Relaxed) {
+            fall += (c.totals().net() - c.flushed.load(Ordering::Relaxed)).min(0);
+        }
+    });
+    fall
+}
+
 /// [`stats`] in C's way: copies the current counts into `*out`, at most
 /// `size` bytes of them (a caller built against an older, shorter struct
 /// gets the fields it knows), and returns the size of the full struct.
@@ -161,8 +183,11 @@ pub fn stats() -> Stats {
     });
     let live = s.bytes_out.saturating_sub(s.bytes_in);
     // A heap's high point since its flush on top of the others' current
-    // figures (see `counters.rs` for how exact).
-    let peak = PEAK.load(Ordering::Relaxed).max(live as i64 + s.max_rise) as u64;
+    // figures (see `counters.rs` for how exact). Kept in `PEAK`, so the
+    // peak never falls between two readings: the figure seen here can be
+    // above what the slow paths saw (the fast path's slack).
+    let seen = live as i64 + s.max_rise;
+    let peak = PEAK.fetch_max(seen, Ordering::Relaxed).max(seen) as u64;
     let w = crate::walk::totals();
     Stats {
         allocs: s.allocs.saturating_sub(s.moves),

@@ -665,6 +665,86 @@ fn a_new_process_high_is_kept_with_another_heaps_bytes_live() {
     }
 }
 
+/// The peak is not above the truth when a thread frees through the fast
+/// path (every page's first free, from full, takes the slow path; the
+/// rest do not, so they never flush) and another thread then climbs
+/// (`counters.rs`, "The peak"). One thread holds 4 MiB of 64-byte blocks
+/// and frees every other one, then the rest: first all of them (each page
+/// given back checks the free mark, so `LIVE` catches up), then all but
+/// one per page (no page given back: the climbing thread's flush takes
+/// the fall off). Each time another thread then climbs 3.5 MiB; the true
+/// peak stays the first thread's 4 MiB.
+#[cfg(feature = "stats")]
+#[test]
+fn frees_through_the_fast_path_leave_no_stale_figure_for_the_peak() {
+    use crate::counters::{FLUSH_BYTES, LIVE};
+    if !in_child(
+        "tests_internal::frees_through_the_fast_path_leave_no_stale_figure_for_the_peak",
+        "HEAPKEEP_TEST_STALE_FLUSH_CHILD",
+    ) {
+        return;
+    }
+    let small = lay(64, 8);
+    let s0 = crate::stats();
+    let mut peak = 0;
+    for keep_one_per_page in [false, true] {
+        // SAFETY: blocks we own, each freed once with its layout.
+        let kept: Vec<usize> = unsafe {
+            let ps: Vec<usize> = (0..(4 << 20) / 64)
+                .map(|_| HeapKeep.alloc(small) as usize)
+                .collect();
+            let s1 = crate::stats();
+            assert_eq!(s1.live_bytes, s0.live_bytes + (4 << 20));
+            peak = peak.max(s1.peak_live_bytes);
+            for &p in ps.iter().skip(1).step_by(2) {
+                HeapKeep.dealloc(p as *mut u8, small);
+            }
+            let mut keep = Vec::new();
+            for &p in ps.iter().step_by(2) {
+                let page: *const Page = page_at(p as *mut u8);
+                if keep_one_per_page
+                    && keep.last().map(|&k| page_at(k as *mut u8) as *const Page) != Some(page)
+                {
+                    keep.push(p);
+                } else {
+                    HeapKeep.dealloc(p as *mut u8, small);
+                }
+            }
+            keep
+        };
+        let live = s0.live_bytes as i64 + 64 * kept.len() as i64;
+        if !keep_one_per_page {
+            // Within a flush step and a page of the truth.
+            let stale = LIVE.load(core::sync::atomic::Ordering::Relaxed) - live;
+            assert!(stale <= FLUSH_BYTES + (64 << 10), "{stale}");
+        }
+        std::thread::spawn(move || {
+            // SAFETY: as above.
+            unsafe {
+                let ps: Vec<usize> = (0..(7 << 19) / 64)
+                    .map(|_| HeapKeep.alloc(small) as usize)
+                    .collect();
+                for p in ps {
+                    HeapKeep.dealloc(p as *mut u8, small);
+                }
+            }
+        })
+        .join()
+        .unwrap();
+        let s2 = crate::stats();
+        assert_eq!(s2.live_bytes as i64, live);
+        // The climb tops out 512 KiB below the first thread's 4 MiB.
+        assert_eq!(
+            s2.peak_live_bytes, peak,
+            "keep one per page: {keep_one_per_page} {s2:?}"
+        );
+        for p in kept {
+            // SAFETY: as above.
+            unsafe { HeapKeep.dealloc(p as *mut u8, small) };
+        }
+    }
+}
+
 #[test]
 fn purge_delay_grows_when_purged_memory_comes_back_and_relaxes() {
     use crate::segment::{self, note_purged_reuse, purge_delay};
