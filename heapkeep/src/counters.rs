@@ -114,8 +114,8 @@
 //! [`Counters::check_frees`]). Added to another heap's climb, that would
 //! put `PEAK` above anything the program ever held. So a flush that would
 //! raise `PEAK` takes off what the other heaps freed since their flushes
-//! (`stats::freed_since_flush`: a walk of the heaps' counters, only at a
-//! new process high). The peak is then never above the bytes in use,
+//! (`stats::freed_since_flush`: a walk of all counters, only at a new
+//! process high). The peak is then never above the bytes in use,
 //! but for the heaps being read one after another rather than at one
 //! instant.
 //!
@@ -768,8 +768,8 @@ impl Counters {
                 // A new process high on top of the others' flushed
                 // figures: less what they freed since (see "The peak").
                 peak += crate::stats::freed_since_flush(self);
+                PEAK.fetch_max(peak, r);
             }
-            PEAK.fetch_max(peak, r);
             crate::map::on_peak(peak);
         }
         self.flushed.store(net, r);

@@ -101,20 +101,36 @@ impl Sums {
     }
 }
 
-/// What the heaps other than `own`'s have freed since their last flush
-/// and not allocated again: the sum of their net figures' falls below
-/// their flushed ones (0 or less). A flush that would raise `PEAK` takes
-/// it off `LIVE`'s figure for them, since frees through the fast path
-/// never flush (`counters.rs`, "The peak"). A heap read in the middle of
-/// its own flush can count twice (the peak is then low, by at most what
-/// that flush moved). Lock-free and allocation-free: called from the
-/// allocation slow paths.
-pub(crate) fn freed_since_flush(own: &Counters) -> i64 {
-    let mut fall = 0;
+/// Calls `f` on every set of counters whose counts the process's figures
+/// sum (and `LIVE` holds the flushed part of): the heapless threads'
+/// [`ORPHAN`] (`false`: it never keeps a high), check mode's, and every
+/// heap's but the profile's own. Lock-free and allocation-free.
+fn for_each_counted(mut f: impl FnMut(&Counters, bool)) {
+    f(&ORPHAN, false);
+    for c in crate::check::counters() {
+        f(c, true);
+    }
     thread::for_each_heap(|h| {
         // SAFETY: heaps are never freed; counters are atomics anyone may read.
         let c = unsafe { &(*h).counters };
-        if !core::ptr::eq(c, own) && !c.private.load(Ordering::Relaxed) {
+        if !c.private.load(Ordering::Relaxed) {
+            f(c, true);
+        }
+    });
+}
+
+/// What the counters other than `own` counted freed since their last
+/// flush and not allocated again: the sum of their net figures' falls
+/// below their flushed ones (0 or less). A flush that would raise `PEAK`
+/// takes it off `LIVE`'s figure for them, since frees through the fast
+/// path never flush (`counters.rs`, "The peak"). Counters read in the
+/// middle of their own flush can count twice (the peak is then low, by at
+/// most what that flush moved). Lock-free and allocation-free: called
+/// from the allocation slow paths.
+pub(crate) fn freed_since_flush(own: &Counters) -> i64 {
+    let mut fall = 0;
+    for_each_counted(|c, _| {
+        if !core::ptr::eq(c, own) {
             fall += (c.totals().net() - c.flushed.load(Ordering::Relaxed)).min(0);
         }
     });
@@ -170,17 +186,7 @@ unsafe fn copy_prefix<T: Copy>(value: &T, out: *mut T, size: usize) -> usize {
 /// not call it from a signal handler.
 pub fn stats() -> Stats {
     let mut s = Sums::default();
-    s.add(&ORPHAN, false);
-    for c in crate::check::counters() {
-        s.add(c, true);
-    }
-    thread::for_each_heap(|h| {
-        // SAFETY: heaps are never freed; counters are atomics anyone may read.
-        let c = unsafe { &(*h).counters };
-        if !c.private.load(Ordering::Relaxed) {
-            s.add(c, true);
-        }
-    });
+    for_each_counted(|c, allocates| s.add(c, allocates));
     let live = s.bytes_out.saturating_sub(s.bytes_in);
     // A heap's high point since its flush on top of the others' current
     // figures (see `counters.rs` for how exact). Kept in `PEAK`, so the
