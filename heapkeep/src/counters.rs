@@ -145,7 +145,9 @@
 //! own high is not kept if the others' flushed figures rose after its
 //! floor was read (so also for threads that ran one at a time: the first
 //! upkeep after the others' rise, at most [`MARK_BYTES`] on, reads the
-//! floor again).
+//! floor again). It is never high: a new high takes the others' falls
+//! off, and `stats()` keeps a reading's high in `PEAK` (so the peak never
+//! falls either), up to counters being read one after another.
 //!
 //! Threads without a heap (the static empty heap) count into [`ORPHAN`] with
 //! atomic read-modify-writes on the wide totals, since several such threads
