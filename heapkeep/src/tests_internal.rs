@@ -712,6 +712,8 @@ fn frees_through_the_fast_path_leave_no_stale_figure_for_the_peak() {
             }
             keep
         };
+        // The 4 MiB spans at least 64 pages of 64 KiB: a block kept on each.
+        assert!(!keep_one_per_page || kept.len() >= 64, "{}", kept.len());
         let live = s0.live_bytes as i64 + 64 * kept.len() as i64;
         if !keep_one_per_page {
             // Within a flush step and a page of the truth.
