@@ -39,7 +39,9 @@
  slow path can be missed by up to the blocks the thread's pages had
  ready (a few KiB in practice; at most 2.1 MiB), and in a program with
  several threads by up to 256 KiB more per allocating thread (see
- `counters.rs`).
+ `counters.rs`). It is never above the bytes in use at some point (up
+ to the heaps being read one after another), and never falls: a
+ reading's high is kept for the next.
  */
 typedef struct {
   /*
