@@ -366,6 +366,16 @@ fn rebias(word: &AtomicU64, mark_word: &AtomicU64, packed: u64, mark: u64) {
     word.store(packed.wrapping_sub(mark), Ordering::Relaxed);
 }
 
+/// Adds `n` to `out` or `inn`, which hold their packed count less its
+/// mark (see "The marks as biases"), and tells whether the count reached
+/// the mark: the word is negative below it. Owner thread only.
+#[inline(always)]
+fn bump_to_mark(word: &AtomicU64, n: u64) -> bool {
+    let biased = word.load(Ordering::Relaxed).wrapping_add(n);
+    word.store(biased, Ordering::Relaxed);
+    biased as i64 >= 0
+}
+
 /// Adds `n` to a counter that only the calling thread writes.
 #[inline(always)]
 fn bump(c: &AtomicU64, n: u64) {
@@ -462,12 +472,7 @@ impl Counters {
     #[inline(always)]
     pub(crate) fn count_alloc_unit(&self, unit: u64, size: usize) {
         if ENABLED {
-            let r = Ordering::Relaxed;
-            // The word is `out` less `alloc_mark`: negative below the mark
-            // (see "The marks as biases").
-            let biased = self.out.load(r).wrapping_add(unit + size as u64);
-            self.out.store(biased, r);
-            if (biased as i64) >= 0 {
+            if bump_to_mark(&self.out, unit + size as u64) {
                 self.alloc_mark_reached();
             }
         }
@@ -577,11 +582,7 @@ impl Counters {
     #[inline(always)]
     pub(crate) fn count_free_unit(&self, unit: u64) {
         if ENABLED {
-            let r = Ordering::Relaxed;
-            // The word is `inn` less `in_mark`: non-negative at the mark.
-            let biased = self.inn.load(r).wrapping_add(unit);
-            self.inn.store(biased, r);
-            if (biased as i64) >= 0 {
+            if bump_to_mark(&self.inn, unit) {
                 self.free_mark_reached(unit);
             }
         }
