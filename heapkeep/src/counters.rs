@@ -471,10 +471,8 @@ impl Counters {
     /// `out_mark` is reached. Owner thread only.
     #[inline(always)]
     pub(crate) fn count_alloc_unit(&self, unit: u64, size: usize) {
-        if ENABLED {
-            if bump_to_mark(&self.out, unit + size as u64) {
-                self.alloc_mark_reached();
-            }
+        if ENABLED && bump_to_mark(&self.out, unit + size as u64) {
+            self.alloc_mark_reached();
         }
     }
 
@@ -581,10 +579,8 @@ impl Counters {
     /// needs no test for the empty heap.
     #[inline(always)]
     pub(crate) fn count_free_unit(&self, unit: u64) {
-        if ENABLED {
-            if bump_to_mark(&self.inn, unit) {
-                self.free_mark_reached(unit);
-            }
+        if ENABLED && bump_to_mark(&self.inn, unit) {
+            self.free_mark_reached(unit);
         }
     }
 
