@@ -50,9 +50,10 @@ struct Cli {
     #[arg(long)]
     list: bool,
     /// Do not run anything: rebuild the tables, files and charts from a
-    /// previous run's results.json.
-    #[arg(long, value_name = "FILE")]
-    from: Option<PathBuf>,
+    /// previous run's results.json. Several files (`--from A B`) are
+    /// pooled: their rounds count as one run's.
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    from: Vec<PathBuf>,
 }
 
 /// Resolves a comma list against the known names (empty = all).
@@ -118,9 +119,10 @@ fn main() -> ExitCode {
         println!("allocators: {}", ALLOCATORS.join(", "));
         return ExitCode::SUCCESS;
     }
-    let result = match &cli.from {
-        Some(file) => rereport(&cli, file),
-        None => run(&cli),
+    let result = if cli.from.is_empty() {
+        run(&cli)
+    } else {
+        rereport(&cli, &cli.from)
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -253,13 +255,18 @@ fn run(cli: &Cli) -> Result<(), String> {
     Ok(())
 }
 
-/// Re-reports a previous run from its `results.json`.
-fn rereport(cli: &Cli, file: &std::path::Path) -> Result<(), String> {
-    let text =
-        fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let old: Report =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
-    let report = Report::new(old.meta, old.samples);
+/// Re-reports previous runs from their `results.json` files, pooled
+/// ([`Report::pool`]) when there are several.
+fn rereport(cli: &Cli, files: &[PathBuf]) -> Result<(), String> {
+    let runs = files
+        .iter()
+        .map(|file| {
+            let text = fs::read_to_string(file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))
+        })
+        .collect::<Result<Vec<Report>, String>>()?;
+    let report = Report::pool(runs)?;
     let md = report.markdown();
     println!("{md}");
     write_outputs(cli, &report, &md)

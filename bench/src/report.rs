@@ -360,18 +360,72 @@ impl Report {
     /// heapkeep's value divided by `peer`'s in each round (index 0 is
     /// round 1), `None` where one of them is missing.
     fn round_ratios(&self, workload: &str, peer: &str, metric: Metric) -> Vec<Option<f64>> {
-        let of = |allocator: &str, round: usize| {
-            self.samples
-                .iter()
-                .find(|s| s.round == round && s.workload == workload && s.allocator == allocator)
-                .and_then(|s| metric.of_sample(s))
-        };
-        (1..=self.meta.rounds)
-            .map(|r| {
-                let (hk, p) = (of(UNDER_TEST, r)?, of(peer, r)?);
+        // One pass over the samples (pooled runs have thousands): the two
+        // allocators' values by round, the first sample of a round kept.
+        let mut hk = vec![None; self.meta.rounds];
+        let mut p = vec![None; self.meta.rounds];
+        for s in self.samples.iter().filter(|s| s.workload == workload) {
+            let column = if s.allocator == UNDER_TEST {
+                &mut hk
+            } else if s.allocator == peer {
+                &mut p
+            } else {
+                continue;
+            };
+            if let Some(slot) = s.round.checked_sub(1).and_then(|i| column.get_mut(i)) {
+                if slot.is_none() {
+                    *slot = Some(metric.of_sample(s));
+                }
+            }
+        }
+        hk.into_iter()
+            .zip(p)
+            .map(|(hk, p)| {
+                let (hk, p) = (hk.flatten()?, p.flatten()?);
                 (p > 0.0).then(|| hk / p)
             })
             .collect()
+    }
+
+    /// Several runs' samples as one run's, for intervals over more rounds
+    /// than one run takes: each run's rounds are numbered on from the
+    /// previous run's. The runs must share a scale and their workloads;
+    /// the allocators are all that any run has, in the harness's order.
+    /// Meta gives the first run's machine, the rounds and durations
+    /// summed and every run's `git` joined.
+    pub fn pool(runs: Vec<Report>) -> Result<Report, String> {
+        let mut runs = runs.into_iter();
+        let first = runs.next().ok_or("no runs to pool")?;
+        let mut meta = first.meta;
+        let mut samples = first.samples;
+        let mut gits: Vec<String> = meta.git.take().into_iter().collect();
+        for run in runs {
+            let m = run.meta;
+            if m.scale != meta.scale || m.workloads != meta.workloads {
+                return Err(format!(
+                    "cannot pool a {} run of {:?} with a {} run of {:?}",
+                    m.scale, m.workloads, meta.scale, meta.workloads
+                ));
+            }
+            let shift = meta.rounds;
+            samples.extend(run.samples.into_iter().map(|mut s| {
+                s.round += shift;
+                s
+            }));
+            meta.rounds += m.rounds;
+            meta.duration_seconds += m.duration_seconds;
+            meta.started_unix = meta.started_unix.min(m.started_unix);
+            for a in m.allocators {
+                if !meta.allocators.contains(&a) {
+                    meta.allocators.push(a);
+                }
+            }
+            gits.extend(m.git.filter(|g| !gits.contains(g)));
+        }
+        meta.allocators
+            .sort_by_key(|a| crate::ALLOCATORS.iter().position(|k| k == a));
+        meta.git = (!gits.is_empty()).then(|| gits.join(" + "));
+        Ok(Report::new(meta, samples))
     }
 
     /// Geomean over `workloads` of heapkeep/peer ratios, with the number of
@@ -816,6 +870,81 @@ mod tests {
         let hk = rep.value("small", "heapkeep", Metric::Time).unwrap();
         let sys = rep.value("small", "system", Metric::Time).unwrap();
         assert!((hk / sys - 0.9).abs() < 1e-9);
+    }
+
+    #[test]
+    fn pooled_runs_pair_each_run_s_rounds_as_rounds_of_one() {
+        // Run A: heapkeep 10% and 20% slower; run B (with one more
+        // allocator): 30% slower, and 40% in a round that lacks `small`.
+        let mut a = meta(&["small", "random"], &["heapkeep", "heapkeep-nostats"]);
+        a.rounds = 2;
+        a.git = Some("aaa".into());
+        let mut b = meta(
+            &["small", "random"],
+            &["heapkeep", "heapkeep-nostats", "system"],
+        );
+        b.rounds = 2;
+        b.git = Some("bbb".into());
+        let mut sa = Vec::new();
+        for (round, q) in [(1, 1.1), (2, 1.2)] {
+            for w in ["small", "random"] {
+                sa.push(sample(w, "heapkeep", q, round));
+                sa.push(sample(w, "heapkeep-nostats", 1.0, round));
+            }
+        }
+        let mut sb = vec![
+            sample("small", "heapkeep", 1.3, 1),
+            sample("small", "heapkeep-nostats", 1.0, 1),
+            sample("random", "heapkeep", 1.3, 1),
+            sample("random", "heapkeep-nostats", 1.0, 1),
+            sample("random", "heapkeep", 1.4, 2),
+            sample("random", "heapkeep-nostats", 1.0, 2),
+        ];
+        sb.push(sample("small", "system", 2.0, 1));
+        let pooled = Report::pool(vec![
+            Report::new(a.clone(), sa.clone()),
+            Report::new(b.clone(), sb.clone()),
+        ])
+        .unwrap();
+        assert_eq!(pooled.meta.rounds, 4);
+        // In the harness's order, as a run lists them.
+        assert_eq!(
+            pooled.meta.allocators,
+            ["heapkeep", "system", "heapkeep-nostats"]
+        );
+        assert_eq!(pooled.meta.git.as_deref(), Some("aaa + bbb"));
+        let rounds = |w: &str| pooled.round_ratios(w, "heapkeep-nostats", Metric::Time);
+        let close = |v: Vec<Option<f64>>, want: [Option<f64>; 4]| {
+            v.iter().zip(want).all(|(x, y)| match (x, y) {
+                (Some(x), Some(y)) => (x - y).abs() < 1e-9,
+                (x, y) => x.is_none() && y.is_none(),
+            })
+        };
+        assert!(close(
+            rounds("small"),
+            [Some(1.1), Some(1.2), Some(1.3), None]
+        ));
+        assert!(close(
+            rounds("random"),
+            [Some(1.1), Some(1.2), Some(1.3), Some(1.4)]
+        ));
+        // `random`'s four rounds, one run's after the other's.
+        let r = pooled
+            .ratio("random", "heapkeep-nostats", Metric::Time)
+            .unwrap();
+        assert!((r - 1.25).abs() < 1e-9, "{r}");
+        // Runs at other scales, or of other workloads, do not pool.
+        let mut full = b.clone();
+        full.scale = "full".into();
+        assert!(Report::pool(vec![
+            Report::new(a.clone(), sa.clone()),
+            Report::new(full, sb)
+        ])
+        .is_err());
+        let mut other = a.clone();
+        other.workloads = vec!["small".into()];
+        assert!(Report::pool(vec![Report::new(a, sa.clone()), Report::new(other, sa)]).is_err());
+        assert!(Report::pool(Vec::new()).is_err());
     }
 
     #[test]
