@@ -892,15 +892,15 @@ mod tests {
                 sa.push(sample(w, "heapkeep-nostats", 1.0, round));
             }
         }
-        let mut sb = vec![
+        let sb = vec![
             sample("small", "heapkeep", 1.3, 1),
             sample("small", "heapkeep-nostats", 1.0, 1),
+            sample("small", "system", 2.0, 1),
             sample("random", "heapkeep", 1.3, 1),
             sample("random", "heapkeep-nostats", 1.0, 1),
             sample("random", "heapkeep", 1.4, 2),
             sample("random", "heapkeep-nostats", 1.0, 2),
         ];
-        sb.push(sample("small", "system", 2.0, 1));
         let pooled = Report::pool(vec![
             Report::new(a.clone(), sa.clone()),
             Report::new(b.clone(), sb.clone()),
