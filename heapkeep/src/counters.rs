@@ -768,8 +768,8 @@ impl Counters {
                 // figures: less what they freed since (see "The peak").
                 peak += crate::stats::freed_since_flush(self);
                 PEAK.fetch_max(peak, r);
+                crate::map::on_peak(peak);
             }
-            crate::map::on_peak(peak);
         }
         self.flushed.store(net, r);
         self.hi.store(net, r);
